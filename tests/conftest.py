@@ -1,0 +1,7 @@
+"""Shared fixtures live in plugin modules under tests/fixtures/, one per outside system."""
+
+pytest_plugins = [
+    "tests.fixtures.services",
+    "tests.fixtures.simulator",
+    "tests.fixtures.db",
+]

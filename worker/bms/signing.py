@@ -1,0 +1,142 @@
+"""SDK-HMAC-SHA256 request signing, the algorithm of Huawei Cloud's API gateway.
+
+The client attaches :class:`AkSkAuth` to each request; the simulator verifies with
+:func:`signature`. Both sides share the canonical-request code below, and the tests hold it
+byte for byte against the official SDK's ``huaweicloudsdkcore.signer.Signer`` (the oracle).
+
+Rules (see ``shared/reference/bms-api.md`` §6.2): the canonical URI is the path with each segment
+percent-encoded and a trailing ``/`` appended; the query pairs are sorted and encoded; every signed
+header is ``name:value.strip()``; the payload hash is the SHA-256 of the body bytes; the key is the
+SK itself (no derivation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import requests
+
+ALGORITHM = "SDK-HMAC-SHA256"
+DATE_FORMAT = "%Y%m%dT%H%M%SZ"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+#: Headers our client signs when present. The SDK signs every header it set itself; the gateway
+#: requires only X-Sdk-Date. We sign these and leave transport headers (Accept-Encoding,
+#: Connection, Content-Length) unsigned, as the SDK does.
+SIGNED_HEADER_NAMES = ("content-type", "host", "x-project-id", "x-sdk-date", "x-security-token")
+
+
+def _encode(value: str) -> str:
+    return quote(value, safe="~")
+
+
+def canonical_uri(path: str) -> str:
+    uri = "/".join(_encode(segment) for segment in unquote(path).split("/"))
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
+    return "&".join(f"{_encode(k)}={_encode(v)}" for k, v in sorted(pairs))
+
+
+def canonical_request(
+    method: str,
+    path: str,
+    query_pairs: Iterable[tuple[str, str]],
+    headers: Mapping[str, str],
+    signed_headers: list[str],
+    body: bytes,
+) -> str:
+    """The canonical request. ``headers`` maps lower-case names to values."""
+    lines = "".join(f"{name}:{headers[name].strip()}\n" for name in signed_headers)
+    payload_hash = headers.get("x-sdk-content-sha256") or hashlib.sha256(body).hexdigest()
+    return "\n".join(
+        [
+            method.upper(),
+            canonical_uri(path),
+            canonical_query(query_pairs),
+            lines,
+            ";".join(signed_headers),
+            payload_hash,
+        ]
+    )
+
+
+def string_to_sign(canonical: str, sdk_date: str) -> str:
+    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return f"{ALGORITHM}\n{sdk_date}\n{digest}"
+
+
+def signature(
+    sk: str,
+    method: str,
+    target: str,
+    headers: Mapping[str, str],
+    signed_headers: list[str],
+    body: bytes,
+) -> str:
+    """Hex HMAC-SHA256 of the request. ``target`` is the path with its query string;
+    ``headers`` maps lower-case names to values and must hold ``x-sdk-date``."""
+    parts = urlsplit(target)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    canonical = canonical_request(method, parts.path, pairs, headers, signed_headers, body)
+    sts = string_to_sign(canonical, headers["x-sdk-date"])
+    return hmac.new(sk.encode("utf-8"), sts.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def authorization_header(ak: str, signed_headers: list[str], sig: str) -> str:
+    return f"{ALGORITHM} Access={ak}, SignedHeaders={';'.join(signed_headers)}, Signature={sig}"
+
+
+def parse_authorization(value: str) -> dict[str, str] | None:
+    """Split ``SDK-HMAC-SHA256 Access=.., SignedHeaders=.., Signature=..``; None if malformed."""
+    algorithm, _, rest = value.strip().partition(" ")
+    if algorithm != ALGORITHM:
+        return None
+    fields: dict[str, str] = {}
+    for item in rest.split(","):
+        key, sep, val = item.strip().partition("=")
+        if not sep:
+            return None
+        fields[key] = val
+    if not {"Access", "SignedHeaders", "Signature"} <= fields.keys():
+        return None
+    return fields
+
+
+def format_sdk_date(moment: datetime | None = None) -> str:
+    return (moment or datetime.now(UTC)).strftime(DATE_FORMAT)
+
+
+def parse_sdk_date(value: str) -> datetime:
+    return datetime.strptime(value, DATE_FORMAT).replace(tzinfo=UTC)
+
+
+class AkSkAuth(requests.auth.AuthBase):
+    """Signs a prepared request with AK/SK. Credentials are injected, never read from the
+    environment here, and never shown by ``repr``."""
+
+    def __init__(self, ak: str, sk: str, security_token: str | None = None) -> None:
+        self._ak = ak
+        self._sk = sk
+        self._security_token = security_token
+
+    def __repr__(self) -> str:
+        return f"AkSkAuth(ak={self._ak[:4]}****)"
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        parts = urlsplit(r.url or "")
+        r.headers["Host"] = parts.netloc
+        r.headers["X-Sdk-Date"] = format_sdk_date()
+        if self._security_token:
+            r.headers["X-Security-Token"] = self._security_token
+        lowered = {k.lower(): str(v) for k, v in r.headers.items()}
+        signed = sorted(name for name in SIGNED_HEADER_NAMES if name in lowered)
+        body = r.body if isinstance(r.body, bytes) else (r.body or "").encode("utf-8")
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        sig = signature(self._sk, r.method or "GET", target, lowered, signed, body)
+        r.headers["Authorization"] = authorization_header(self._ak, signed, sig)
+        return r

@@ -1,0 +1,28 @@
+"""The ``bmsreboot`` command line (also ``python -m worker``).
+
+Each area keeps its commands beside its code; this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import click
+
+from worker import __version__
+from worker.bms.cli import api
+from worker.db.cli import db
+from worker.pipeline.cli import demo, status, submit
+from worker.simulator.cli import simulator
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bmsreboot")
+def cli() -> None:
+    """Reboot Huawei Cloud bare-metal servers at fleet scale, with an audit trail."""
+
+
+for command in (api, db, simulator, submit, status, demo):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="bmsreboot")

@@ -1,0 +1,123 @@
+"""The one typed settings object, read from the environment.
+
+Every field is read from ``BMSREBOOT_<FIELD>`` unless it says otherwise. Credentials use the
+official SDK's variable names (``HUAWEICLOUD_SDK_AK`` / ``HUAWEICLOUD_SDK_SK``) so an operator's
+existing environment works unchanged. Secrets are ``SecretStr``: they print as ``**********``.
+
+With nothing configured the project runs on embedded defaults under ``data_dir``: a SQLite audit
+database and Celery's SQLAlchemy transport on SQLite as the broker. Production sets
+``BMSREBOOT_BROKER_URL`` (Redis) and ``BMSREBOOT_DATABASE_URL`` (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bmsreboot"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BMSREBOOT_", extra="ignore")
+
+    # --- where state lives -------------------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Directory for the embedded SQLite audit database and broker.",
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker URL (redis://...). Unset: SQLAlchemy transport on SQLite."
+    )
+    database_url: str | None = Field(
+        None, description="Audit database URL (postgresql+psycopg://...). Unset: SQLite."
+    )
+
+    # --- the cloud ---------------------------------------------------------------------------
+    region: str = Field("cn-north-4", description="Huawei Cloud region.")
+    bms_endpoint: str | None = Field(
+        None, description="Full BMS base URL; overrides https://bms.{region}.myhuaweicloud.com."
+    )
+    iam_endpoint: str | None = Field(
+        None, description="Full IAM base URL; overrides https://iam.{region}.myhuaweicloud.com."
+    )
+    ak: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("HUAWEICLOUD_SDK_AK", "BMSREBOOT_AK"),
+        description="Access key for AK/SK signing (env HUAWEICLOUD_SDK_AK).",
+    )
+    sk: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("HUAWEICLOUD_SDK_SK", "BMSREBOOT_SK"),
+        description="Secret key for AK/SK signing (env HUAWEICLOUD_SDK_SK).",
+    )
+    iam_user: str | None = Field(None, description="IAM user for password-token auth.")
+    iam_password: SecretStr | None = Field(None, description="IAM password for token auth.")
+    iam_domain: str | None = Field(None, description="IAM account (domain) name for token auth.")
+    ca_bundle: str | None = Field(None, description="Path to a CA bundle for TLS verification.")
+    verify_tls: bool = Field(True, description="Verify TLS certificates (never off in production).")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
+    read_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a response.")
+
+    # --- requests ----------------------------------------------------------------------------
+    max_request_servers: int = Field(
+        1_000_000, gt=0, description="Largest number of server ids one request may hold."
+    )
+    default_batch_size: int = Field(1000, ge=1, le=1000, description="Servers per API call.")
+
+    # --- submission and polling (seconds) ----------------------------------------------------
+    submit_retry_base: float = Field(5.0, gt=0, description="First retry delay of a submit.")
+    submit_retry_max: float = Field(300.0, gt=0, description="Cap of the submit retry delay.")
+    submit_max_attempts: int = Field(10, ge=1, description="Not-accepted submits before giving up.")
+    poll_first_delay: float = Field(5.0, ge=0, description="Delay of the first poll of a job.")
+    poll_max_interval: float = Field(60.0, gt=0, description="Cap of the delay between polls.")
+    poll_jitter: float = Field(0.2, ge=0, le=1, description="Random fraction added to delays.")
+    job_deadline: float = Field(3600.0, gt=0, description="A job older than this is timed_out.")
+
+    # --- Celery ------------------------------------------------------------------------------
+    visibility_timeout: int = Field(
+        3600, gt=0, description="Redis visibility timeout; every countdown must stay far below it."
+    )
+    task_time_limit: int = Field(300, gt=0, description="Hard time limit of one task run.")
+
+    # --- housekeeping ------------------------------------------------------------------------
+    retention_days: int = Field(90, ge=1, description="Finished requests older than this purge.")
+
+    @field_validator("bms_endpoint", "iam_endpoint")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    # --- derived values ----------------------------------------------------------------------
+    @property
+    def effective_bms_endpoint(self) -> str:
+        return self.bms_endpoint or f"https://bms.{self.region}.myhuaweicloud.com"
+
+    @property
+    def effective_iam_endpoint(self) -> str:
+        return self.iam_endpoint or f"https://iam.{self.region}.myhuaweicloud.com"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'audit.db'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def embedded(self) -> bool:
+        """True when running on the zero-setup defaults (SQLite everywhere)."""
+        return self.broker_url is None or self.database_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests build their own ``Settings`` instead."""
+    return Settings()
