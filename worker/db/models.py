@@ -1,0 +1,246 @@
+"""The audit database schema: requests, batches, per-server outcomes and the event log.
+
+One declarative ``Base``; column shapes are named once as ``Annotated`` aliases. Conventions:
+
+- Enums are stored **by value** in a ``VARCHAR`` with a named ``CHECK`` constraint
+  (``native_enum=False``). Not a PostgreSQL ``ENUM`` type: adding a state is then a plain
+  constraint swap in a migration (no ``ALTER TYPE`` outside a transaction), the same DDL works on
+  SQLite, and a bad value is still refused by the database itself.
+- Times are timezone-aware UTC (``UTCDateTime``). SQLite keeps no offset, so values are stored as
+  naive UTC there and come back aware; PostgreSQL uses ``timestamptz``.
+- JSON is ``JSONB`` on PostgreSQL, ``JSON`` elsewhere; ids are ``sqlalchemy.Uuid`` (native
+  ``uuid`` on PostgreSQL, ``CHAR(32)`` on SQLite). Server rows and events, the two big tables,
+  use ``BIGINT`` identity keys (``INTEGER`` on SQLite, where only that is auto-incrementing).
+- ``events`` is append-only: nothing updates it; rows go only with a purged request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from worker.db.states import (
+    BatchStatus,
+    EventEntity,
+    RebootType,
+    RequestStatus,
+    ServerStatus,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """``DateTime(timezone=True)`` that always hands back aware UTC datetimes, on every engine."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the audit database stores UTC only")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+# none_as_null: a Python None is SQL NULL, not the JSON literal ``null``.
+JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+BigIntKey = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _enum(cls: type[StrEnum], name: str) -> Enum:
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=32,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+uuid_pk = Annotated[uuid.UUID, mapped_column(Uuid(), primary_key=True, default=uuid.uuid4)]
+bigint_pk = Annotated[int, mapped_column(BigIntKey, primary_key=True, autoincrement=True)]
+timestamp = Annotated[dt.datetime, mapped_column(UTCDateTime())]
+timestamp_now = Annotated[dt.datetime, mapped_column(UTCDateTime(), default=utcnow)]
+count = Annotated[int, mapped_column(Integer(), default=0)]
+str64 = Annotated[str, mapped_column(String(64))]
+str255 = Annotated[str, mapped_column(String(255))]
+request_status = Annotated[RequestStatus, mapped_column(_enum(RequestStatus, "request_status"))]
+batch_status = Annotated[BatchStatus, mapped_column(_enum(BatchStatus, "batch_status"))]
+server_status = Annotated[ServerStatus, mapped_column(_enum(ServerStatus, "server_status"))]
+
+
+def _request_fk() -> Any:
+    return mapped_column(Uuid(), ForeignKey("reboot_requests.id", ondelete="CASCADE"))
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSONType, list[str]: JSONType}
+
+    def __repr__(self) -> str:
+        keys = [str(c.key) for c in self.__mapper__.primary_key]
+        pk = ", ".join(f"{key}={getattr(self, key, None)!r}" for key in keys)
+        return f"{type(self).__name__}({pk})"
+
+
+class RebootRequest(Base):
+    """One ask to reboot a set of servers: who asked, with which rollout policy, and how it went."""
+
+    __tablename__ = "reboot_requests"
+
+    id: Mapped[uuid_pk]
+    idempotency_key: Mapped[str255 | None] = mapped_column(unique=True)
+    project_id: Mapped[str64]
+    region: Mapped[str64 | None]
+    endpoint: Mapped[str255 | None]
+    type: Mapped[RebootType] = mapped_column(_enum(RebootType, "reboot_type"))
+    source: Mapped[str255]
+    batch_size: Mapped[int]
+    max_in_flight: Mapped[int | None]
+    canary_size: Mapped[int | None]
+    failure_threshold: Mapped[float | None] = mapped_column(Float())
+    notify_task: Mapped[str255 | None]
+    status: Mapped[request_status]
+    servers_total: Mapped[count]
+    servers_succeeded: Mapped[count]
+    servers_failed: Mapped[count]
+    servers_unknown: Mapped[count]
+    servers_cancelled: Mapped[count]
+    duplicates_removed: Mapped[count]
+    created_at: Mapped[timestamp_now]
+    started_at: Mapped[timestamp | None]
+    finished_at: Mapped[timestamp | None]
+    reason: Mapped[str | None] = mapped_column(Text())
+    rejection_reasons: Mapped[list[str] | None]
+
+    __table_args__ = (
+        Index(None, "status", "finished_at"),
+        Index(None, "created_at"),
+    )
+
+
+class Batch(Base):
+    """Up to ``batch_size`` servers sent in one API call, and the job that call started."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[uuid_pk]
+    request_id: Mapped[uuid.UUID] = _request_fk()
+    index: Mapped[int]
+    status: Mapped[batch_status]
+    job_id: Mapped[str64 | None] = mapped_column(unique=True)
+    size: Mapped[int]
+    submit_attempts: Mapped[count]
+    submitted_at: Mapped[timestamp | None]
+    last_polled_at: Mapped[timestamp | None]
+    next_poll_at: Mapped[timestamp | None]
+    deadline_at: Mapped[timestamp | None]
+    poll_count: Mapped[count]
+    last_error_code: Mapped[str64 | None]
+    last_error_message: Mapped[str | None] = mapped_column(Text())
+    last_error_status: Mapped[int | None]
+    last_error_request_id: Mapped[str255 | None]
+    created_at: Mapped[timestamp_now]
+    updated_at: Mapped[timestamp_now]
+    finished_at: Mapped[timestamp | None]
+
+    __table_args__ = (
+        UniqueConstraint("request_id", "index"),
+        Index(None, "status", "next_poll_at"),  # batches due for polling
+        Index(None, "request_id", "status"),  # batches of a request by status
+    )
+
+
+class ServerResult(Base):
+    """One server of one request: its batch and its outcome."""
+
+    __tablename__ = "server_results"
+
+    id: Mapped[bigint_pk]
+    request_id: Mapped[uuid.UUID] = _request_fk()
+    batch_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(), ForeignKey("batches.id", ondelete="CASCADE")
+    )
+    server_id: Mapped[str64]
+    status: Mapped[server_status]
+    error_code: Mapped[str64 | None]
+    fail_reason: Mapped[str | None] = mapped_column(Text())
+    sub_job_id: Mapped[str64 | None]
+    begin_time: Mapped[timestamp | None]
+    end_time: Mapped[timestamp | None]
+    updated_at: Mapped[timestamp_now]
+
+    __table_args__ = (
+        Index(None, "server_id", "updated_at"),  # history of server X
+        Index(None, "request_id", "status"),  # counts per request
+        Index(None, "batch_id", "status"),  # settle a batch's pending servers
+    )
+
+
+class Event(Base):
+    """An append-only record of one state change."""
+
+    __tablename__ = "events"
+
+    id: Mapped[bigint_pk]
+    entity: Mapped[EventEntity] = mapped_column(_enum(EventEntity, "event_entity"))
+    request_id: Mapped[uuid.UUID] = _request_fk()
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid(), ForeignKey("batches.id", ondelete="CASCADE")
+    )
+    server_id: Mapped[str64 | None]
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str] = mapped_column(String(32))
+    at: Mapped[timestamp_now]
+    actor: Mapped[str255]
+    detail: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (
+        Index(None, "request_id", "at"),
+        Index(None, "batch_id"),
+    )
