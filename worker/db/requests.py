@@ -122,7 +122,7 @@ def create_request(
         canary_size=canary_size,
         failure_threshold=failure_threshold,
         notify_task=notify_task,
-        status=RequestStatus.accepted,
+        status=RequestStatus.ACCEPTED,
         servers_total=len(server_ids),
         servers_succeeded=0,
         servers_failed=0,
@@ -142,7 +142,7 @@ def create_request(
                 "id": batch_id,
                 "request_id": request_id,
                 "index": index,
-                "status": BatchStatus.pending,
+                "status": BatchStatus.PENDING,
                 "size": min(batch_size, len(server_ids) - index * batch_size),
                 "submit_attempts": 0,
                 "poll_count": 0,
@@ -155,10 +155,10 @@ def create_request(
     _insert_servers(session, request_id, batch_ids, server_ids, batch_size, now)
     _add_event(
         session,
-        EventEntity.request,
+        EventEntity.REQUEST,
         request_id,
         None,
-        RequestStatus.accepted,
+        RequestStatus.ACCEPTED,
         actor,
         {"servers": len(server_ids), "batches": len(batch_ids), "source": source},
         at=now,
@@ -179,7 +179,7 @@ def _insert_servers(
         # COPY is several times faster than multi-row INSERTs for a million rows (see
         # docs/audit-db.md); it runs on the session's own connection, so in its transaction.
         driver_connection: Any = connection.connection.driver_connection
-        pending = ServerStatus.pending.value
+        pending = ServerStatus.PENDING.value
         with (
             driver_connection.cursor() as cursor,
             cursor.copy(
@@ -199,7 +199,7 @@ def _insert_servers(
                 "request_id": request_id,
                 "batch_id": batch_ids[position // batch_size],
                 "server_id": server_id,
-                "status": ServerStatus.pending,
+                "status": ServerStatus.PENDING,
                 "updated_at": now,
             }
             for position, server_id in enumerate(server_ids)
@@ -239,7 +239,7 @@ def create_rejected_request(
         source=source,
         batch_size=batch_size,
         notify_task=notify_task,
-        status=RequestStatus.rejected,
+        status=RequestStatus.REJECTED,
         servers_total=servers_total,
         servers_succeeded=0,
         servers_failed=0,
@@ -255,10 +255,10 @@ def create_rejected_request(
     session.flush()
     _add_event(
         session,
-        EventEntity.request,
+        EventEntity.REQUEST,
         request_id,
         None,
-        RequestStatus.rejected,
+        RequestStatus.REJECTED,
         actor,
         {"reasons": list(reasons)},
         at=now,
@@ -307,7 +307,7 @@ def transition_request(
     if to not in REQUEST_TRANSITIONS[current]:
         raise IllegalTransition("request", request_id, current, to)
     now = utcnow()
-    if to is RequestStatus.running:
+    if to is RequestStatus.RUNNING:
         values.setdefault("started_at", func.coalesce(RebootRequest.started_at, now))
     if to in TERMINAL_REQUEST_STATES:
         values.setdefault("finished_at", now)
@@ -324,7 +324,7 @@ def transition_request(
             select(RebootRequest.status).where(RebootRequest.id == request_id)
         )
         raise IllegalTransition("request", request_id, now_state, to)
-    _add_event(session, EventEntity.request, request_id, current, to, actor, detail, at=now)
+    _add_event(session, EventEntity.REQUEST, request_id, current, to, actor, detail, at=now)
     return request
 
 
@@ -354,9 +354,9 @@ def transition_batch(
         raise IllegalTransition("batch", batch_id, current, to)
     now = utcnow()
     values.setdefault("updated_at", now)
-    if to is BatchStatus.submitting:
+    if to is BatchStatus.SUBMITTING:
         values.setdefault("submit_attempts", Batch.submit_attempts + 1)
-    elif to is BatchStatus.submitted:
+    elif to is BatchStatus.SUBMITTED:
         values.setdefault("submitted_at", now)
     if to in TERMINAL_BATCH_STATES:
         values.setdefault("finished_at", now)
@@ -371,7 +371,7 @@ def transition_batch(
     if batch is None:
         now_state = session.scalar(select(Batch.status).where(Batch.id == batch_id))
         raise IllegalTransition("batch", batch_id, now_state, to)
-    _add_event(session, EventEntity.batch, request_id, current, to, actor, detail, batch_id, at=now)
+    _add_event(session, EventEntity.BATCH, request_id, current, to, actor, detail, batch_id, at=now)
     return batch
 
 
@@ -399,7 +399,7 @@ def record_poll(
     *,
     next_poll_at: dt.datetime | None,
     error: ErrorInfo | None = None,
-    expect: BatchStatus = BatchStatus.submitted,
+    expect: BatchStatus = BatchStatus.SUBMITTED,
 ) -> bool:
     """Book one poll of a batch's job: ``poll_count + 1`` (atomically), ``last_polled_at`` now,
     the next poll time, and the error if the poll failed. False if the batch left ``expect``."""
@@ -433,16 +433,16 @@ def settle_batch(
     event is written per settled server (bulk).
     """
     outcomes = outcomes or {}
-    allowed = SERVER_TRANSITIONS[ServerStatus.pending]
+    allowed = SERVER_TRANSITIONS[ServerStatus.PENDING]
     for status in {default_status, *(o.status for o in outcomes.values())}:
         if ServerStatus(status) not in allowed:
-            raise IllegalTransition("server", batch_id, ServerStatus.pending, status)
+            raise IllegalTransition("server", batch_id, ServerStatus.PENDING, status)
     batch = transition_batch(session, batch_id, to, actor=actor, detail=detail, **values)
     now = utcnow()
     table = _SERVERS
     pending = session.execute(
         select(table.c.id, table.c.server_id)
-        .where(table.c.batch_id == batch_id, table.c.status == ServerStatus.pending)
+        .where(table.c.batch_id == batch_id, table.c.status == ServerStatus.PENDING)
         .order_by(table.c.id)
     ).all()
     default = ServerOutcome(default_status, default_error_code, default_fail_reason)
@@ -476,7 +476,7 @@ def settle_batch(
     if len(explicit) < len(pending):
         session.execute(
             update(table)
-            .where(table.c.batch_id == batch_id, table.c.status == ServerStatus.pending)
+            .where(table.c.batch_id == batch_id, table.c.status == ServerStatus.PENDING)
             .values(
                 status=default.status,
                 error_code=default.error_code,
@@ -489,11 +489,11 @@ def settle_batch(
             insert(_EVENTS),
             [
                 {
-                    "entity": EventEntity.server,
+                    "entity": EventEntity.SERVER,
                     "request_id": batch.request_id,
                     "batch_id": batch_id,
                     "server_id": sid,
-                    "from_state": ServerStatus.pending.value,
+                    "from_state": ServerStatus.PENDING.value,
                     "to_state": ServerStatus(o.status).value,
                     "at": now,
                     "actor": actor,
@@ -535,7 +535,7 @@ def finalize_request_if_done(
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    if request is None or request.status not in (RequestStatus.accepted, RequestStatus.running):
+    if request is None or request.status not in (RequestStatus.ACCEPTED, RequestStatus.RUNNING):
         return None
     batch_statuses = list(
         session.scalars(select(Batch.status).where(Batch.request_id == request_id))
@@ -545,17 +545,17 @@ def finalize_request_if_done(
     counts = server_counts(session, request_id)
     final = derive_request_status(batch_statuses, counts)
     if final not in REQUEST_TRANSITIONS[request.status]:
-        transition_request(session, request_id, RequestStatus.running, actor=actor)
+        transition_request(session, request_id, RequestStatus.RUNNING, actor=actor)
     return transition_request(
         session,
         request_id,
         final,
         actor=actor,
         detail={"servers": {str(k): v for k, v in counts.items()}},
-        servers_succeeded=counts.get(ServerStatus.succeeded, 0),
-        servers_failed=counts.get(ServerStatus.failed, 0),
-        servers_unknown=counts.get(ServerStatus.unknown, 0),
-        servers_cancelled=counts.get(ServerStatus.cancelled, 0),
+        servers_succeeded=counts.get(ServerStatus.SUCCEEDED, 0),
+        servers_failed=counts.get(ServerStatus.FAILED, 0),
+        servers_unknown=counts.get(ServerStatus.UNKNOWN, 0),
+        servers_cancelled=counts.get(ServerStatus.CANCELLED, 0),
     )
 
 
@@ -588,7 +588,7 @@ def batches_due_for_poll(session: Session, now: dt.datetime, limit: int) -> list
     return list(
         session.scalars(
             select(Batch.id)
-            .where(Batch.status == BatchStatus.submitted, Batch.next_poll_at <= now)
+            .where(Batch.status == BatchStatus.SUBMITTED, Batch.next_poll_at <= now)
             .order_by(Batch.next_poll_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -601,7 +601,7 @@ def pending_batches(session: Session, request_id: uuid.UUID) -> list[Batch]:
     return list(
         session.scalars(
             select(Batch)
-            .where(Batch.request_id == request_id, Batch.status == BatchStatus.pending)
+            .where(Batch.request_id == request_id, Batch.status == BatchStatus.PENDING)
             .order_by(Batch.index)
         )
     )

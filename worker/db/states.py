@@ -19,35 +19,35 @@ from typing import TypeVar
 
 
 class BatchStatus(StrEnum):
-    pending = "pending"
-    submitting = "submitting"
-    submitted = "submitted"
-    succeeded = "succeeded"
-    failed = "failed"
-    partially_failed = "partially_failed"
-    unknown = "unknown"
-    rejected = "rejected"
-    cancelled = "cancelled"
-    timed_out = "timed_out"
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PARTIALLY_FAILED = "partially_failed"
+    UNKNOWN = "unknown"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
 
 
 class RequestStatus(StrEnum):
-    accepted = "accepted"
-    running = "running"
-    succeeded = "succeeded"
-    partially_failed = "partially_failed"
-    failed = "failed"
-    halted = "halted"
-    cancelled = "cancelled"
-    rejected = "rejected"
+    ACCEPTED = "accepted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_FAILED = "partially_failed"
+    FAILED = "failed"
+    HALTED = "halted"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
 
 
 class ServerStatus(StrEnum):
-    pending = "pending"
-    succeeded = "succeeded"
-    failed = "failed"
-    unknown = "unknown"
-    cancelled = "cancelled"
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    CANCELLED = "cancelled"
 
 
 class RebootType(StrEnum):
@@ -60,45 +60,45 @@ class RebootType(StrEnum):
 class EventEntity(StrEnum):
     """What an ``events`` row is about."""
 
-    request = "request"
-    batch = "batch"
-    server = "server"
+    REQUEST = "request"
+    BATCH = "batch"
+    SERVER = "server"
 
 
 _B = BatchStatus
 BATCH_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
-    _B.pending: frozenset({_B.submitting, _B.cancelled}),
-    _B.submitting: frozenset({_B.submitted, _B.pending, _B.unknown, _B.rejected, _B.failed}),
-    _B.submitted: frozenset({_B.succeeded, _B.failed, _B.partially_failed, _B.timed_out}),
+    _B.PENDING: frozenset({_B.SUBMITTING, _B.CANCELLED}),
+    _B.SUBMITTING: frozenset({_B.SUBMITTED, _B.PENDING, _B.UNKNOWN, _B.REJECTED, _B.FAILED}),
+    _B.SUBMITTED: frozenset({_B.SUCCEEDED, _B.FAILED, _B.PARTIALLY_FAILED, _B.TIMED_OUT}),
     # Terminal. ``unknown`` stays terminal until operators get a way to decide (a later issue).
-    _B.succeeded: frozenset(),
-    _B.failed: frozenset(),
-    _B.partially_failed: frozenset(),
-    _B.unknown: frozenset(),
-    _B.rejected: frozenset(),
-    _B.cancelled: frozenset(),
-    _B.timed_out: frozenset(),
+    _B.SUCCEEDED: frozenset(),
+    _B.FAILED: frozenset(),
+    _B.PARTIALLY_FAILED: frozenset(),
+    _B.UNKNOWN: frozenset(),
+    _B.REJECTED: frozenset(),
+    _B.CANCELLED: frozenset(),
+    _B.TIMED_OUT: frozenset(),
 }
 
 _R = RequestStatus
 REQUEST_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
-    _R.accepted: frozenset({_R.running, _R.rejected, _R.cancelled}),
-    _R.running: frozenset({_R.succeeded, _R.partially_failed, _R.failed, _R.halted, _R.cancelled}),
-    _R.halted: frozenset({_R.running, _R.cancelled}),
-    _R.succeeded: frozenset(),
-    _R.partially_failed: frozenset(),
-    _R.failed: frozenset(),
-    _R.cancelled: frozenset(),
-    _R.rejected: frozenset(),
+    _R.ACCEPTED: frozenset({_R.RUNNING, _R.REJECTED, _R.CANCELLED}),
+    _R.RUNNING: frozenset({_R.SUCCEEDED, _R.PARTIALLY_FAILED, _R.FAILED, _R.HALTED, _R.CANCELLED}),
+    _R.HALTED: frozenset({_R.RUNNING, _R.CANCELLED}),
+    _R.SUCCEEDED: frozenset(),
+    _R.PARTIALLY_FAILED: frozenset(),
+    _R.FAILED: frozenset(),
+    _R.CANCELLED: frozenset(),
+    _R.REJECTED: frozenset(),
 }
 
 _S = ServerStatus
 SERVER_TRANSITIONS: dict[ServerStatus, frozenset[ServerStatus]] = {
-    _S.pending: frozenset({_S.succeeded, _S.failed, _S.unknown, _S.cancelled}),
-    _S.succeeded: frozenset(),
-    _S.failed: frozenset(),
-    _S.unknown: frozenset(),
-    _S.cancelled: frozenset(),
+    _S.PENDING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.UNKNOWN, _S.CANCELLED}),
+    _S.SUCCEEDED: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.UNKNOWN: frozenset(),
+    _S.CANCELLED: frozenset(),
 }
 
 TERMINAL_BATCH_STATES: frozenset[BatchStatus] = frozenset(
@@ -148,15 +148,15 @@ def derive_request_status(
     """
     batches = list(batch_statuses)
     total = sum(server_counts.values())
-    succeeded = server_counts.get(ServerStatus.succeeded, 0)
+    succeeded = server_counts.get(ServerStatus.SUCCEEDED, 0)
     if total == 0:
-        if batches and all(b is BatchStatus.cancelled for b in batches):
-            return RequestStatus.cancelled
-        return RequestStatus.failed
-    if server_counts.get(ServerStatus.cancelled, 0) == total:
-        return RequestStatus.cancelled
+        if batches and all(b is BatchStatus.CANCELLED for b in batches):
+            return RequestStatus.CANCELLED
+        return RequestStatus.FAILED
+    if server_counts.get(ServerStatus.CANCELLED, 0) == total:
+        return RequestStatus.CANCELLED
     if succeeded == total:
-        return RequestStatus.succeeded
+        return RequestStatus.SUCCEEDED
     if succeeded == 0:
-        return RequestStatus.failed
-    return RequestStatus.partially_failed
+        return RequestStatus.FAILED
+    return RequestStatus.PARTIALLY_FAILED
