@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +104,11 @@ def alembic_config(url: str) -> Any:
     """An Alembic ``Config`` for the shipped ``migrations`` package, bound to ``url``."""
     from alembic.config import Config
 
-    script_location = str(resources.files("migrations"))
+    import migrations
+
+    # __path__, not importlib.resources: an editable install made before migrations/ had an
+    # __init__.py maps it as a namespace package, which resources.files() refuses.
+    script_location = next(iter(migrations.__path__))
     config = Config()
     config.set_main_option("script_location", script_location)
     config.attributes["url"] = url
@@ -156,3 +159,15 @@ def schema_diff(url: str) -> list[Any]:
             return list(compare_metadata(context, Base.metadata))
     finally:
         engine.dispose()
+
+
+def head_revision() -> str | None:
+    """The newest schema revision shipped with this code."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def database_is_current(url: str) -> bool:
+    """True when the database at ``url`` is at the newest shipped revision."""
+    return current_revision(url) == head_revision()

@@ -1,0 +1,136 @@
+"""Reading the audit record for people: a request's status, a server's history.
+
+``request_status`` returns exactly what ``bmsreboot status --json`` prints and what the
+completion callback receives, so every value is plain JSON (strings, numbers, lists, dicts).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker.db.models import Batch, RebootRequest, ServerResult
+from worker.db.requests import server_counts
+from worker.db.states import ServerStatus
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def request_status(
+    session: Session, request_id: uuid.UUID, *, include_servers: bool = False
+) -> dict[str, Any] | None:
+    """The status of one request, or None if there is no such request.
+
+    ``servers`` counts are computed live from ``server_results`` (one grouped query), so they
+    are right while the request runs, not only once it has finished.
+    """
+    request = session.scalar(
+        select(RebootRequest)
+        .where(RebootRequest.id == request_id)
+        .execution_options(populate_existing=True)
+    )
+    if request is None:
+        return None
+    counts = server_counts(session, request_id)
+    batches = session.scalars(
+        select(Batch)
+        .where(Batch.request_id == request_id)
+        .order_by(Batch.index)
+        .execution_options(populate_existing=True)
+    ).all()
+    status: dict[str, Any] = {
+        "request_id": str(request.id),
+        "status": request.status.value,
+        "project_id": request.project_id,
+        "type": request.type.value,
+        "source": request.source,
+        "idempotency_key": request.idempotency_key,
+        "region": request.region,
+        "created_at": _iso(request.created_at),
+        "started_at": _iso(request.started_at),
+        "finished_at": _iso(request.finished_at),
+        "reason": request.reason,
+        "rejection_reasons": request.rejection_reasons,
+        "duplicates_removed": request.duplicates_removed,
+        "servers": {
+            "total": sum(counts.values()),
+            **{s.value: counts.get(s, 0) for s in ServerStatus},
+        },
+        "batches": [
+            {
+                "index": b.index,
+                "status": b.status.value,
+                "job_id": b.job_id,
+                "size": b.size,
+                "polls": b.poll_count,
+                "submit_attempts": b.submit_attempts,
+                "submitted_at": _iso(b.submitted_at),
+                "finished_at": _iso(b.finished_at),
+                "last_error": None
+                if b.last_error_code is None and b.last_error_message is None
+                else {
+                    "code": b.last_error_code,
+                    "message": b.last_error_message,
+                    "status": b.last_error_status,
+                    "request_id": b.last_error_request_id,
+                },
+            }
+            for b in batches
+        ],
+    }
+    if include_servers:
+        rows = session.execute(
+            select(
+                ServerResult.server_id,
+                ServerResult.status,
+                ServerResult.error_code,
+                ServerResult.fail_reason,
+            )
+            .where(ServerResult.request_id == request_id)
+            .order_by(ServerResult.id)
+        ).all()
+        status["server_results"] = [
+            {"id": sid, "status": st.value, "error_code": code, "fail_reason": reason}
+            for sid, st, code, reason in rows
+        ]
+    return status
+
+
+def server_history(session: Session, server_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """What happened to one server, newest first: each request that included it, who asked,
+    and the outcome. One query on the (server_id, updated_at) index."""
+    rows = session.execute(
+        select(ServerResult, RebootRequest, Batch)
+        .join(RebootRequest, RebootRequest.id == ServerResult.request_id)
+        .join(Batch, Batch.id == ServerResult.batch_id)
+        .where(ServerResult.server_id == server_id)
+        .order_by(ServerResult.updated_at.desc(), ServerResult.id.desc())
+        .limit(limit)
+    ).all()
+    return [
+        {
+            "server_id": result.server_id,
+            "status": result.status.value,
+            "error_code": result.error_code,
+            "fail_reason": result.fail_reason,
+            "sub_job_id": result.sub_job_id,
+            "begin_time": _iso(result.begin_time),
+            "end_time": _iso(result.end_time),
+            "updated_at": _iso(result.updated_at),
+            "request_id": str(request.id),
+            "request_status": request.status.value,
+            "project_id": request.project_id,
+            "type": request.type.value,
+            "source": request.source,
+            "requested_at": _iso(request.created_at),
+            "batch_index": batch.index,
+            "job_id": batch.job_id,
+        }
+        for result, request, batch in rows
+    ]
