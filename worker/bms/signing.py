@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -26,7 +26,14 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: Headers our client signs when present. The SDK signs every header it set itself; the gateway
 #: requires only X-Sdk-Date. We sign these and leave transport headers (Accept-Encoding,
 #: Connection, Content-Length) unsigned, as the SDK does.
-SIGNED_HEADER_NAMES = ("content-type", "host", "x-project-id", "x-sdk-date", "x-security-token")
+SIGNED_HEADER_NAMES = (
+    "content-type",
+    "host",
+    "x-project-id",
+    "x-sdk-content-sha256",
+    "x-sdk-date",
+    "x-security-token",
+)
 
 
 def _encode(value: str) -> str:
@@ -52,7 +59,12 @@ def canonical_request(
 ) -> str:
     """The canonical request. ``headers`` maps lower-case names to values."""
     lines = "".join(f"{name}:{headers[name].strip()}\n" for name in signed_headers)
-    payload_hash = headers.get("x-sdk-content-sha256") or hashlib.sha256(body).hexdigest()
+    # As the SDK: an empty body always hashes as empty, even when X-Sdk-Content-Sha256 is set.
+    payload_hash = (
+        (headers.get("x-sdk-content-sha256") or hashlib.sha256(body).hexdigest())
+        if body
+        else EMPTY_SHA256
+    )
     return "\n".join(
         [
             method.upper(),
@@ -80,9 +92,10 @@ def signature(
 ) -> str:
     """Hex HMAC-SHA256 of the request. ``target`` is the path with its query string;
     ``headers`` maps lower-case names to values and must hold ``x-sdk-date``."""
-    parts = urlsplit(target)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    canonical = canonical_request(method, parts.path, pairs, headers, signed_headers, body)
+    # Not urlsplit: a request target such as "//x" would lose its path to a netloc.
+    path, _, query = target.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    canonical = canonical_request(method, path, pairs, headers, signed_headers, body)
     sts = string_to_sign(canonical, headers["x-sdk-date"])
     return hmac.new(sk.encode("utf-8"), sts.encode("utf-8"), hashlib.sha256).hexdigest()
 
@@ -117,12 +130,22 @@ def parse_sdk_date(value: str) -> datetime:
 
 class AkSkAuth(requests.auth.AuthBase):
     """Signs a prepared request with AK/SK. Credentials are injected, never read from the
-    environment here, and never shown by ``repr``."""
+    environment here, and never shown by ``repr``. ``clock`` exists for fixed test vectors."""
 
-    def __init__(self, ak: str, sk: str, security_token: str | None = None) -> None:
+    def __init__(
+        self,
+        ak: str,
+        sk: str,
+        security_token: str | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if not ak or not sk:
+            raise ValueError("AkSkAuth needs a non-empty AK and SK")
         self._ak = ak
         self._sk = sk
         self._security_token = security_token
+        self._clock = clock or (lambda: datetime.now(UTC))
 
     def __repr__(self) -> str:
         return f"AkSkAuth(ak={self._ak[:4]}****)"
@@ -130,7 +153,7 @@ class AkSkAuth(requests.auth.AuthBase):
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         parts = urlsplit(r.url or "")
         r.headers["Host"] = parts.netloc
-        r.headers["X-Sdk-Date"] = format_sdk_date()
+        r.headers["X-Sdk-Date"] = format_sdk_date(self._clock())
         if self._security_token:
             r.headers["X-Security-Token"] = self._security_token
         lowered = {k.lower(): str(v) for k, v in r.headers.items()}
