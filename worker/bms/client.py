@@ -1,0 +1,289 @@
+"""The BMS API client: batch reboot/start/stop and job queries over ``requests``.
+
+One :class:`BmsClient` holds one pooled ``requests.Session``. Every call has a timeout, TLS is
+verified by default, and the client never retries on its own: the task layer owns retries (see
+:mod:`worker.bms.retry`) because only it knows whether a POST may be sent again. The single
+exception is a 401 under token auth, answered by fetching a fresh token and sending once more
+(a 401 means the request was not accepted, so sending it again cannot reboot anything twice).
+
+Failures raise the errors of :mod:`worker.bms.errors`; read ``maybe_accepted`` on a failed POST.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from worker import __version__
+from worker.bms.auth import TokenAuth
+from worker.bms.errors import (
+    BmsError,
+    ConfigurationError,
+    ProtocolError,
+    decode_json,
+    error_from_exception,
+    error_from_response,
+    protocol_error,
+)
+from worker.bms.models import Job
+from worker.bms.signing import AkSkAuth
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: The API's documented limit of servers per batch call; we never send more.
+MAX_SERVERS_PER_CALL = 1000
+#: (connect, read) seconds when the caller gives none.
+DEFAULT_TIMEOUT = (5.0, 30.0)
+#: Connections kept per host; sized for a worker's concurrency.
+DEFAULT_POOL_SIZE = 32
+DEFAULT_USER_AGENT = f"bmsreboot/{__version__} {requests.utils.default_user_agent()}"
+#: As the official SDK sends it.
+JSON_CONTENT_TYPE = "application/json;charset=utf-8"
+POWER_TYPES = ("HARD", "SOFT")
+_PATH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_CONFIG_ERRORS = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidHeader,
+)
+
+
+@runtime_checkable
+class RefreshableAuth(Protocol):
+    """An auth whose credential for a project can be dropped and fetched again."""
+
+    def invalidate(self, project_id: str) -> None: ...
+
+
+def new_session(pool_maxsize: int = DEFAULT_POOL_SIZE) -> requests.Session:
+    """A session with a pool of ``pool_maxsize`` connections and no automatic retries."""
+    session = requests.Session()
+    adapter = HTTPAdapter(
+        pool_connections=4,
+        pool_maxsize=pool_maxsize,
+        # total=0: no retry of anything; read=False makes urllib3 raise the original read
+        # error (so a read timeout stays a ReadTimeout, not a generic ConnectionError).
+        max_retries=Retry(total=0, read=False, redirect=False),
+    )
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+class BmsClient:
+    """Calls ``/v1/{project_id}/baremetalservers/action`` and ``/v1/{project_id}/jobs/{id}``."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        auth: requests.auth.AuthBase,
+        *,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        verify: bool | str = True,
+        session: requests.Session | None = None,
+        user_agent: str = DEFAULT_USER_AGENT,
+        pool_maxsize: int = DEFAULT_POOL_SIZE,
+    ) -> None:
+        if not endpoint.startswith(("https://", "http://")):
+            raise ConfigurationError(f"the BMS endpoint must be an http(s) URL, got {endpoint!r}")
+        self.endpoint = endpoint.rstrip("/")
+        self.auth = auth
+        self.timeout = timeout
+        self.verify = verify
+        self.user_agent = user_agent
+        self._owns_session = session is None
+        self._session = session or new_session(pool_maxsize)
+        self._owned_auth: TokenAuth | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BmsClient:
+        """AK/SK signing when ``HUAWEICLOUD_SDK_AK``/``_SK`` are set, else IAM token auth when
+        the IAM user, password and domain are set, else :class:`ConfigurationError`."""
+        timeout = (settings.connect_timeout, settings.read_timeout)
+        verify: bool | str = settings.ca_bundle or settings.verify_tls
+        if settings.ak or settings.sk:
+            if not (settings.ak and settings.sk):
+                raise ConfigurationError(
+                    "set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or neither"
+                )
+            auth = AkSkAuth(settings.ak.get_secret_value(), settings.sk.get_secret_value())
+            return cls(settings.effective_bms_endpoint, auth, timeout=timeout, verify=verify)
+        if settings.iam_user and settings.iam_password and settings.iam_domain:
+            token_auth = TokenAuth(
+                settings.effective_iam_endpoint,
+                settings.iam_user,
+                settings.iam_password.get_secret_value(),
+                settings.iam_domain,
+                timeout=timeout,
+                verify=verify,
+                user_agent=DEFAULT_USER_AGENT,
+            )
+            endpoint = settings.effective_bms_endpoint
+            client = cls(endpoint, token_auth, timeout=timeout, verify=verify)
+            client._owned_auth = token_auth
+            return client
+        raise ConfigurationError(
+            "no BMS credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK (AK/SK signing), "
+            "or BMSREBOOT_IAM_USER, BMSREBOOT_IAM_PASSWORD and BMSREBOOT_IAM_DOMAIN (IAM token)"
+        )
+
+    def __repr__(self) -> str:
+        return f"BmsClient(endpoint={self.endpoint!r}, auth={self.auth!r})"
+
+    def close(self) -> None:
+        if self._owns_session:
+            self._session.close()
+        if self._owned_auth is not None:
+            self._owned_auth.close()
+
+    def __enter__(self) -> BmsClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- power actions: POST, never retried here ------------------------------------------------
+    def batch_reboot(
+        self, project_id: str, server_ids: Sequence[str], reboot_type: str = "HARD"
+    ) -> str:
+        """Reboot up to 1000 servers; returns the job id."""
+        _check_power_type(reboot_type)
+        return self._action(project_id, "reboot", {"type": reboot_type}, server_ids)
+
+    def batch_start(self, project_id: str, server_ids: Sequence[str]) -> str:
+        """Start up to 1000 servers; returns the job id."""
+        return self._action(project_id, "os-start", {}, server_ids)
+
+    def batch_stop(
+        self, project_id: str, server_ids: Sequence[str], stop_type: str | None = None
+    ) -> str:
+        """Stop up to 1000 servers; returns the job id. No ``stop_type``: the API's default."""
+        if stop_type is not None:
+            _check_power_type(stop_type)
+        inner = {"type": stop_type} if stop_type is not None else {}
+        return self._action(project_id, "os-stop", inner, server_ids)
+
+    # --- job queries ------------------------------------------------------------------------
+    def get_job(self, project_id: str, job_id: str) -> Job:
+        """The job with its sub-jobs, typed."""
+        raw = self.get_job_raw(project_id, job_id)
+        try:
+            return Job.from_api(raw)
+        except ValueError as exc:
+            raise ProtocolError(f"the job answer is not a job: {exc}") from None
+
+    def get_job_raw(self, project_id: str, job_id: str) -> dict[str, Any]:
+        """The job exactly as the API's JSON."""
+        response = self._send("GET", project_id, f"jobs/{_path_id('job_id', job_id)}")
+        return decode_json(response, is_post=False)
+
+    # --- the wire ---------------------------------------------------------------------------
+    def _action(
+        self, project_id: str, key: str, inner: dict[str, str], server_ids: Sequence[str]
+    ) -> str:
+        servers = _servers(server_ids)
+        # json.dumps defaults and "type" before "servers": byte for byte what the SDK sends.
+        body = json.dumps({key: {**inner, "servers": servers}}).encode("utf-8")
+        response = self._send("POST", project_id, "baremetalservers/action", body)
+        job_id = decode_json(response, is_post=True).get("job_id")
+        if not isinstance(job_id, str) or not job_id:
+            raise protocol_error(response, "the API accepted but sent no job_id", is_post=True)
+        return job_id
+
+    def _send(
+        self, method: str, project_id: str, path: str, body: bytes | None = None
+    ) -> requests.Response:
+        project_id = _path_id("project_id", project_id)
+        url = f"{self.endpoint}/v1/{project_id}/{path}"
+        headers = {
+            "User-Agent": self.user_agent,
+            "Accept": "application/json",
+            "X-Project-Id": project_id,
+        }
+        if body is not None:
+            headers["Content-Type"] = JSON_CONTENT_TYPE
+        is_post = method == "POST"
+        response = self._send_once(method, url, headers, body, is_post=is_post)
+        if response.status_code == 401 and isinstance(self.auth, RefreshableAuth):
+            log.info("401 on %s %s: refreshing the token once", method, path)
+            self.auth.invalidate(project_id)
+            response = self._send_once(method, url, headers, body, is_post=is_post)
+        if not 200 <= response.status_code < 300:
+            raise error_from_response(response, is_post=is_post)
+        return response
+
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        *,
+        is_post: bool,
+    ) -> requests.Response:
+        try:
+            response = self._session.request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                auth=self.auth,
+                timeout=self.timeout,
+                verify=self.verify,
+                allow_redirects=False,
+            )
+        except BmsError:
+            raise  # from the auth object (token fetch): the request itself was never sent
+        except _CONFIG_ERRORS as exc:
+            raise ConfigurationError(f"bad request setup: {type(exc).__name__}") from None
+        except requests.RequestException as exc:
+            error = error_from_exception(exc, is_post=is_post)
+            log.warning("%s %s failed: %s", method, url, error)
+            raise error from exc
+        log.debug(
+            "%s %s -> %s (request id %s)",
+            method,
+            url,
+            response.status_code,
+            response.headers.get("X-Request-Id"),
+        )
+        return response
+
+
+def _path_id(name: str, value: str) -> str:
+    if not isinstance(value, str) or not _PATH_ID.fullmatch(value):
+        raise ValueError(f"{name} must be letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
+def _check_power_type(value: str) -> None:
+    if value not in POWER_TYPES:
+        raise ValueError(f"type must be one of {POWER_TYPES}, got {value!r}")
+
+
+def _servers(server_ids: Sequence[str]) -> list[dict[str, str]]:
+    if isinstance(server_ids, str):
+        raise ValueError("server_ids must be a sequence of ids, not one string")
+    ids = list(server_ids)
+    if not 1 <= len(ids) <= MAX_SERVERS_PER_CALL:
+        raise ValueError(f"one call takes 1..{MAX_SERVERS_PER_CALL} server ids, got {len(ids)}")
+    if not all(isinstance(i, str) and i for i in ids):
+        raise ValueError("every server id must be a non-empty string")
+    return [{"id": i} for i in ids]
