@@ -1,11 +1,89 @@
-"""``bmsreboot simulator``: run the local BMS API simulator."""
+"""``bmsreboot simulator``: run the local BMS API simulator in the foreground.
+
+Every ``SimulatorConfig`` field is an option (``fail_servers`` -> ``--fail-servers``; repeat it
+or separate values with commas; ``credentials``/``iam_users``/``projects`` take ``KEY=VALUE``;
+rate limits take a number or ``none``). The first line on stdout is exactly
+``bmsreboot simulator listening on http://HOST:PORT`` so a parent process can read the base URL.
+With ``--verbose`` one line per request goes to stderr: method, path, status, time; never
+headers or bodies, which carry signatures, tokens and passwords.
+"""
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
 import click
+
+from worker.simulator.config import FIELD_NAMES, SimulatorConfig, patched
+from worker.simulator.server import SimulatorServer
+
+#: Knobs that hold several values: the option repeats.
+_MULTIPLE = frozenset(
+    {"fail_servers", "unknown_servers", "stuck_servers", "credentials", "iam_users", "projects"}
+)
+_HELP = {
+    "job_duration": "Seconds from job creation to its end (INIT for the first tenth).",
+    "job_jitter": "Up to this many extra seconds per job (fixed per job id).",
+    "fail_fraction": "Share of servers that fail, chosen by sha256 of the server id.",
+    "fail_servers": "Server ids whose sub-job always fails.",
+    "fail_code": "Error code of failed sub-jobs (BMS.0035/0036/0037/0038/0039).",
+    "unknown_servers": "Server ids answered with 400 BMS.0040.",
+    "stuck_servers": "Server ids whose jobs never finish.",
+    "action_rate_limit": "Power actions per minute per project, or 'none'.",
+    "job_rate_limit": "Job polls per minute per project, or 'none'.",
+    "rate_limit_scale": "Multiplier of both rate limits.",
+    "retry_after": "Seconds sent as Retry-After with a 429, or 'none' for no header.",
+    "fault_5xx": "Probability of a 500 (nothing accepted) on actions and polls.",
+    "drop_after_accept": "Probability that an accepted action gets no answer.",
+    "latency": "Seconds added to every API answer.",
+    "seed": "Seed of the random source (job ids, random faults), or 'none'.",
+    "credentials": "Accepted AK=SK pairs (replace the default).",
+    "iam_users": "Accepted DOMAIN/USER=PASSWORD logins (replace the default).",
+    "projects": "Known NAME=ID projects for token scopes by name.",
+    "token_ttl": "Seconds an IAM token stays valid.",
+    "job_ttl": "Seconds a finished job stays visible before it is purged (404).",
+    "ak_lockout_failures": "Consecutive signature failures before an AK is locked, or 'none'.",
+    "ak_lockout_seconds": "Seconds an AK stays locked.",
+}
+assert set(_HELP) == set(FIELD_NAMES), "every knob needs a CLI option"
+
+
+def _knob_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for name in reversed(FIELD_NAMES):
+        flag = "--" + name.replace("_", "-")
+        option = click.option(
+            flag, name, multiple=name in _MULTIPLE, default=None, help=_HELP[name]
+        )
+        command = option(command)
+    return command
 
 
 @click.command()
-def simulator() -> None:
-    """Run a wire-faithful local BMS API simulator."""
-    raise click.ClickException("not built yet")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=18080, show_default=True, help="Port; 0 picks a free one.")
+@click.option("--no-rate-limit", is_flag=True, help="Turn both rate limits off.")
+@click.option("--verbose", is_flag=True, help="Log one line per request to stderr.")
+@_knob_options
+def simulator(host: str, port: int, no_rate_limit: bool, verbose: bool, **knobs: Any) -> None:
+    """Run a wire-faithful local BMS API simulator (BMS actions, jobs and IAM tokens)."""
+    patch = {name: value for name, value in knobs.items() if value not in (None, ())}
+    if no_rate_limit:
+        patch.update(action_rate_limit=None, job_rate_limit=None)
+    try:
+        config = patched(SimulatorConfig(), patch)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server = SimulatorServer(config, host, port, verbose=verbose).start()
+    try:
+        click.echo(f"bmsreboot simulator listening on {server.base_url}")
+        sys.stdout.flush()
+        stop.wait()
+    finally:
+        server.stop()

@@ -1,0 +1,103 @@
+"""HTTP plumbing: turn a received request into an ``Incoming``, write or withhold the reply.
+
+HTTP/1.1 with keep-alive: every answer carries Content-Length, ``X-Request-Id`` and its content
+type. A dropped reply closes the socket without a byte, as a load balancer losing the
+connection would. Per-request log lines (``--verbose`` only) name method, path, status and time;
+never headers or bodies, which hold signatures, tokens and passwords.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from worker.simulator import admin, api
+from worker.simulator.auth import Incoming
+from worker.simulator.state import SimulatorState
+from worker.simulator.wire import Reply
+
+#: Bodies above this are refused unread; the gateway's AK/SK limit is 12 MB.
+MAX_BODY = 12 * 1024 * 1024
+
+
+class SimulatorHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "bmsreboot-simulator"
+    sys_version = ""
+    # Set per server class by SimulatorServer.
+    state: SimulatorState
+    verbose: bool = False
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        started = time.monotonic()
+        request_id = uuid.uuid4().hex
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self.close_connection = True
+            self._write(Reply(413, b""), request_id)
+            return
+        body = self.rfile.read(length) if length else b""
+        target = self.path
+        request = Incoming(
+            method=self.command,
+            target=target,
+            # Not urlsplit: a target such as "//x" would lose its path to a netloc.
+            path=target.partition("?")[0],
+            headers={name.lower(): value for name, value in self.headers.items()},
+            body=body,
+            request_id=request_id,
+        )
+        reply = admin.handle(self.state, request)
+        if reply is None:
+            _, reply = api.dispatch(self.state, request)
+        if reply.delay:
+            time.sleep(reply.delay)
+        if reply.drop:
+            self._drop()
+        else:
+            self._write(reply, request_id)
+        if self.verbose:
+            status = "dropped" if reply.drop else str(reply.status)
+            elapsed = (time.monotonic() - started) * 1000
+            self.log_message("%s %s %s %.1fms", self.command, request.path, status, elapsed)
+
+    def _write(self, reply: Reply, request_id: str) -> None:
+        self.send_response_only(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("X-Request-Id", request_id)
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.verbose:
+            sys.stderr.write(f"{self.log_date_time_string()} {format % args}\n")

@@ -1,0 +1,189 @@
+"""All mutable state of one simulator, under one lock with short critical sections.
+
+``SimulatorState`` owns the knobs, the jobs, the tokens, the AK lockout, the rate limiter, the
+fault queues, the counters and the seeded random source. Each method takes the lock for a few
+dictionary operations only; signature checks and job serialization run outside it, so many
+client threads are served in parallel as far as the GIL allows.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from worker.simulator.auth import (
+    AuthFailure,
+    Incoming,
+    Lockout,
+    TenantMismatch,
+    access_key,
+    verify_signature,
+)
+from worker.simulator.config import SimulatorConfig, patched, to_json
+from worker.simulator.faults import Fault, FaultQueues
+from worker.simulator.jobs import Job
+from worker.simulator.ratelimit import RateLimiter
+from worker.simulator.stats import Stats
+from worker.simulator.tokens import Token, TokenStore
+from worker.simulator.validation import PowerAction
+
+#: Seconds between sweeps of expired jobs (a looked-up job is also checked on its own).
+PURGE_INTERVAL = 1.0
+AK_LOCKED = "AK access failed to reach the limit,forbidden"
+
+
+class SimulatorState:
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.lock = threading.Lock()
+        self._config = config or SimulatorConfig()
+        self._rng = random.Random(self._config.seed)
+        self.jobs: dict[str, Job] = {}
+        self.tokens = TokenStore()
+        self.lockout = Lockout()
+        self.limiter = RateLimiter()
+        self.faults = FaultQueues()
+        self.stats = Stats()
+        self._next_purge = 0.0
+
+    # --- knobs ---------------------------------------------------------------------------
+    @property
+    def config(self) -> SimulatorConfig:
+        return self._config
+
+    def configure(self, patch: Mapping[str, Any]) -> SimulatorConfig:
+        """Apply a knob patch (JSON names and values); raises ValueError on a bad one."""
+        with self.lock:
+            new = patched(self._config, patch)
+            if "seed" in patch:
+                self._rng = random.Random(new.seed)
+            self._config = new
+            return new
+
+    def reset(self) -> None:
+        """Forget jobs, tokens, lockouts, buckets, queued faults and counters; keep the knobs."""
+        with self.lock:
+            self.jobs.clear()
+            self.tokens.clear()
+            self.lockout.clear()
+            self.limiter.clear()
+            self.faults.clear()
+            self.stats = Stats()
+            self._rng = random.Random(self._config.seed)
+
+    def inject(self, route: str, fault: str, count: int = 1, delay: float | None = None) -> None:
+        with self.lock:
+            self.faults.add(route, fault, count, delay)
+
+    # --- small locked steps the endpoints are made of ---------------------------------------
+    def count(self, route: str, outcome: str) -> None:
+        with self.lock:
+            self.stats.count_call(route, outcome)
+
+    def chance(self, probability: float) -> bool:
+        if probability <= 0.0:
+            return False
+        with self.lock:
+            return self._rng.random() < probability
+
+    def take_fault_before(self, route: str) -> Fault | None:
+        with self.lock:
+            return self.faults.take_before(route)
+
+    def allow(self, route: str, project_id: str, monotonic: float) -> bool:
+        """Take one request from the project's budget on ``route`` (monotonic clock)."""
+        limit = self._config.rate_limit(route)
+        with self.lock:
+            return self.limiter.allow(route, project_id, limit, monotonic)
+
+    def authenticate(self, request: Incoming, project_id: str, now: float) -> None:
+        """Raise AuthFailure (401) or TenantMismatch (400 Common.0018) unless allowed."""
+        token_value = request.headers.get("x-auth-token")
+        if token_value is not None:
+            with self.lock:
+                found = self.tokens.lookup(token_value, now)
+            if isinstance(found, str):
+                raise AuthFailure(found)
+            if found.project_id != project_id:
+                raise TenantMismatch
+            return
+        config = self._config
+        ak = access_key(request)
+        if ak is not None:
+            with self.lock:
+                if self.lockout.is_locked(ak, now):
+                    raise AuthFailure(AK_LOCKED)
+        try:
+            verify_signature(request, config.credentials, now)
+        except AuthFailure as failure:
+            if failure.ak is not None:
+                with self.lock:
+                    self.lockout.record(
+                        failure.ak,
+                        False,
+                        now,
+                        config.ak_lockout_failures,
+                        config.ak_lockout_seconds,
+                    )
+            raise
+        if ak is not None:
+            with self.lock:
+                self.lockout.record(ak, True, now, None, 0.0)
+        x_project = request.headers.get("x-project-id")
+        if x_project is not None and x_project != project_id:
+            raise TenantMismatch
+
+    def accept_action(
+        self, project_id: str, action: PowerAction, now: float
+    ) -> tuple[Job, Fault | None]:
+        """Create the job of an accepted action, count its servers, take an after-accept fault."""
+        config = self._config
+        with self.lock:
+            job_id = f"{self._rng.getrandbits(128):032x}"
+            job = Job.create(job_id, project_id, action.action, action.server_ids, config, now)
+            self.jobs[job_id] = job
+            self.stats.count_action(action.action, action.server_ids)
+            self._purge_if_due(now)
+            return job, self.faults.take_after("action")
+
+    def find_job(self, project_id: str, job_id: str, now: float) -> tuple[Job | None, Fault | None]:
+        """The job if it exists in this project and is not purged; counts the poll."""
+        with self.lock:
+            self._purge_if_due(now)
+            job = self.jobs.get(job_id)
+            if job is not None and self._expired(job, now):
+                del self.jobs[job_id]
+                job = None
+            if job is None or job.project_id != project_id:
+                return None, None
+            self.stats.polls[job_id] += 1
+            return job, self.faults.take_after("jobs")
+
+    def add_token(self, value: str, token: Token) -> Fault | None:
+        with self.lock:
+            self.tokens.add(value, token)
+            return self.faults.take_after("tokens")
+
+    # --- retention and inspection --------------------------------------------------------------
+    def _expired(self, job: Job, now: float) -> bool:
+        return now >= job.finished_at + self._config.job_ttl
+
+    def _purge_if_due(self, now: float) -> None:
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_INTERVAL
+        for job_id in [j for j, job in self.jobs.items() if self._expired(job, now)]:
+            del self.jobs[job_id]
+
+    def stats_json(self, now: float) -> dict[str, Any]:
+        with self.lock:
+            self._purge_if_due(now)
+            jobs = {
+                job_id: {"servers": len(job.server_ids), "status": job.status(now)}
+                for job_id, job in self.jobs.items()
+            }
+            return self.stats.to_json(jobs)
+
+    def config_json(self) -> dict[str, Any]:
+        return to_json(self._config)
