@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.simulator",
     "tests.fixtures.db",
+    "tests.fixtures.pipeline",
 ]

@@ -1,20 +1,211 @@
-"""``bmsreboot submit``, ``status`` and ``demo``: the producer side of the pipeline."""
+"""``bmsreboot submit`` and ``bmsreboot status``: the operator's side of the pipeline.
+
+Exit codes of ``submit``: 0 accepted (with ``--wait``: every server succeeded), 1 the request
+ended with servers not succeeded, 2 invalid input (recorded as rejected), 3 gave up waiting.
+"""
 
 from __future__ import annotations
 
+import getpass
+import json
+import sys
+import time
+import uuid
+from typing import Any, TextIO
+
 import click
 
+from worker.db.states import TERMINAL_REQUEST_STATES
+
+EXIT_NOT_ALL_SUCCEEDED = 1
+EXIT_INVALID = 2
+EXIT_WAIT_TIMEOUT = 3
+
+
+def read_ids(stream: TextIO) -> list[str]:
+    """One id per line; blank lines and ``#`` comments are skipped."""
+    ids = []
+    for line in stream:
+        text = line.split("#", 1)[0].strip()
+        if text:
+            ids.append(text)
+    return ids
+
+
+def _load_status(request_id: str, *, servers: bool = False) -> dict[str, Any] | None:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from worker.db.session import get_engine, unit_of_work
+    from worker.db.status import request_status
+    from worker.settings import get_settings
+
+    try:
+        rid = uuid.UUID(request_id)
+    except ValueError:
+        raise click.BadParameter(f"not a request id (UUID): {request_id!r}") from None
+    engine = get_engine(get_settings().effective_database_url)
+    try:
+        with unit_of_work(engine) as session:
+            return request_status(session, rid, include_servers=servers)
+    except (OperationalError, ProgrammingError) as exc:
+        raise click.ClickException(
+            f"cannot read the audit database ({type(exc).__name__}); "
+            "is it reachable and upgraded (`bmsreboot db upgrade`)?"
+        ) from None
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    counts = status["servers"]
+    console.print(
+        f"[bold]request {status['request_id']}[/bold]  status [bold]{status['status']}[/bold]"
+        f"  project {status['project_id']}  type {status['type']}"
+    )
+    console.print(
+        "servers: "
+        + ", ".join(
+            f"{k} {counts[k]}"
+            for k in ("total", "succeeded", "failed", "unknown", "pending", "cancelled")
+        )
+    )
+    for key in ("reason",):
+        if status.get(key):
+            console.print(f"{key}: {status[key]}")
+    for reason in status.get("rejection_reasons") or []:
+        console.print(f"  - {reason}")
+    if status["batches"]:
+        table = Table("batch", "status", "job id", "size", "polls")
+        for b in status["batches"]:
+            table.add_row(
+                str(b["index"]), b["status"], b["job_id"] or "-", str(b["size"]), str(b["polls"])
+            )
+        console.print(table)
+    if status.get("server_results"):
+        table = Table("server", "status", "error code", "fail reason")
+        for s in status["server_results"]:
+            table.add_row(s["id"], s["status"], s["error_code"] or "", s["fail_reason"] or "")
+        console.print(table)
+
+
+def wait_for_end(request_id: str, timeout: float | None, interval: float = 1.0) -> dict[str, Any]:
+    """Follow a request in the audit database until it reaches a final state."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = _load_status(request_id)
+        if status is not None and status["status"] in TERMINAL_REQUEST_STATES:
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(request_id)
+        time.sleep(interval)
+
 
 @click.command()
-def submit() -> None:
-    """Submit a reboot request."""
-    raise click.ClickException("not built yet")
+@click.option("--project-id", required=True, help="Huawei Cloud project id (32 hex).")
+@click.option("--ids-file", type=click.File("r"), help="One server id per line; - for stdin.")
+@click.argument("ids", nargs=-1)
+@click.option(
+    "--type",
+    "reboot_type",
+    default="HARD",
+    show_default=True,
+    type=click.Choice(["HARD", "SOFT"], case_sensitive=False),
+)
+@click.option("--idempotency-key", help="The same key never reboots twice.")
+@click.option("--batch-size", type=int, help="Servers per API call (at most 1000).")
+@click.option("--source", help="Who asks (default cli:<user>).")
+@click.option("--notify-task", help="Celery task to receive the final status dict.")
+@click.option("--wait", is_flag=True, help="Follow the request to its end.")
+@click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def submit(
+    project_id: str,
+    ids_file: TextIO | None,
+    ids: tuple[str, ...],
+    reboot_type: str,
+    idempotency_key: str | None,
+    batch_size: int | None,
+    source: str | None,
+    notify_task: str | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Submit a reboot request for server IDS (or --ids-file)."""
+    from worker.pipeline.producer import build_payload, send_payload
+    from worker.pipeline.validation import validate_request
+    from worker.settings import get_settings
+
+    if bool(ids) == bool(ids_file):
+        raise click.UsageError("give server ids either as arguments or with --ids-file")
+    server_ids = list(ids) if ids else read_ids(ids_file)  # type: ignore[arg-type]
+    settings = get_settings()
+    payload = build_payload(
+        project_id,
+        server_ids,
+        type=reboot_type.upper(),
+        idempotency_key=idempotency_key,
+        source=source or f"cli:{getpass.getuser()}",
+        batch_size=batch_size,
+        notify_task=notify_task,
+    )
+    checked = validate_request(payload, max_servers=settings.max_request_servers)
+    if not checked.valid:
+        click.echo("The request is invalid and will be recorded as rejected:", err=True)
+        for reason in checked.reasons:
+            click.echo(f"  - {reason}", err=True)
+    for warning in checked.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+    from worker.celery import make_celery_app
+
+    send_payload(make_celery_app(settings), payload)
+    request_id = payload["request_id"]
+    if not checked.valid:
+        _emit({"request_id": request_id, "status": "rejected", "reasons": checked.reasons}, as_json)
+        sys.exit(EXIT_INVALID)
+    if not wait:
+        _emit({"request_id": request_id, "status": "accepted"}, as_json)
+        return
+    if not as_json:
+        click.echo(f"request {request_id} sent; waiting for it to finish...", err=True)
+    try:
+        final = wait_for_end(request_id, timeout)
+    except TimeoutError:
+        click.echo(f"gave up waiting for request {request_id}", err=True)
+        sys.exit(EXIT_WAIT_TIMEOUT)
+    if as_json:
+        click.echo(json.dumps(final, indent=2))
+    else:
+        _print_status(final)
+    if final["status"] == "rejected":
+        sys.exit(EXIT_INVALID)
+    if final["status"] != "succeeded":
+        sys.exit(EXIT_NOT_ALL_SUCCEEDED)
+
+
+def _emit(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        click.echo(f"request {data['request_id']}: {data['status']}")
 
 
 @click.command()
-def status() -> None:
-    """Show a reboot request's status."""
-    raise click.ClickException("not built yet")
+@click.argument("request_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the status dict as JSON.")
+@click.option("--servers", is_flag=True, help="Include per-server results.")
+def status(request_id: str, as_json: bool, servers: bool) -> None:
+    """Show a reboot request's status from the audit database."""
+    data = _load_status(request_id, servers=servers)
+    if data is None:
+        raise click.ClickException(f"no request {request_id} in the audit database")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _print_status(data)
 
 
 @click.command()

@@ -1,0 +1,57 @@
+"""The Celery tasks: thin wrappers that take ids, build the runtime, call one plain function.
+
+Task names are stable, explicit and documented (README, "Task messages"): moving a function
+must never break a message already queued. Policy sits on each declaration:
+
+- ``bmsreboot.request_reboot`` (queue ``bmsreboot.intake``): idempotent by request id and
+  idempotency key, so acks-late and redelivered if the worker dies.
+- ``bmsreboot.submit_batch`` (queue ``bmsreboot.submit``): safe to repeat because submission is
+  compare-and-set on the audit row (``worker.pipeline.submit``), so acks-late and redelivered.
+- ``bmsreboot.poll_batch`` (queue ``bmsreboot.poll``): a read-only GET plus idempotent writes.
+
+A database that is briefly unreachable retries the task (the work is safe to repeat); nothing
+retries a POST whose fate is unknown.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import Task
+from sqlalchemy.exc import OperationalError
+
+from worker.celery import INTAKE_QUEUE, POLL_QUEUE, SUBMIT_QUEUE, app
+from worker.pipeline import intake, poll, submit
+from worker.pipeline.runtime import Runtime
+from worker.pipeline.tasking import CeleryDispatcher, worker_runtime
+
+COMMON: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 20,
+}
+
+
+def _runtime(task: Task[Any, Any]) -> Runtime:
+    return worker_runtime(CeleryDispatcher(submit_batch, poll_batch, app), actor=task.name)
+
+
+@app.task(name="bmsreboot.request_reboot", queue=INTAKE_QUEUE, **COMMON)
+def request_reboot(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
+    return intake.accept_request(payload, _runtime(self)).as_dict()
+
+
+@app.task(name="bmsreboot.submit_batch", queue=SUBMIT_QUEUE, **COMMON)
+def submit_batch(self: Task[Any, Any], batch_id: str) -> str:
+    return submit.submit_batch(uuid.UUID(batch_id), _runtime(self))
+
+
+@app.task(name="bmsreboot.poll_batch", queue=POLL_QUEUE, **COMMON)
+def poll_batch(self: Task[Any, Any], batch_id: str) -> str:
+    return poll.poll_batch(uuid.UUID(batch_id), _runtime(self))

@@ -1,0 +1,153 @@
+"""The Celery application: ``celery -A worker worker`` finds ``app`` here.
+
+Every setting below is chosen for "never reboot twice, never lose a request" (see
+``shared/reference/fleet-ops-anchors.md`` part A); each says why. Per-task policy (acks, retries,
+time limits) sits on the task declarations in ``tasks``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue
+
+from worker.settings import Settings, get_settings
+
+log = logging.getLogger("bmsreboot.celery")
+
+INTAKE_QUEUE = "bmsreboot.intake"
+SUBMIT_QUEUE = "bmsreboot.submit"
+POLL_QUEUE = "bmsreboot.poll"
+QUEUES = (INTAKE_QUEUE, SUBMIT_QUEUE, POLL_QUEUE)
+
+#: The share of the visibility timeout that the longest countdown may take. Redis redelivers a
+#: message not acked within the visibility timeout, and a countdown message is held unacked by
+#: the worker until it runs: a countdown near the timeout would run twice (celery#3270).
+VISIBILITY_SHARE = 0.5
+
+
+class ImproperlyConfigured(RuntimeError):
+    """Settings that would make the pipeline unsafe; the worker refuses to start."""
+
+
+def longest_countdown(settings: Settings) -> float:
+    jitter = 1.0 + settings.poll_jitter
+    stale_recheck = settings.connect_timeout + settings.read_timeout + 61.0
+    return max(settings.poll_max_interval, settings.submit_retry_max, stale_recheck) * jitter
+
+
+def check_timing(settings: Settings) -> None:
+    """Refuse settings under which a delayed message could outlive the visibility timeout."""
+    limit = settings.visibility_timeout * VISIBILITY_SHARE
+    longest = longest_countdown(settings)
+    if longest > limit:
+        raise ImproperlyConfigured(
+            f"the longest countdown ({longest:.0f} s, with jitter) must stay below "
+            f"{VISIBILITY_SHARE:.0%} of BMSREBOOT_VISIBILITY_TIMEOUT "
+            f"({settings.visibility_timeout} s): lower BMSREBOOT_POLL_MAX_INTERVAL / "
+            "BMSREBOOT_SUBMIT_RETRY_MAX or raise the visibility timeout"
+        )
+    if settings.task_time_limit + longest > settings.visibility_timeout:
+        raise ImproperlyConfigured(
+            "BMSREBOOT_TASK_TIME_LIMIT plus the longest countdown exceeds the visibility timeout"
+        )
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    visibility = {"visibility_timeout": settings.visibility_timeout}
+    # kombu's SQLAlchemy transport hands every transport option to create_engine(), which
+    # refuses unknown ones: the embedded broker gets none (it has no visibility timeout, and
+    # polls its table once a second).
+    transport_options = dict(visibility) if settings.broker_url is not None else {}
+    return {
+        "broker_url": settings.effective_broker_url,
+        # Results are never read back: the audit database is the record of work.
+        "result_backend": None,
+        "task_ignore_result": True,
+        # JSON only: messages are small dicts of ids that any producer can write.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        # Three queues so a flood of polls never starves intake or submission; the default
+        # queue stays "celery" so a producer's completion callback is routed as it expects.
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_routes": {
+            "bmsreboot.request_reboot": {"queue": INTAKE_QUEUE},
+            "bmsreboot.submit_batch": {"queue": SUBMIT_QUEUE},
+            "bmsreboot.poll_batch": {"queue": POLL_QUEUE},
+        },
+        "task_default_queue": "celery",
+        "task_create_missing_queues": True,
+        # One message at a time per process: a prefetched message is a message a dying worker
+        # takes with it until the visibility timeout.
+        "worker_prefetch_multiplier": 1,
+        # Countdown (ETA) messages are not bound by the prefetch window; bound them so thousands
+        # of pending polls cannot pile into one worker's memory.
+        "worker_eta_task_limit": 5000,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": max(settings.task_time_limit - 30, 10),
+        # On broker connection loss, an acks-late task can no longer ack and is redelivered to
+        # another worker while still running here: cancel it instead (Celery 6 default).
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        # Redis: all three settings, or the shortest wins (celery docs, Redis caveats).
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": transport_options,
+        "visibility_timeout": settings.visibility_timeout,
+        # Flower sees tasks from the moment they are sent, and when they start.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        # Give running tasks time to finish and requeue held ETA messages on shutdown.
+        "worker_soft_shutdown_timeout": 10.0,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def make_celery_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    check_timing(settings)
+    celery_app = Celery("bmsreboot", include=["tasks"])
+    celery_app.conf.update(celery_config(settings))
+    return celery_app
+
+
+app = make_celery_app()
+
+
+@signals.worker_init.connect
+def _prepare_database(**_: Any) -> None:
+    """The embedded SQLite database is brought to the schema head on start; a configured
+    database must be upgraded by the operator (``bmsreboot db upgrade``) and is only checked."""
+    from worker.db.session import upgrade_database
+
+    settings = get_settings()
+    url = settings.effective_database_url
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        upgrade_database(url)
+    elif not database_is_current(url):
+        raise ImproperlyConfigured(
+            "the audit database is not at the schema head: run `bmsreboot db upgrade`"
+        )
+
+
+def database_is_current(url: str) -> bool:
+    """Whether the database at ``url`` is at the newest migration."""
+    from alembic.script import ScriptDirectory
+
+    from worker.db.session import alembic_config, current_revision
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    return current_revision(url) == head
+
+
+@signals.worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    """A forked child must not share the parent's database connections."""
+    from worker.db.session import get_engine
+
+    get_engine(get_settings().effective_database_url).dispose(close=False)

@@ -1,0 +1,142 @@
+"""Intake: turn a reboot request into audit rows, then send its batches to submission.
+
+The request, its batches and its server rows are written in one transaction; the submit
+messages that follow carry batch ids only. The same ``request_id`` or ``idempotency_key`` returns
+the request already recorded (also when two identical messages race: the unique constraints
+decide, the loser reads the winner's row) and never reboots again: submission itself is
+compare-and-set on each batch, so re-driving a duplicate is harmless.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from worker.db.models import Batch, RebootRequest
+from worker.db.requests import create_rejected_request, create_request, find_existing
+from worker.db.session import unit_of_work
+from worker.db.states import BatchStatus
+from worker.pipeline.runtime import Runtime, log
+from worker.pipeline.validation import ValidatedRequest, validate_request
+
+
+@dataclass
+class IntakeResult:
+    request_id: uuid.UUID
+    status: str
+    created: bool
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": str(self.request_id),
+            "status": self.status,
+            "created": self.created,
+            "reasons": self.reasons,
+            "warnings": self.warnings,
+        }
+
+
+def accept_request(payload: Mapping[str, Any], rt: Runtime) -> IntakeResult:
+    """Validate and record a request; dispatch its batches. Never raises on bad input."""
+    checked = validate_request(
+        payload,
+        max_servers=rt.settings.max_request_servers,
+        default_batch_size=rt.settings.default_batch_size,
+    )
+    for warning in checked.warnings:
+        log.warning("request %s: %s", checked.request_id, warning)
+
+    existing = _existing(checked, rt)
+    if existing is not None:
+        return existing
+
+    try:
+        with unit_of_work(rt.engine) as session:
+            if checked.valid:
+                request = _create(session, checked, rt.actor)
+            else:
+                request = create_rejected_request(
+                    session,
+                    request_id=checked.request_id,
+                    project_id=checked.project_id,
+                    type=checked.type,
+                    source=checked.source,
+                    reasons=checked.reasons,
+                    idempotency_key=checked.idempotency_key,
+                    servers_total=checked.servers_given,
+                    actor=rt.actor,
+                )
+            status = str(request.status)
+            batch_ids = [] if not checked.valid else _pending_batch_ids(session, request.id)
+    except IntegrityError:
+        # Another worker recorded the same request id or idempotency key a moment ago.
+        again = _existing(checked, rt)
+        if again is None:
+            raise
+        return again
+
+    if checked.valid:
+        log.info(
+            "request %s accepted: %d servers in %d batches (source %s)",
+            checked.request_id,
+            len(checked.server_ids),
+            len(batch_ids),
+            checked.source,
+        )
+    else:
+        log.warning("request %s rejected: %s", checked.request_id, "; ".join(checked.reasons))
+    for batch_id in batch_ids:
+        rt.dispatcher.submit(batch_id)
+    return IntakeResult(checked.request_id, status, True, checked.reasons, checked.warnings)
+
+
+def _create(session: Any, checked: ValidatedRequest, actor: str) -> RebootRequest:
+    return create_request(
+        session,
+        request_id=checked.request_id,
+        project_id=checked.project_id,
+        server_ids=checked.server_ids,
+        type=checked.type,
+        source=checked.source,
+        batch_size=checked.batch_size,
+        idempotency_key=checked.idempotency_key,
+        max_in_flight=checked.max_in_flight,
+        canary_size=checked.canary_size,
+        failure_threshold=checked.failure_threshold,
+        notify_task=checked.notify_task,
+        duplicates_removed=checked.duplicates_removed,
+        actor=actor,
+    )
+
+
+def _pending_batch_ids(session: Any, request_id: uuid.UUID) -> list[uuid.UUID]:
+    rows = session.execute(
+        select(Batch.id)
+        .where(Batch.request_id == request_id, Batch.status == BatchStatus.PENDING)
+        .order_by(Batch.index)
+    )
+    return [row[0] for row in rows]
+
+
+def _existing(checked: ValidatedRequest, rt: Runtime) -> IntakeResult | None:
+    """The request already recorded under this id or key, with its pending batches re-driven
+    (a previous intake may have committed and died before dispatching them)."""
+    with unit_of_work(rt.engine) as session:
+        request = find_existing(
+            session, request_id=checked.request_id, idempotency_key=checked.idempotency_key
+        )
+        if request is None:
+            return None
+        request_id, status = request.id, str(request.status)
+        batch_ids = _pending_batch_ids(session, request_id)
+    log.info("request %s already recorded (status %s): not created again", request_id, status)
+    for batch_id in batch_ids:
+        rt.dispatcher.submit(batch_id)
+    return IntakeResult(request_id, status, False)

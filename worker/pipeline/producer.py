@@ -1,0 +1,100 @@
+"""The producer API: enqueue a reboot request from Python, get its id at once.
+
+Other applications need nothing of this package: ``send_task("bmsreboot.request_reboot",
+kwargs={...}, queue="bmsreboot.intake")`` on a Celery app pointed at the broker does the same
+(README, "Task messages"). This module adds validation before sending, so a caller learns of bad
+input immediately; the request is still sent, so the worker records it as ``rejected`` with the
+same reasons and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+
+from worker.celery import INTAKE_QUEUE
+from worker.pipeline.validation import validate_request
+from worker.settings import Settings, get_settings
+
+TASK_NAME = "bmsreboot.request_reboot"
+#: Request ids derived from idempotency keys live in this UUID namespace.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0e7c8a-3f7e-4c59-9f65-6a1d2b7e4a10")
+
+
+class InvalidRequest(ValueError):
+    """The request was recorded as rejected; ``reasons`` says why, in an operator's words."""
+
+    def __init__(self, request_id: str, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.request_id = request_id
+        self.reasons = reasons
+
+
+def build_payload(
+    project_id: str,
+    server_ids: Sequence[str],
+    *,
+    type: str = "HARD",
+    request_id: str | uuid.UUID | None = None,
+    idempotency_key: str | None = None,
+    source: str | None = None,
+    batch_size: int | None = None,
+    max_in_flight: int | None = None,
+    canary_size: int | None = None,
+    failure_threshold: float | None = None,
+    notify_task: str | None = None,
+) -> dict[str, Any]:
+    """The intake task's JSON keyword arguments (unset fields are left out).
+
+    Without a ``request_id``, one is made: derived from the idempotency key when there is one
+    (so a retried producer gets the same id back at once), else random.
+    """
+    if request_id is None:
+        request_id = uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else None
+    payload: dict[str, Any] = {
+        "request_id": str(request_id or uuid.uuid4()),
+        "project_id": project_id,
+        "server_ids": list(server_ids),
+        "type": type,
+        "idempotency_key": idempotency_key,
+        "source": source,
+        "batch_size": batch_size,
+        "max_in_flight": max_in_flight,
+        "canary_size": canary_size,
+        "failure_threshold": failure_threshold,
+        "notify_task": notify_task,
+    }
+    return {k: v for k, v in payload.items() if v is not None}
+
+
+def send_payload(app: Celery, payload: dict[str, Any]) -> None:
+    """Send the intake message. Flower shows a summary instead of up to a million ids."""
+    summary = {k: v for k, v in payload.items() if k != "server_ids"}
+    summary["server_ids"] = f"<{len(payload.get('server_ids') or [])} ids>"
+    app.send_task(TASK_NAME, kwargs=payload, queue=INTAKE_QUEUE, kwargsrepr=repr(summary))
+
+
+def request_reboot(
+    project_id: str,
+    server_ids: Sequence[str],
+    *,
+    app: Celery | None = None,
+    settings: Settings | None = None,
+    **fields: Any,
+) -> str:
+    """Enqueue a reboot request and return its id. Raises :class:`InvalidRequest` (after
+    sending, so the rejection is recorded) when the request cannot be accepted."""
+    settings = settings or get_settings()
+    payload = build_payload(project_id, server_ids, **fields)
+    checked = validate_request(payload, max_servers=settings.max_request_servers)
+    if app is None:
+        from worker.celery import make_celery_app
+
+        app = make_celery_app(settings)
+    send_payload(app, payload)
+    if not checked.valid:
+        raise InvalidRequest(payload["request_id"], checked.reasons)
+    return str(payload["request_id"])

@@ -1,0 +1,204 @@
+"""Validation of a reboot request: one function used by the producer API, the CLI and the task.
+
+It never raises on bad input. It returns every reason, in words an operator understands, so that
+an invalid request can be recorded as ``rejected`` with all of them at once.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_BATCH_SIZE = 1000  # the BMS API reboots at most 1000 servers per call
+REBOOT_TYPES = ("HARD", "SOFT")
+SOFT_WARNING = (
+    "type SOFT is documented by the BMS API as ineffective (不生效): BMS reboots are always hard"
+)
+#: Project ids are 32 hexadecimal characters in Huawei Cloud.
+PROJECT_ID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+MAX_TEXT = 255
+
+#: Every keyword argument the intake task understands.
+KNOWN_FIELDS = frozenset(
+    {
+        "request_id",
+        "project_id",
+        "server_ids",
+        "type",
+        "idempotency_key",
+        "source",
+        "batch_size",
+        "max_in_flight",
+        "canary_size",
+        "failure_threshold",
+        "notify_task",
+    }
+)
+
+
+@dataclass
+class ValidatedRequest:
+    """The normalised request, or the reasons it cannot be accepted."""
+
+    request_id: uuid.UUID
+    project_id: str
+    server_ids: list[str]
+    type: str
+    idempotency_key: str | None
+    source: str
+    batch_size: int
+    max_in_flight: int | None
+    canary_size: int | None
+    failure_threshold: float | None
+    notify_task: str | None
+    servers_given: int
+    duplicates_removed: int
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.reasons
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int_field(
+    payload: Mapping[str, Any], name: str, low: int, high: int | None, reasons: list[str]
+) -> int | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        reasons.append(f"{name} must be a whole number, got {_short(value)}")
+        return None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        reasons.append(f"{name} must be {bound}, got {value}")
+        return None
+    return value
+
+
+def _text_field(payload: Mapping[str, Any], name: str, reasons: list[str]) -> str | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        reasons.append(f"{name} must be a non-empty string, got {_short(value)}")
+        return None
+    if len(value) > MAX_TEXT:
+        reasons.append(f"{name} must be at most {MAX_TEXT} characters, got {len(value)}")
+        return None
+    return value.strip()
+
+
+def _server_ids(value: Any, max_servers: int, reasons: list[str]) -> tuple[list[str], int, int]:
+    """Returns (unique ids in order, ids given, duplicates removed)."""
+    if value is None:
+        reasons.append("server_ids is missing: give at least one server id")
+        return [], 0, 0
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        reasons.append(f"server_ids must be a list of server ids, got {type(value).__name__}")
+        return [], 0, 0
+    given = len(value)
+    if given == 0:
+        reasons.append("server_ids is empty: give at least one server id")
+        return [], 0, 0
+    if given > max_servers:
+        reasons.append(
+            f"too many servers: {given} given, at most {max_servers} per request "
+            "(BMSREBOOT_MAX_REQUEST_SERVERS)"
+        )
+        return [], given, 0
+    seen: dict[str, None] = {}
+    bad: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not UUID_RE.match(item.strip()):
+            bad.append(_short(item))
+            continue
+        seen.setdefault(item.strip().lower(), None)
+    if bad:
+        examples = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        reasons.append(f"{len(bad)} server id(s) are not UUIDs: {examples}")
+    unique = list(seen)
+    return unique, given, given - len(bad) - len(unique)
+
+
+def validate_request(
+    payload: Mapping[str, Any], *, max_servers: int, default_batch_size: int = MAX_BATCH_SIZE
+) -> ValidatedRequest:
+    """Check and normalise a request payload (the intake task's keyword arguments)."""
+    reasons: list[str] = []
+    warnings: list[str] = []
+
+    unknown = sorted(set(payload) - KNOWN_FIELDS)
+    if unknown:
+        reasons.append(f"unknown field(s): {', '.join(unknown)}")
+
+    raw_id = payload.get("request_id")
+    request_id = uuid.uuid4()
+    if raw_id is not None:
+        try:
+            request_id = uuid.UUID(str(raw_id))
+        except ValueError:
+            reasons.append(f"request_id must be a UUID, got {_short(raw_id)}")
+
+    project_id = payload.get("project_id")
+    if project_id is None:
+        reasons.append("project_id is missing")
+        project_id = ""
+    elif not isinstance(project_id, str) or not PROJECT_ID_RE.match(project_id):
+        reasons.append(f"project_id must be 32 hexadecimal characters, got {_short(project_id)}")
+        project_id = str(project_id)[:64]
+
+    reboot_type = payload.get("type", "HARD")
+    if isinstance(reboot_type, str) and reboot_type.upper() in REBOOT_TYPES:
+        reboot_type = reboot_type.upper()
+        if reboot_type == "SOFT":
+            warnings.append(SOFT_WARNING)
+    else:
+        reasons.append(f"type must be HARD or SOFT, got {_short(reboot_type)}")
+        reboot_type = "HARD"
+
+    server_ids, given, duplicates = _server_ids(payload.get("server_ids"), max_servers, reasons)
+    if duplicates:
+        warnings.append(f"{duplicates} duplicate server id(s) removed")
+
+    batch_size = _int_field(payload, "batch_size", 1, MAX_BATCH_SIZE, reasons)
+    failure_threshold = payload.get("failure_threshold")
+    if failure_threshold is not None and (
+        isinstance(failure_threshold, bool)
+        or not isinstance(failure_threshold, int | float)
+        or not 0 <= failure_threshold <= 100
+    ):
+        reasons.append(
+            f"failure_threshold must be a percentage from 0 to 100, got {_short(failure_threshold)}"
+        )
+        failure_threshold = None
+
+    return ValidatedRequest(
+        request_id=request_id,
+        project_id=project_id,
+        server_ids=server_ids,
+        type=reboot_type,
+        idempotency_key=_text_field(payload, "idempotency_key", reasons),
+        source=_text_field(payload, "source", reasons) or "unknown",
+        batch_size=batch_size or default_batch_size,
+        max_in_flight=_int_field(payload, "max_in_flight", 1, None, reasons),
+        canary_size=_int_field(payload, "canary_size", 1, MAX_BATCH_SIZE, reasons),
+        failure_threshold=float(failure_threshold) if failure_threshold is not None else None,
+        notify_task=_text_field(payload, "notify_task", reasons),
+        servers_given=given,
+        duplicates_removed=duplicates,
+        reasons=reasons,
+        warnings=warnings,
+    )
