@@ -8,6 +8,11 @@ lock on PostgreSQL; on SQLite every transaction already holds the write lock, se
 ``worker.db.session``), checked against the tables in ``worker.db.states``, then written with
 ``UPDATE ... WHERE id = :id AND status = :current``. Of two workers racing on one row, the second
 waits for the first, sees its committed state and gets ``IllegalTransition``.
+
+Row locks are ``FOR NO KEY UPDATE`` (``key_share=True``), the lock PostgreSQL's own UPDATE
+takes: it does not conflict with the ``KEY SHARE`` locks that inserting child rows (events,
+server rows) takes on the parent through its foreign key. Plain ``FOR UPDATE`` would, and two
+workers settling the last two batches of one request would deadlock in ``finalize``.
 """
 
 from __future__ import annotations
@@ -300,7 +305,9 @@ def transition_request(
     """
     to = RequestStatus(to)
     current = session.scalar(
-        select(RebootRequest.status).where(RebootRequest.id == request_id).with_for_update()
+        select(RebootRequest.status)
+        .where(RebootRequest.id == request_id)
+        .with_for_update(key_share=True)
     )
     if current is None:
         raise RecordNotFound(f"request {request_id}")
@@ -345,7 +352,9 @@ def transition_batch(
     """
     to = BatchStatus(to)
     row = session.execute(
-        select(Batch.status, Batch.request_id).where(Batch.id == batch_id).with_for_update()
+        select(Batch.status, Batch.request_id)
+        .where(Batch.id == batch_id)
+        .with_for_update(key_share=True)
     ).one_or_none()
     if row is None:
         raise RecordNotFound(f"batch {batch_id}")
@@ -532,7 +541,7 @@ def finalize_request_if_done(
     request = session.scalar(
         select(RebootRequest)
         .where(RebootRequest.id == request_id)
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )
     if request is None or request.status not in (RequestStatus.ACCEPTED, RequestStatus.RUNNING):
@@ -591,7 +600,7 @@ def batches_due_for_poll(session: Session, now: dt.datetime, limit: int) -> list
             .where(Batch.status == BatchStatus.SUBMITTED, Batch.next_poll_at <= now)
             .order_by(Batch.next_poll_at)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            .with_for_update(key_share=True, skip_locked=True)
         )
     )
 
