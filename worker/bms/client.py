@@ -286,4 +286,7 @@ def _servers(server_ids: Sequence[str]) -> list[dict[str, str]]:
         raise ValueError(f"one call takes 1..{MAX_SERVERS_PER_CALL} server ids, got {len(ids)}")
     if not all(isinstance(i, str) and i for i in ids):
         raise ValueError("every server id must be a non-empty string")
+    if len(set(ids)) != len(ids):
+        # A server listed twice could be rebooted twice; the API refuses it anyway.
+        raise ValueError("server_ids holds duplicates")
     return [{"id": i} for i in ids]

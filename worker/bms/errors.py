@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 #: Longest slice of a non-JSON body quoted in a message (a proxy's HTML page, say).
-_BODY_EXCERPT = 200
+_BODY_EXCERPT = 120
 
 
 class BmsError(Exception):
