@@ -1,10 +1,43 @@
-"""``bmsreboot api ...``: read-only direct calls to the BMS API, for operators."""
+"""``bmsreboot api ...``: read-only direct calls to the BMS API, for operators.
+
+Endpoint and credentials come from the environment (:class:`~worker.settings.Settings`), exactly
+as the workers read them, so ``bmsreboot api job`` checks what a worker would see.
+"""
 
 from __future__ import annotations
 
+import json
+
 import click
+
+from worker.bms.client import BmsClient
+from worker.bms.errors import BmsError
+from worker.settings import Settings
 
 
 @click.group()
 def api() -> None:
     """Direct, read-only calls to the BMS API (debugging aid)."""
+
+
+@api.command()
+@click.argument("project_id")
+@click.argument("job_id")
+def job(project_id: str, job_id: str) -> None:
+    """Print a job (GET /v1/PROJECT_ID/jobs/JOB_ID) as the API's JSON."""
+    try:
+        with BmsClient.from_settings(Settings()) as client:
+            raw = client.get_job_raw(project_id, job_id)
+    except BmsError as error:
+        fields = {
+            "status": error.status,
+            "code": error.code,
+            "message": error.message,
+            "request_id": error.request_id,
+        }
+        details = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        click.echo(f"{type(error).__name__}: {details}", err=True)
+        raise SystemExit(1) from None
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    click.echo(json.dumps(raw, indent=2, ensure_ascii=False))

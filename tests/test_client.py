@@ -1,0 +1,822 @@
+"""BmsClient against the simulator over real HTTP: calls, job parsing, every error class, the
+not-accepted / maybe-accepted classification of every injectable fault, and token auth.
+
+No HTTP is mocked: each test talks to a fresh simulator (``simulator`` fixture), to a loopback
+capture server, or to a socket that refuses or never completes connections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import requests
+
+from tests.fixtures.simulator import SimulatorHandle
+from tests.test_signing import CaptureServer, capture_server  # noqa: F401 - a fixture
+from worker import __version__
+from worker.bms import retry
+from worker.bms.auth import TokenAuth
+from worker.bms.client import (
+    DEFAULT_USER_AGENT,
+    JSON_CONTENT_TYPE,
+    MAX_SERVERS_PER_CALL,
+    BmsClient,
+)
+from worker.bms.errors import (
+    AuthenticationError,
+    BmsError,
+    ConfigurationError,
+    ConnectError,
+    ConnectionDropped,
+    NotFoundError,
+    ProtocolError,
+    RejectedError,
+    RequestTimeout,
+    ServerError,
+    ThrottledError,
+    error_from_response,
+    parse_error_body,
+)
+from worker.bms.models import TERMINAL_JOB_STATUSES, Job
+from worker.bms.signing import AkSkAuth
+from worker.settings import Settings
+from worker.simulator.faults import FAULTS
+
+PROJECT = "0123456789abcdef0123456789abcdef"
+
+
+def new_ids(n: int = 1) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+def aksk_client(sim: SimulatorHandle, **kwargs: Any) -> BmsClient:
+    kwargs.setdefault("timeout", (2.0, 5.0))
+    return BmsClient(sim.base_url, AkSkAuth(sim.ak, sim.sk), **kwargs)
+
+
+def token_auth(sim: SimulatorHandle, password: str | None = None) -> TokenAuth:
+    return TokenAuth(
+        sim.base_url, sim.iam_user, password or sim.iam_password, sim.iam_domain, timeout=(2, 5)
+    )
+
+
+def token_calls(sim: SimulatorHandle) -> int:
+    return int(sim.stats()["calls"]["tokens"]["accepted"])
+
+
+def wait_terminal(client: BmsClient, job_id: str, within: float = 5.0) -> Job:
+    deadline = time.monotonic() + within
+    while True:
+        job = client.get_job(PROJECT, job_id)
+        if job.is_terminal or time.monotonic() > deadline:
+            return job
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def client(simulator: SimulatorHandle) -> Iterator[BmsClient]:
+    with aksk_client(simulator) as c:
+        yield c
+
+
+# --- calls -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("call", "action"),
+    [
+        (lambda c, ids: c.batch_reboot(PROJECT, ids), "reboot"),
+        (lambda c, ids: c.batch_start(PROJECT, ids), "os-start"),
+        (lambda c, ids: c.batch_stop(PROJECT, ids), "os-stop"),
+        (lambda c, ids: c.batch_stop(PROJECT, ids, stop_type="HARD"), "os-stop"),
+    ],
+)
+def test_given_servers_when_a_power_action_is_sent_then_it_returns_the_job_id(
+    simulator: SimulatorHandle,
+    client: BmsClient,
+    call: Callable[[BmsClient, list[str]], str],
+    action: str,
+) -> None:
+    # Given
+    ids = new_ids(3)
+    # When
+    job_id = call(client, ids)
+    # Then
+    assert isinstance(job_id, str)
+    assert job_id
+    assert simulator.stats()["actions"][action] == dict.fromkeys(ids, 1)
+
+
+def test_given_a_finished_batch_when_get_job_then_sub_jobs_are_typed(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given one server that fails and one that succeeds
+    ok, bad = new_ids(2)
+    simulator.configure(job_duration=0.1, fail_servers=[bad], fail_code="BMS.0036")
+    job_id = client.batch_reboot(PROJECT, [ok, bad])
+    # When
+    job = wait_terminal(client, job_id)
+    # Then
+    assert job.job_id == job_id
+    assert job.status == "FAIL"
+    assert job.is_terminal
+    assert job.sub_jobs_total == 2
+    by_server = {s.server_id: s for s in job.sub_jobs}
+    assert by_server[ok].status == "SUCCESS"
+    assert by_server[ok].error_code is None
+    assert by_server[bad].status == "FAIL"
+    assert by_server[bad].error_code == "BMS.0036"
+    assert by_server[bad].fail_reason == "Server is powering off, not allow to reboot."
+    assert by_server[bad].errorcode_message == by_server[bad].fail_reason
+    for sub in job.sub_jobs:
+        assert sub.job_id
+        assert sub.begin_time is not None
+        assert sub.begin_time.tzinfo is not None
+        assert sub.end_time is not None
+        assert sub.end_time >= sub.begin_time
+
+
+def test_given_a_running_job_when_get_job_then_it_is_not_terminal_and_has_no_end_time(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    simulator.configure(job_duration=30)
+    job_id = client.batch_reboot(PROJECT, new_ids(1))
+    # When
+    job = client.get_job(PROJECT, job_id)
+    raw = client.get_job_raw(PROJECT, job_id)
+    # Then
+    assert job.status in ("INIT", "RUNNING")
+    assert not job.is_terminal
+    assert job.end_time is None
+    assert raw["job_id"] == job_id
+    assert raw["entities"]["sub_jobs_total"] == 1
+
+
+def test_given_the_reference_example_when_parsed_then_every_field_is_typed() -> None:
+    # Given the realistic example of bms-api.md §3.5 (abridged)
+    raw = {
+        "status": "FAIL",
+        "entities": {
+            "sub_jobs_total": 1,
+            "sub_jobs": [
+                {
+                    "status": "FAIL",
+                    "entities": {
+                        "server_id": "726fb98f-46ca-475e-917e-2563e5a8cd20",
+                        "errorcode_message": "Server is powering off, not allow to reboot.",
+                    },
+                    "job_id": "ff80808290a1b2c30190a1f0aa120002",
+                    "job_type": "baremetalSingleOperate",
+                    "begin_time": "2024-07-01T08:00:02.120Z",
+                    "end_time": None,
+                    "error_code": "BMS.0036",
+                    "fail_reason": "Server is powering off, not allow to reboot.",
+                }
+            ],
+        },
+        "job_id": "ff80808290a1b2c30190a1f0a9f00000",
+        "job_type": "baremetalBatchOperate",
+        "begin_time": "2024-07-01T08:00:01.950Z",
+        "end_time": "garbage",
+        "error_code": "BMS.0036",
+        "fail_reason": "Server is powering off, not allow to reboot.",
+    }
+    # When
+    job = Job.from_api(raw)
+    # Then
+    (sub,) = job.sub_jobs
+    assert sub.begin_time == datetime(2024, 7, 1, 8, 0, 2, 120000, tzinfo=UTC)
+    assert sub.end_time is None
+    assert job.end_time is None
+    assert sub.server_id == "726fb98f-46ca-475e-917e-2563e5a8cd20"
+    assert sub.job_id == "ff80808290a1b2c30190a1f0aa120002"
+    assert {"SUCCESS", "FAIL"} == TERMINAL_JOB_STATUSES
+
+
+@pytest.mark.parametrize("count", [0, MAX_SERVERS_PER_CALL + 1])
+def test_given_too_few_or_too_many_ids_when_rebooting_then_value_error_and_nothing_sent(
+    simulator: SimulatorHandle, client: BmsClient, count: int
+) -> None:
+    # Given
+    ids = new_ids(count)
+    # When / Then
+    with pytest.raises(ValueError, match=r"1\.\.1000"):
+        client.batch_reboot(PROJECT, ids)
+    assert sum(simulator.stats()["calls"]["action"].values()) == 0
+
+
+def test_given_a_duplicate_id_when_rebooting_then_value_error() -> None:
+    # Given a client pointing nowhere: nothing may be sent
+    client = BmsClient("http://127.0.0.1:9", AkSkAuth("ak", "sk"))
+    (one,) = new_ids(1)
+    # When / Then
+    with pytest.raises(ValueError, match="duplicates"):
+        client.batch_reboot(PROJECT, [one, one])
+
+
+def test_given_1000_ids_when_rebooting_then_all_are_sent_in_one_call(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    ids = new_ids(MAX_SERVERS_PER_CALL)
+    # When
+    client.batch_reboot(PROJECT, ids)
+    # Then
+    assert len(simulator.stats()["reboots"]) == MAX_SERVERS_PER_CALL
+
+
+# --- the wire: byte for byte what the official SDK sends --------------------------------------
+def sdk_send(base_url: str, kind: str, ids: list[str], stop_type: str | None) -> None:
+    from huaweicloudsdkbms.v1 import (
+        BatchRebootBaremetalServersRequest,
+        BatchStartBaremetalServersRequest,
+        BatchStopBaremetalServersRequest,
+        OsStartBody,
+        OsStopBody,
+        OsStopBodyType,
+        RebootBody,
+        ServersInfoType,
+        ServersList,
+        StartServersInfo,
+    )
+    from huaweicloudsdkbms.v1 import BmsClient as SdkClient
+    from huaweicloudsdkcore.auth.credentials import BasicCredentials
+    from huaweicloudsdkcore.http.http_config import HttpConfig
+
+    config = HttpConfig.get_default_config()
+    config.timeout = (2, 5)
+    sdk = (
+        SdkClient.new_builder()
+        .with_http_config(config)
+        .with_credentials(BasicCredentials("AK", "SK", PROJECT))
+        .with_endpoint(base_url)
+        .build()
+    )
+    servers = [ServersList(id=i) for i in ids]
+    if kind == "reboot":
+        sdk.batch_reboot_baremetal_servers(
+            BatchRebootBaremetalServersRequest(
+                body=RebootBody(reboot=ServersInfoType(type="HARD", servers=servers))
+            )
+        )
+    elif kind == "start":
+        sdk.batch_start_baremetal_servers(
+            BatchStartBaremetalServersRequest(
+                body=OsStartBody(os_start=StartServersInfo(servers=servers))
+            )
+        )
+    else:
+        sdk.batch_stop_baremetal_servers(
+            BatchStopBaremetalServersRequest(
+                body=OsStopBody(os_stop=OsStopBodyType(type=stop_type, servers=servers))
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("kind", "stop_type"),
+    [("reboot", None), ("start", None), ("stop", None), ("stop", "HARD"), ("stop", "SOFT")],
+)
+def test_given_the_official_sdk_when_both_send_an_action_then_bodies_match_byte_for_byte(
+    capture_server: CaptureServer,  # noqa: F811 - the imported fixture
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    kind: str,
+    stop_type: str | None,
+) -> None:
+    # Given (the SDK writes an application id under $HOME)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ids = new_ids(2)
+    client = BmsClient(capture_server.base_url, AkSkAuth("AK", "SK"))
+    # When
+    sdk_send(capture_server.base_url, kind, ids, stop_type)
+    if kind == "reboot":
+        client.batch_reboot(PROJECT, ids)
+    elif kind == "start":
+        client.batch_start(PROJECT, ids)
+    else:
+        client.batch_stop(PROJECT, ids, stop_type=stop_type)
+    # Then
+    theirs, ours = capture_server.requests
+    assert ours.body == theirs.body
+    assert ours.target == theirs.target == f"/v1/{PROJECT}/baremetalservers/action"
+    assert ours.headers["content-type"] == theirs.headers["content-type"] == JSON_CONTENT_TYPE
+    assert ours.headers["x-project-id"] == theirs.headers["x-project-id"] == PROJECT
+
+
+def test_given_a_client_when_it_sends_then_user_agent_and_timeouts_are_set(
+    capture_server: CaptureServer,  # noqa: F811 - the imported fixture
+) -> None:
+    # Given
+    client = BmsClient(capture_server.base_url, AkSkAuth("AK", "SK"))
+    # When
+    client.batch_reboot(PROJECT, new_ids(1))
+    # Then
+    (sent,) = capture_server.requests
+    assert sent.headers["user-agent"] == DEFAULT_USER_AGENT
+    assert f"bmsreboot/{__version__} python-requests/{requests.__version__}" == DEFAULT_USER_AGENT
+    assert all(t > 0 for t in client.timeout)
+    assert client.verify is True
+
+
+# --- errors ------------------------------------------------------------------------------------
+def test_given_a_wrong_sk_when_rebooting_then_authentication_error(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given
+    client = BmsClient(simulator.base_url, AkSkAuth(simulator.ak, "wrong-secret-key"))
+    # When
+    with pytest.raises(AuthenticationError) as caught:
+        client.batch_reboot(PROJECT, new_ids(1))
+    # Then
+    error = caught.value
+    assert (error.status, error.code) == (401, "APIGW.0301")
+    assert error.request_id
+    assert not error.maybe_accepted
+    assert not error.retryable
+    assert simulator.stats()["reboots"] == {}
+
+
+def test_given_an_unknown_job_when_get_job_then_not_found(client: BmsClient) -> None:
+    # When
+    with pytest.raises(NotFoundError) as caught:
+        client.get_job(PROJECT, "ff80808290a1b2c30190a1f0a9f0dead")
+    # Then
+    assert caught.value.status == 404
+    assert caught.value.code
+    assert caught.value.request_id
+
+
+def test_given_an_unknown_server_when_rebooting_then_rejected_bms_0040(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    known, unknown = new_ids(2)
+    simulator.configure(unknown_servers=[unknown])
+    # When
+    with pytest.raises(RejectedError) as caught:
+        client.batch_reboot(PROJECT, [known, unknown])
+    # Then
+    assert (caught.value.status, caught.value.code) == (400, "BMS.0040")
+    assert caught.value.message == "The server does not exist."
+    assert not caught.value.maybe_accepted
+    assert simulator.stats()["reboots"] == {}
+
+
+def test_given_more_than_1000_servers_on_the_wire_when_answered_then_rejected_bms_0205(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given a raw signed request the client itself would refuse to send
+    body = json.dumps({"reboot": {"type": "HARD", "servers": [{"id": i} for i in new_ids(1001)]}})
+    response = requests.post(
+        f"{simulator.base_url}/v1/{PROJECT}/baremetalservers/action",
+        data=body.encode(),
+        headers={"Content-Type": JSON_CONTENT_TYPE, "X-Project-Id": PROJECT},
+        auth=AkSkAuth(simulator.ak, simulator.sk),
+        timeout=5,
+    )
+    # When
+    error = error_from_response(response, is_post=True)
+    # Then
+    assert isinstance(error, RejectedError)
+    assert (error.status, error.code, error.maybe_accepted) == (400, "BMS.0205", False)
+
+
+def test_given_a_rate_limit_with_retry_after_when_exceeded_then_throttled_with_the_hint(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    simulator.configure(action_rate_limit=1, retry_after=7)
+    client.batch_reboot(PROJECT, new_ids(1))
+    # When
+    with pytest.raises(ThrottledError) as caught:
+        client.batch_reboot(PROJECT, new_ids(1))
+    # Then
+    error = caught.value
+    assert (error.status, error.code, error.retry_after) == (429, "APIGW.0308", 7.0)
+    assert error.retryable
+    assert not error.maybe_accepted
+
+
+def test_given_a_closed_port_when_rebooting_then_connect_error_not_accepted() -> None:
+    # Given a port nobody listens on
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = BmsClient(f"http://127.0.0.1:{port}", AkSkAuth("ak", "sk"), timeout=(1, 1))
+    # When
+    with pytest.raises(ConnectError) as caught:
+        client.batch_reboot(PROJECT, new_ids(1))
+    # Then
+    assert not caught.value.maybe_accepted
+    assert caught.value.retryable
+    assert caught.value.status is None
+
+
+def test_given_a_full_accept_queue_when_rebooting_then_connect_timeout_not_accepted() -> None:
+    # Given a listener whose accept queue is full: the kernel drops further SYNs
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.05)
+    client = BmsClient(f"http://127.0.0.1:{port}", AkSkAuth("ak", "sk"), timeout=(0.3, 1))
+    try:
+        # When
+        with pytest.raises(RequestTimeout) as caught:
+            client.batch_reboot(PROJECT, new_ids(1))
+    finally:
+        for s in [*fillers, listener]:
+            s.close()
+    # Then
+    assert not caught.value.maybe_accepted
+    assert "connecting" in caught.value.message
+
+
+# fault -> (error class, maybe_accepted for a POST)
+FAULT_TABLE: dict[str, tuple[type[BmsError], bool]] = {
+    "5xx": (ServerError, False),
+    "429": (ThrottledError, False),
+    "401": (AuthenticationError, False),
+    # The simulator closes before accepting, but on the client's side of the wire this looks
+    # exactly like "drop": the request was sent and no answer came. So: maybe accepted.
+    "drop_before": (ConnectionDropped, True),
+    "drop": (ConnectionDropped, True),
+    "slow": (RequestTimeout, True),
+    "gateway_502": (ServerError, True),
+    "no_job_id": (ProtocolError, True),
+}
+
+
+def test_given_the_simulator_fault_list_then_the_table_covers_every_fault() -> None:
+    assert set(FAULT_TABLE) == set(FAULTS)
+
+
+@pytest.mark.parametrize("fault", sorted(FAULT_TABLE))
+def test_given_an_injected_fault_when_rebooting_then_classified_and_never_falsely_not_accepted(
+    simulator: SimulatorHandle, fault: str
+) -> None:
+    # Given
+    expected_class, expected_maybe = FAULT_TABLE[fault]
+    simulator.inject("action", fault, delay=2.0)
+    client = aksk_client(simulator, timeout=(1.0, 0.5))
+    (server,) = new_ids(1)
+    # When
+    with pytest.raises(BmsError) as caught:
+        client.batch_reboot(PROJECT, [server])
+    # Then
+    error = caught.value
+    assert type(error) is expected_class
+    assert error.maybe_accepted is expected_maybe
+    # ...and "not accepted" is never a lie: the simulator executed nothing.
+    if not error.maybe_accepted:
+        assert simulator.stats()["reboots"] == {}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULT_TABLE))
+def test_given_an_injected_fault_when_getting_a_job_then_never_maybe_accepted(
+    simulator: SimulatorHandle, client: BmsClient, fault: str
+) -> None:
+    # Given an existing job, then a fault on the jobs route
+    job_id = client.batch_reboot(PROJECT, new_ids(1))
+    simulator.inject("jobs", fault, delay=2.0)
+    short = aksk_client(simulator, timeout=(1.0, 0.5))
+    # When
+    with pytest.raises(BmsError) as caught:
+        short.get_job(PROJECT, job_id)
+    # Then (no_job_id on GET answers {}, which is not a job either)
+    assert type(caught.value) is FAULT_TABLE[fault][0]
+    assert caught.value.maybe_accepted is False
+
+
+def test_given_a_slow_answer_when_the_read_times_out_then_the_reboot_did_happen(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given
+    simulator.inject("action", "slow", delay=2.0)
+    client = aksk_client(simulator, timeout=(1.0, 0.3))
+    (server,) = new_ids(1)
+    # When
+    with pytest.raises(RequestTimeout) as caught:
+        client.batch_reboot(PROJECT, [server])
+    # Then: this is why maybe_accepted exists
+    assert caught.value.maybe_accepted
+    assert caught.value.retryable
+    assert not retry.may_resubmit(caught.value)
+    assert simulator.stats()["reboots"] == {server: 1}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"error": {"code": "BMS.0040", "message": "m"}}, ("BMS.0040", "m")),
+        ({"error_code": "APIGW.0308", "error_msg": "m", "request_id": "r"}, ("APIGW.0308", "m")),
+        ({"code": "BMS.0018", "message": "m"}, ("BMS.0018", "m")),
+        ({"error": {"code": 401, "title": "Unauthorized", "message": "m"}}, ("401", "m")),
+        ({"job_id": "x"}, (None, None)),
+        ("<html>", (None, None)),
+        (None, (None, None)),
+    ],
+)
+def test_given_an_error_body_when_parsed_then_code_and_message_come_from_any_envelope(
+    body: Any, expected: tuple[str | None, str | None]
+) -> None:
+    assert parse_error_body(body) == expected
+
+
+# --- token auth --------------------------------------------------------------------------------
+def test_given_token_auth_when_calling_repeatedly_then_the_token_is_fetched_once(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given
+    client = BmsClient(simulator.base_url, token_auth(simulator), timeout=(2, 5))
+    # When
+    job_id = client.batch_reboot(PROJECT, new_ids(1))
+    client.get_job(PROJECT, job_id)
+    client.batch_start(PROJECT, new_ids(1))
+    # Then
+    assert token_calls(simulator) == 1
+
+
+def test_given_a_short_token_ttl_when_it_expires_then_a_new_token_is_fetched_before_use(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given tokens that live one second
+    simulator.configure(token_ttl=1.0)
+    client = BmsClient(simulator.base_url, token_auth(simulator), timeout=(2, 5))
+    client.batch_reboot(PROJECT, new_ids(1))
+    # When
+    time.sleep(1.1)
+    client.batch_reboot(PROJECT, new_ids(1))
+    # Then: refreshed ahead of time, never by a 401
+    assert token_calls(simulator) == 2
+    assert simulator.stats()["calls"]["action"]["rejected"] == 0
+
+
+def test_given_one_401_when_rebooting_with_a_token_then_refreshed_once_and_succeeds(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given
+    client = BmsClient(simulator.base_url, token_auth(simulator), timeout=(2, 5))
+    simulator.inject("action", "401")
+    (server,) = new_ids(1)
+    # When
+    job_id = client.batch_reboot(PROJECT, [server])
+    # Then
+    assert job_id
+    assert token_calls(simulator) == 2
+    assert simulator.stats()["reboots"] == {server: 1}
+
+
+def test_given_two_401s_when_rebooting_with_a_token_then_authentication_error(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given
+    client = BmsClient(simulator.base_url, token_auth(simulator), timeout=(2, 5))
+    simulator.inject("action", "401", count=2)
+    # When
+    with pytest.raises(AuthenticationError) as caught:
+        client.batch_reboot(PROJECT, new_ids(1))
+    # Then
+    assert caught.value.status == 401
+    assert token_calls(simulator) == 2
+    assert simulator.stats()["reboots"] == {}
+
+
+def test_given_a_401_under_aksk_when_rebooting_then_no_retry(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    simulator.inject("action", "401")
+    # When
+    with pytest.raises(AuthenticationError):
+        client.batch_reboot(PROJECT, new_ids(1))
+    # Then
+    assert simulator.stats()["calls"]["action"]["rejected"] == 1
+    assert sum(simulator.stats()["calls"]["action"].values()) == 1
+
+
+def test_given_a_wrong_password_when_calling_then_authentication_error_and_nothing_sent(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given
+    client = BmsClient(simulator.base_url, token_auth(simulator, password="wrong-pass"))
+    # When
+    with pytest.raises(AuthenticationError) as caught:
+        client.batch_reboot(PROJECT, new_ids(1))
+    # Then
+    assert caught.value.message.startswith("IAM token request failed")
+    assert not caught.value.maybe_accepted
+    assert sum(simulator.stats()["calls"]["action"].values()) == 0
+
+
+@pytest.mark.parametrize("fault", ["5xx", "drop", "slow", "gateway_502"])
+def test_given_a_failing_iam_when_rebooting_then_not_accepted_whatever_the_token_call_did(
+    simulator: SimulatorHandle, fault: str
+) -> None:
+    # Given
+    simulator.inject("tokens", fault, delay=2.0)
+    auth = TokenAuth(
+        simulator.base_url,
+        simulator.iam_user,
+        simulator.iam_password,
+        simulator.iam_domain,
+        timeout=(1, 0.5),
+    )
+    client = BmsClient(simulator.base_url, auth)
+    # When
+    with pytest.raises(BmsError) as caught:
+        client.batch_reboot(PROJECT, new_ids(1))
+    # Then: the reboot itself was never sent
+    assert not caught.value.maybe_accepted
+    assert sum(simulator.stats()["calls"]["action"].values()) == 0
+
+
+# --- no secret anywhere --------------------------------------------------------------------
+def test_given_known_secrets_when_errors_clients_and_auths_are_printed_then_no_secret_shows(
+    simulator: SimulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given credentials with recognisable secrets
+    caplog.set_level(logging.DEBUG)
+    wrong_sk = "SECRET-SK-0123456789"
+    wrong_password = "SECRET-PASSWORD-42"
+    real_password = simulator.iam_password
+    aksk = AkSkAuth(simulator.ak, wrong_sk)
+    bad_tokens = TokenAuth(simulator.base_url, simulator.iam_user, wrong_password, "d")
+    good_tokens = token_auth(simulator)
+    clients = [BmsClient(simulator.base_url, a) for a in (aksk, bad_tokens, good_tokens)]
+    errors: list[BaseException] = []
+    # When every kind of failure happens
+    for c in clients[:2]:
+        with pytest.raises(BmsError) as caught:
+            c.batch_reboot(PROJECT, new_ids(1))
+        errors.append(caught.value)
+    job_id = clients[2].batch_reboot(PROJECT, new_ids(1))
+    token = good_tokens.token(PROJECT)
+    simulator.inject("jobs", "drop")
+    with pytest.raises(BmsError) as caught:
+        clients[2].get_job(PROJECT, job_id)
+    errors.append(caught.value)
+    simulator.inject("tokens", "5xx")
+    good_tokens.invalidate(PROJECT)
+    with pytest.raises(BmsError) as caught:
+        clients[2].get_job(PROJECT, job_id)
+    errors.append(caught.value)
+    # Then
+    texts = [str(o) + repr(o) for o in [aksk, bad_tokens, good_tokens, *clients, *errors]]
+    texts += ["".join(traceback.format_exception(e)) for e in errors]
+    texts.append(caplog.text)
+    everything = "\n".join(texts)
+    for secret in (wrong_sk, simulator.sk, wrong_password, real_password, token):
+        assert secret not in everything
+    assert '"password"' not in everything  # no IAM request body
+
+
+# --- construction from settings -------------------------------------------------------------
+_ENV = (
+    "HUAWEICLOUD_SDK_AK",
+    "HUAWEICLOUD_SDK_SK",
+    "BMSREBOOT_AK",
+    "BMSREBOOT_SK",
+    "BMSREBOOT_IAM_USER",
+    "BMSREBOOT_IAM_PASSWORD",
+    "BMSREBOOT_IAM_DOMAIN",
+    "BMSREBOOT_BMS_ENDPOINT",
+    "BMSREBOOT_IAM_ENDPOINT",
+    "BMSREBOOT_CA_BUNDLE",
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in _ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_given_ak_sk_in_the_environment_when_from_settings_then_signing_is_used(
+    simulator: SimulatorHandle, clean_env: pytest.MonkeyPatch
+) -> None:
+    # Given
+    clean_env.setenv("BMSREBOOT_BMS_ENDPOINT", simulator.base_url)
+    clean_env.setenv("HUAWEICLOUD_SDK_AK", simulator.ak)
+    clean_env.setenv("HUAWEICLOUD_SDK_SK", simulator.sk)
+    clean_env.setenv("BMSREBOOT_IAM_USER", "ignored-when-aksk-is-set")
+    # When
+    with BmsClient.from_settings(Settings()) as client:
+        job_id = client.batch_reboot(PROJECT, new_ids(1))
+    # Then
+    assert isinstance(client.auth, AkSkAuth)
+    assert job_id
+    assert client.timeout == (5.0, 30.0)
+
+
+def test_given_iam_login_in_the_environment_when_from_settings_then_tokens_are_used(
+    simulator: SimulatorHandle, clean_env: pytest.MonkeyPatch
+) -> None:
+    # Given
+    clean_env.setenv("BMSREBOOT_BMS_ENDPOINT", simulator.base_url)
+    clean_env.setenv("BMSREBOOT_IAM_ENDPOINT", simulator.base_url)
+    clean_env.setenv("BMSREBOOT_IAM_USER", simulator.iam_user)
+    clean_env.setenv("BMSREBOOT_IAM_PASSWORD", simulator.iam_password)
+    clean_env.setenv("BMSREBOOT_IAM_DOMAIN", simulator.iam_domain)
+    # When
+    with BmsClient.from_settings(Settings()) as client:
+        job_id = client.batch_reboot(PROJECT, new_ids(1))
+    # Then
+    assert isinstance(client.auth, TokenAuth)
+    assert job_id
+    assert token_calls(simulator) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({}, "no BMS credentials"),
+        ({"HUAWEICLOUD_SDK_AK": "only-the-ak"}, "both"),
+        ({"BMSREBOOT_IAM_USER": "u", "BMSREBOOT_IAM_DOMAIN": "d"}, "no BMS credentials"),
+        (
+            {"HUAWEICLOUD_SDK_AK": "a", "HUAWEICLOUD_SDK_SK": "s", "BMSREBOOT_BMS_ENDPOINT": "x"},
+            "URL",
+        ),
+    ],
+)
+def test_given_incomplete_configuration_when_from_settings_then_configuration_error(
+    clean_env: pytest.MonkeyPatch, env: dict[str, str], match: str
+) -> None:
+    # Given
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    # When / Then
+    with pytest.raises(ConfigurationError, match=match):
+        BmsClient.from_settings(Settings())
+
+
+def test_given_a_ca_bundle_when_from_settings_then_it_is_the_verify_value(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    # Given
+    clean_env.setenv("HUAWEICLOUD_SDK_AK", "a")
+    clean_env.setenv("HUAWEICLOUD_SDK_SK", "s")
+    clean_env.setenv("BMSREBOOT_CA_BUNDLE", "/etc/ssl/our-ca.pem")
+    # When
+    client = BmsClient.from_settings(Settings())
+    # Then
+    assert client.verify == "/etc/ssl/our-ca.pem"
+    assert client.endpoint == "https://bms.cn-north-4.myhuaweicloud.com"
+
+
+# --- retry policy (pure) ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("error", "retryable", "resubmit"),
+    [
+        (ThrottledError("t", status=429), True, True),
+        (ServerError("s", status=500), True, True),
+        (ServerError("s", status=502, maybe_accepted=True), True, False),
+        (ConnectError("c"), True, True),
+        (RequestTimeout("t", maybe_accepted=True), True, False),
+        (ConnectionDropped("d", maybe_accepted=True), True, False),
+        (RejectedError("r", status=400), False, False),
+        (AuthenticationError("a", status=401), False, False),
+        (ProtocolError("p", maybe_accepted=True), False, False),
+        (ValueError("v"), False, False),
+    ],
+)
+def test_given_an_error_when_asked_then_retryable_and_resubmit_follow_the_table(
+    error: BaseException, retryable: bool, resubmit: bool
+) -> None:
+    assert retry.is_retryable(error) is retryable
+    assert retry.may_resubmit(error) is resubmit
+
+
+@pytest.mark.parametrize(
+    ("attempt", "retry_after", "rand", "expected"),
+    [
+        (1, None, 0.0, 2.0),
+        (2, None, 0.0, 4.0),
+        (3, None, 1.0, 8.0 * 1.2),
+        (10, None, 0.0, 60.0),
+        (10_000, None, 0.0, 60.0),
+        (1, 7.0, 1.0, 7.0),
+        (1, 600.0, 0.0, 60.0),
+    ],
+)
+def test_given_an_attempt_when_computing_the_delay_then_hint_wins_else_capped_backoff(
+    attempt: int, retry_after: float | None, rand: float, expected: float
+) -> None:
+    delay = retry.retry_delay(attempt, retry_after=retry_after, rand=lambda: rand)
+    assert delay == pytest.approx(expected)
