@@ -25,7 +25,9 @@ def _default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BMSREBOOT_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="BMSREBOOT_", extra="ignore", populate_by_name=True
+    )
 
     # --- where state lives -------------------------------------------------------------------
     data_dir: Path = Field(

@@ -1,0 +1,306 @@
+"""The pipeline's plain functions, without Celery: intake, submit and poll against the
+simulator over HTTP and a real audit database (SQLite and PostgreSQL). Follow-up messages are
+recorded instead of sent, so each step and each race is driven by hand."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from tests.fixtures.simulator import SimulatorHandle
+from worker.bms.client import BmsClient
+from worker.bms.models import Job
+from worker.db.models import Batch
+from worker.db.session import unit_of_work
+from worker.db.states import BatchStatus, ServerStatus
+from worker.db.status import request_status
+from worker.pipeline import intake, poll, submit
+from worker.pipeline.runtime import RecordingDispatcher, Runtime
+from worker.settings import Settings
+
+PROJECT = "0123456789abcdef0123456789abcdef"
+
+
+def ids(n: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+@pytest.fixture
+def make_rt(engine: Engine, simulator: SimulatorHandle) -> Callable[..., Runtime]:
+    def make(client: Callable[[], BmsClient] | None = None, **overrides: Any) -> Runtime:
+        fields: dict[str, Any] = {
+            "bms_endpoint": simulator.base_url,
+            "ak": simulator.ak,
+            "sk": simulator.sk,
+            "poll_first_delay": 0.1,
+            "poll_max_interval": 0.3,
+            "submit_retry_base": 0.1,
+            "submit_retry_max": 0.5,
+            "connect_timeout": 2,
+            "read_timeout": 2,
+        }
+        fields.update(overrides)
+        settings = Settings(**fields)
+        shared = BmsClient.from_settings(settings)
+        return Runtime(
+            settings=settings,
+            engine=engine,
+            client=client or (lambda: shared),
+            dispatcher=RecordingDispatcher(),
+            actor="test",
+        )
+
+    return make
+
+
+def sent(rt: Runtime, kind: str) -> list[Any]:
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    return [item for k, item, _ in rt.dispatcher.sent if k == kind]
+
+
+def run_to_end(rt: Runtime, request_id: uuid.UUID, timeout: float = 20) -> dict[str, Any]:
+    """Play the recorded follow-ups (submits, then polls) until nothing is left."""
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    deadline = time.monotonic() + timeout
+    while rt.dispatcher.sent and time.monotonic() < deadline:
+        kind, item, _ = rt.dispatcher.sent.pop(0)
+        if kind == "submit":
+            submit.submit_batch(item, rt)
+        elif kind == "poll":
+            if poll.poll_batch(item, rt) in ("running", "retry"):
+                time.sleep(0.05)
+        else:
+            rt.dispatcher.sent.append((kind, item, 0.0))
+            break
+    with unit_of_work(rt.engine) as session:
+        status = request_status(session, request_id, include_servers=True)
+    assert status is not None
+    return status
+
+
+def accept(rt: Runtime, servers: list[str], **fields: Any) -> uuid.UUID:
+    result = intake.accept_request({"project_id": PROJECT, "server_ids": servers, **fields}, rt)
+    return result.request_id
+
+
+def test_a_request_runs_from_intake_to_its_final_status(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    simulator.configure(job_duration=0.2)
+    rt = make_rt()
+    servers = ids(25)
+    request_id = accept(rt, servers, batch_size=10, notify_task="app.done")
+    assert len(sent(rt, "submit")) == 3
+    status = run_to_end(rt, request_id)
+    assert status["status"] == "succeeded"
+    assert [b["size"] for b in status["batches"]] == [10, 10, 5]
+    assert simulator.stats()["reboots"] == dict.fromkeys(servers, 1)
+    # The completion callback is sent once, with the status dict
+    notes = sent(rt, "notify")
+    assert len(notes) == 1
+    task_name, payload, _ = notes[0]
+    assert task_name == "app.done"
+    assert payload["status"] == "succeeded"
+    assert payload["servers"]["succeeded"] == 25
+
+
+def test_a_second_submit_of_a_batch_never_posts_again(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    rt = make_rt()
+    accept(rt, ids(3))
+    (batch_id,) = sent(rt, "submit")
+    assert submit.submit_batch(batch_id, rt) == "submitted"
+    assert submit.submit_batch(batch_id, rt) == "skipped"
+    assert simulator.stats()["calls"]["action"]["accepted"] == 1
+
+
+def test_racing_submits_of_one_batch_post_once(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    rt = make_rt()
+    accept(rt, ids(5))
+    (batch_id,) = sent(rt, "submit")
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def racer() -> None:
+        barrier.wait()
+        outcomes.append(submit.submit_batch(batch_id, rt))
+
+    threads = [threading.Thread(target=racer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("submitted") == 1
+    assert set(outcomes) <= {"submitted", "skipped", "in_progress"}
+    assert simulator.stats()["calls"]["action"]["accepted"] == 1
+
+
+def _force_submitting(engine: Engine, batch_id: uuid.UUID, age: float) -> None:
+    with unit_of_work(engine) as session:
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(
+                status=BatchStatus.SUBMITTING,
+                updated_at=datetime.now(UTC) - timedelta(seconds=age),
+            )
+        )
+
+
+def test_a_batch_left_submitting_by_a_lost_worker_becomes_unknown(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    rt = make_rt()
+    request_id = accept(rt, ids(4))
+    (batch_id,) = sent(rt, "submit")
+    # Given a worker died after committing 'submitting', longer ago than any POST could take
+    _force_submitting(rt.engine, batch_id, age=submit.stale_after(rt) + 5)
+    # When the message is redelivered
+    assert submit.submit_batch(batch_id, rt) == "unknown"
+    # Then nothing is POSTed and its servers are unknown
+    assert simulator.stats()["calls"]["action"]["accepted"] == 0
+    with unit_of_work(rt.engine) as session:
+        status = request_status(session, request_id, include_servers=True)
+    assert status is not None
+    assert status["batches"][0]["status"] == "unknown"
+    assert {s["status"] for s in status["server_results"]} == {"unknown"}
+    assert status["status"] == "failed"
+
+
+def test_a_batch_being_submitted_elsewhere_is_checked_again_later(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    rt = make_rt()
+    accept(rt, ids(4))
+    (batch_id,) = sent(rt, "submit")
+    _force_submitting(rt.engine, batch_id, age=1)
+    assert submit.submit_batch(batch_id, rt) == "in_progress"
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    kind, again, countdown = rt.dispatcher.sent[-1]
+    assert (kind, again) == ("submit", batch_id)
+    assert submit.stale_after(rt) - 5 < countdown <= submit.stale_after(rt) + 1
+    assert simulator.stats()["calls"]["action"]["accepted"] == 0
+
+
+def test_an_unexpected_error_around_the_post_makes_the_batch_unknown(
+    make_rt: Callable[..., Runtime],
+) -> None:
+    def broken() -> BmsClient:
+        raise RuntimeError("boom")
+
+    rt = make_rt(client=broken)
+    request_id = accept(rt, ids(2))
+    (batch_id,) = sent(rt, "submit")
+    assert submit.submit_batch(batch_id, rt) == "unknown"
+    with unit_of_work(rt.engine) as session:
+        status = request_status(session, request_id)
+    assert status is not None
+    assert status["batches"][0]["status"] == "unknown"
+
+
+def test_not_accepted_submits_give_up_after_the_last_attempt(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    rt = make_rt(submit_max_attempts=3)
+    simulator.inject("action", "5xx", count=3)
+    servers = ids(3)
+    request_id = accept(rt, servers)
+    status = run_to_end(rt, request_id)
+    assert status["batches"][0]["status"] == "failed"
+    assert {s["status"] for s in status["server_results"]} == {"failed"}
+    assert simulator.stats()["calls"]["action"]["faulted"] == 3
+    assert simulator.stats()["reboots"] == {}
+
+
+def test_throttled_submits_never_give_up(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    rt = make_rt(submit_max_attempts=2)
+    simulator.inject("action", "429", count=4)
+    servers = ids(3)
+    status = run_to_end(rt, accept(rt, servers))
+    assert status["status"] == "succeeded"
+    assert simulator.stats()["reboots"] == dict.fromkeys(servers, 1)
+
+
+def test_racing_identical_intakes_record_one_request(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    rt = make_rt()
+    payload = {
+        "project_id": PROJECT,
+        "server_ids": ids(50),
+        "request_id": str(uuid.uuid4()),
+        "idempotency_key": f"race-{uuid.uuid4()}",
+        "batch_size": 10,
+    }
+    barrier = threading.Barrier(4)
+    results: list[intake.IntakeResult] = []
+
+    def racer() -> None:
+        barrier.wait()
+        results.append(intake.accept_request(payload, rt))
+
+    threads = [threading.Thread(target=racer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.created for r in results) == 1
+    assert {str(r.request_id) for r in results} == {payload["request_id"]}
+    # Duplicates re-drive pending batches; submission is compare-and-set, so one POST each
+    for batch_id in set(sent(rt, "submit")):
+        for _ in range(2):
+            submit.submit_batch(batch_id, rt)
+    assert simulator.stats()["calls"]["action"]["accepted"] == 5
+
+
+def test_a_duplicate_poll_after_the_end_changes_nothing(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    simulator.configure(job_duration=0.1)
+    rt = make_rt()
+    request_id = accept(rt, ids(2), notify_task="app.done")
+    run_to_end(rt, request_id)
+    with unit_of_work(rt.engine) as session:
+        (batch_id,) = session.scalars(select(Batch.id).where(Batch.request_id == request_id))
+    assert poll.poll_batch(batch_id, rt) == "done"
+    assert len(sent(rt, "notify")) == 1
+
+
+def _job(subs: list[dict[str, Any]], status: str = "FAIL") -> Job:
+    return Job.from_api(
+        {
+            "job_id": "j",
+            "status": status,
+            "entities": {"sub_jobs_total": len(subs), "sub_jobs": subs},
+        }
+    )
+
+
+def test_a_server_missing_from_the_sub_jobs_is_not_counted_as_succeeded() -> None:
+    a, b, c = ids(3)
+    job = _job(
+        [
+            {"status": "SUCCESS", "entities": {"server_id": a}},
+            {"status": "FAIL", "entities": {"server_id": b}, "error_code": "BMS.0036"},
+        ]
+    )
+    outcomes = poll.outcomes_from(job)
+    assert outcomes[a].status == ServerStatus.SUCCEEDED
+    assert outcomes[b].status == ServerStatus.FAILED
+    assert c not in outcomes
+    assert poll.batch_status_from(outcomes, [a, b, c]) == BatchStatus.PARTIALLY_FAILED
+    assert poll.batch_status_from(outcomes, [a]) == BatchStatus.SUCCEEDED
+    assert poll.batch_status_from(outcomes, [b, c]) == BatchStatus.FAILED

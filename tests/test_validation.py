@@ -1,0 +1,113 @@
+"""Validation of reboot requests: every reason, in an operator's words, never an exception."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from worker.pipeline.producer import IDEMPOTENCY_NAMESPACE, build_payload
+from worker.pipeline.validation import SOFT_WARNING, validate_request
+
+PROJECT = "0123456789abcdef0123456789abcdef"
+
+
+def check(**payload: Any) -> Any:
+    payload.setdefault("project_id", PROJECT)
+    payload.setdefault("server_ids", [str(uuid.uuid4())])
+    return validate_request(payload, max_servers=10)
+
+
+def test_a_good_request_is_normalised() -> None:
+    ids = [str(uuid.uuid4()).upper(), str(uuid.uuid4())]
+    result = check(server_ids=ids, type="hard", source="  app  ")
+    assert result.valid
+    assert result.server_ids == [ids[0].lower(), ids[1]]
+    assert result.type == "HARD"
+    assert result.source == "app"
+    assert result.batch_size == 1000
+
+
+def test_duplicates_are_removed_and_reported_in_order() -> None:
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    result = check(server_ids=[a, b, a, a.upper()])
+    assert result.valid
+    assert result.server_ids == [a, b]
+    assert result.duplicates_removed == 2
+    assert result.warnings == ["2 duplicate server id(s) removed"]
+
+
+def test_soft_is_accepted_with_a_warning() -> None:
+    result = check(type="SOFT")
+    assert result.valid
+    assert result.warnings == [SOFT_WARNING]
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"project_id": None}, "project_id is missing"),
+        ({"project_id": "abc"}, "project_id must be 32 hexadecimal characters, got 'abc'"),
+        ({"server_ids": None}, "server_ids is missing: give at least one server id"),
+        ({"server_ids": []}, "server_ids is empty: give at least one server id"),
+        ({"server_ids": "x"}, "server_ids must be a list of server ids, got str"),
+        ({"server_ids": ["x", 3]}, "2 server id(s) are not UUIDs: 'x', 3"),
+        (
+            {"server_ids": [str(uuid.uuid4()) for _ in range(11)]},
+            "too many servers: 11 given, at most 10 per request (BMSREBOOT_MAX_REQUEST_SERVERS)",
+        ),
+        ({"type": "NICE"}, "type must be HARD or SOFT, got 'NICE'"),
+        ({"batch_size": 0}, "batch_size must be between 1 and 1000, got 0"),
+        ({"batch_size": True}, "batch_size must be a whole number, got True"),
+        ({"max_in_flight": 0}, "max_in_flight must be at least 1, got 0"),
+        ({"canary_size": 1001}, "canary_size must be between 1 and 1000, got 1001"),
+        ({"failure_threshold": -1}, "failure_threshold must be a percentage from 0 to 100, got -1"),
+        ({"request_id": "r-1"}, "request_id must be a UUID, got 'r-1'"),
+        ({"idempotency_key": ""}, "idempotency_key must be a non-empty string, got ''"),
+        ({"source": "x" * 300}, "source must be at most 255 characters, got 300"),
+        ({"extra": 1, "more": 2}, "unknown field(s): extra, more"),
+    ],
+)
+def test_each_problem_has_its_reason(fields: dict[str, Any], reason: str) -> None:
+    result = check(**fields)
+    assert not result.valid
+    assert result.reasons == [reason]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    result = validate_request(
+        {"project_id": "p", "server_ids": ["s"], "type": "X", "batch_size": 5000},
+        max_servers=10,
+    )
+    assert len(result.reasons) == 4
+
+
+def test_many_bad_ids_are_summarised() -> None:
+    result = check(server_ids=[f"bad{i}" for i in range(8)])
+    assert result.reasons == [
+        "8 server id(s) are not UUIDs: 'bad0', 'bad1', 'bad2', 'bad3', 'bad4' and 3 more"
+    ]
+
+
+def test_a_given_request_id_is_kept() -> None:
+    rid = uuid.uuid4()
+    assert check(request_id=str(rid)).request_id == rid
+
+
+def test_an_idempotency_key_gives_a_stable_request_id() -> None:
+    first = build_payload(PROJECT, ["a"], idempotency_key="nightly")
+    again = build_payload(PROJECT, ["a"], idempotency_key="nightly")
+    assert first["request_id"] == again["request_id"]
+    assert first["request_id"] == str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "nightly"))
+    assert (
+        build_payload(PROJECT, ["a"])["request_id"] != build_payload(PROJECT, ["a"])["request_id"]
+    )
+
+
+def test_the_payload_leaves_out_unset_fields_and_survives_json() -> None:
+    import json
+
+    payload = build_payload(PROJECT, ["a"], batch_size=10)
+    assert set(payload) == {"request_id", "project_id", "server_ids", "type", "batch_size"}
+    assert json.loads(json.dumps(payload)) == payload
