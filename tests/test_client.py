@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import socket
+import ssl
+import subprocess
+import threading
 import time
 import traceback
 import uuid
@@ -820,3 +824,108 @@ def test_given_an_attempt_when_computing_the_delay_then_hint_wins_else_capped_ba
 ) -> None:
     delay = retry.retry_delay(attempt, retry_after=retry_after, rand=lambda: rand)
     assert delay == pytest.approx(expected)
+
+
+# --- TLS: verification on by default, a CA bundle option, and what a TLS failure means ----------
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, made by the openssl command line."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert,
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+class TlsServer:
+    """Serves one TLS connection: reads one request, then answers ``answer`` or, if None,
+    closes the connection without a byte (a TLS-level drop after the request was sent)."""
+
+    def __init__(self, cert: str, key: str, answer: bytes | None) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"https://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.received = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(context, answer), daemon=True)
+        self._thread.start()
+
+    def _serve(self, context: ssl.SSLContext, answer: bytes | None) -> None:
+        raw, _ = self._listener.accept()
+        try:
+            with context.wrap_socket(raw, server_side=True) as conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.received.set()
+                if answer is not None:
+                    conn.sendall(answer)
+        except (ssl.SSLError, OSError):
+            pass  # the client refused our certificate
+
+    def close(self) -> None:
+        self._listener.close()
+        self._thread.join(timeout=2)
+
+
+def test_given_an_untrusted_certificate_when_rebooting_then_connect_error_nothing_sent(
+    self_signed: tuple[str, str],
+) -> None:
+    # Given a TLS server whose certificate no default CA signed
+    server = TlsServer(*self_signed, answer=None)
+    client = BmsClient(server.base_url, AkSkAuth("ak", "sk"), timeout=(2, 2))
+    # When
+    with pytest.raises(ConnectError) as caught:
+        client.batch_reboot(PROJECT, new_ids(1))
+    server.close()
+    # Then
+    assert not caught.value.maybe_accepted
+    assert not server.received.is_set()
+
+
+def test_given_a_ca_bundle_when_the_server_answers_then_the_call_succeeds(
+    self_signed: tuple[str, str],
+) -> None:
+    # Given
+    cert, key = self_signed
+    answer = b'HTTP/1.1 200 OK\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{"job_id": "tls"}'
+    server = TlsServer(cert, key, answer=answer)
+    client = BmsClient(server.base_url, AkSkAuth("ak", "sk"), timeout=(2, 2), verify=cert)
+    # When
+    job_id = client.batch_reboot(PROJECT, new_ids(1))
+    server.close()
+    # Then
+    assert job_id == "tls"
+
+
+def test_given_tls_closed_after_the_request_when_rebooting_then_maybe_accepted(
+    self_signed: tuple[str, str],
+) -> None:
+    # Given a server that reads the whole request, then closes the TLS connection
+    cert, key = self_signed
+    server = TlsServer(cert, key, answer=None)
+    client = BmsClient(server.base_url, AkSkAuth("ak", "sk"), timeout=(2, 2), verify=cert)
+    # When
+    with pytest.raises(ConnectionDropped) as caught:
+        client.batch_reboot(PROJECT, new_ids(1))
+    server.close()
+    # Then
+    assert server.received.is_set()
+    assert caught.value.maybe_accepted

@@ -27,7 +27,7 @@ The tree::
     │   ├── RejectedError         any other 4xx (BMS.0040, BMS.0205, BMS.0018, ...)
     │   └── ServerError           5xx
     ├── TransportError            no HTTP answer
-    │   ├── ConnectError          could not connect (refused, DNS, TLS): nothing sent
+    │   ├── ConnectError          could not connect (refused, DNS, TLS handshake): nothing sent
     │   ├── RequestTimeout        connect timeout (nothing sent) or read timeout (sent)
     │   └── ConnectionDropped     the connection closed before a response
     ├── ProtocolError             an answer we cannot use (2xx without job id, bad JSON)
@@ -40,6 +40,7 @@ never from request bodies or headers.
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 import requests
@@ -64,6 +65,19 @@ __all__ = [
     "parse_error_body",
 ]
 
+#: OpenSSL reasons that only a handshake (before any request byte is sent) can produce.
+_HANDSHAKE_REASONS = frozenset(
+    {
+        "CERTIFICATE_VERIFY_FAILED",
+        "WRONG_VERSION_NUMBER",
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "UNSUPPORTED_PROTOCOL",
+        "NO_PROTOCOLS_AVAILABLE",
+        "TLSV1_UNRECOGNIZED_NAME",
+    }
+)
 #: Longest slice of a non-JSON body quoted in a message (a proxy's HTML page, say).
 _BODY_EXCERPT = 120
 
@@ -283,13 +297,23 @@ def error_from_exception(exc: requests.RequestException, *, is_post: bool) -> Tr
             "timed out waiting for the answer after the request was sent",
             maybe_accepted=is_post,
         )
-    if isinstance(exc, requests.exceptions.SSLError | requests.exceptions.ProxyError) or any(
-        isinstance(c, u3.NewConnectionError | u3.NameResolutionError) for c in causes
+    if isinstance(exc, requests.exceptions.ProxyError) or any(
+        isinstance(c, u3.NewConnectionError | u3.NameResolutionError) or _handshake_failure(c)
+        for c in causes
     ):
         return ConnectError(f"could not connect to the API: {_reason(causes)}")
     return ConnectionDropped(
         f"the connection closed before a response: {_reason(causes)}", maybe_accepted=is_post
     )
+
+
+def _handshake_failure(error: BaseException) -> bool:
+    # Only a failed TLS handshake proves nothing was sent; a TLS error later in the exchange
+    # (an EOF after the request went out) is a dropped connection.
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return True
+    reason = getattr(error, "reason", None) if isinstance(error, ssl.SSLError) else None
+    return isinstance(reason, str) and reason in _HANDSHAKE_REASONS
 
 
 def _reason(causes: list[BaseException]) -> str:
