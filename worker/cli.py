@@ -10,7 +10,8 @@ import click
 from worker import __version__
 from worker.bms.cli import api
 from worker.db.cli import db
-from worker.pipeline.cli import demo, status, submit
+from worker.pipeline.cli import status, submit
+from worker.pipeline.demo import demo
 from worker.simulator.cli import simulator
 
 

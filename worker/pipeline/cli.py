@@ -206,9 +206,3 @@ def status(request_id: str, as_json: bool, servers: bool) -> None:
         click.echo(json.dumps(data, indent=2))
     else:
         _print_status(data)
-
-
-@click.command()
-def demo() -> None:
-    """Run the demo against the built-in simulator."""
-    raise click.ClickException("not built yet")

@@ -1,0 +1,125 @@
+"""The operator's commands against a running pipeline: ``bmsreboot submit`` and ``status``,
+run as a new user would, in a subprocess with only environment variables for configuration."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.fixtures.pipeline import PROJECT, Pipeline, new_ids
+
+pytestmark = pytest.mark.slow
+
+
+def bmsreboot(
+    pipe: Pipeline, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=pipe.env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_submit_wait_json_exits_0_when_every_server_succeeded(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    pipe = pipeline_redis_pg
+    pipe.configure()
+    servers = new_ids(3)
+    run = bmsreboot(pipe, "submit", "--project-id", PROJECT, *servers, "--wait", "--json")
+    assert run.returncode == 0, run.stderr
+    final = json.loads(run.stdout)
+    assert final["status"] == "succeeded"
+    assert final["servers"]["succeeded"] == 3
+    assert pipe.stats()["reboots"] == dict.fromkeys(servers, 1)
+
+
+def test_submit_reads_ids_from_stdin_and_wait_exits_1_on_failures(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    pipe = pipeline_redis_pg
+    servers = new_ids(4)
+    pipe.configure(fail_servers=[servers[0]])
+    stdin = "# tonight's hosts\n" + "\n".join(servers) + "\n\n" + servers[1] + "\n"
+    run = bmsreboot(
+        pipe,
+        "submit",
+        "--project-id",
+        PROJECT,
+        "--ids-file",
+        "-",
+        "--wait",
+        "--json",
+        stdin=stdin,
+    )
+    assert run.returncode == 1, run.stderr
+    final = json.loads(run.stdout)
+    assert final["status"] == "partially_failed"
+    assert final["servers"] == {
+        "total": 4,
+        "succeeded": 3,
+        "failed": 1,
+        "unknown": 0,
+        "pending": 0,
+        "cancelled": 0,
+    }
+    assert "1 duplicate server id(s) removed" in run.stderr
+
+
+def test_submit_json_prints_the_request_id_and_status_shows_it(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    pipe = pipeline_redis_pg
+    pipe.configure()
+    servers = new_ids(2)
+    run = bmsreboot(
+        pipe,
+        "submit",
+        "--project-id",
+        PROJECT,
+        *servers,
+        "--json",
+        "--idempotency-key",
+        f"cli-{uuid.uuid4()}",
+    )
+    assert run.returncode == 0, run.stderr
+    sent = json.loads(run.stdout)
+    assert sent["status"] == "accepted"
+    pipe.wait(sent["request_id"])
+    shown = bmsreboot(pipe, "status", sent["request_id"], "--json", "--servers")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["request_id"] == sent["request_id"]
+    assert {r["id"] for r in status["server_results"]} == set(servers)
+    human = bmsreboot(pipe, "status", sent["request_id"])
+    assert "succeeded" in human.stdout
+
+
+def test_submit_shows_the_reasons_of_an_invalid_request_and_records_it(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    pipe = pipeline_redis_pg
+    pipe.configure()
+    run = bmsreboot(pipe, "submit", "--project-id", "nope", "not-a-server", "--json")
+    assert run.returncode == 2
+    assert "project_id must be 32 hexadecimal characters" in run.stderr
+    assert "1 server id(s) are not UUIDs: 'not-a-server'" in run.stderr
+    request_id = json.loads(run.stdout)["request_id"]
+    recorded = pipe.wait(request_id)
+    assert recorded["status"] == "rejected"
+    assert sum(pipe.stats()["calls"]["action"].values()) == 0
+
+
+def test_status_of_an_unknown_request_says_so(pipeline_redis_pg: Pipeline) -> None:
+    run = bmsreboot(pipeline_redis_pg, "status", str(uuid.uuid4()))
+    assert run.returncode == 1
+    assert "no request" in run.stderr

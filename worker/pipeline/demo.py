@@ -1,0 +1,183 @@
+"""``bmsreboot demo``: the whole pipeline on one machine, against the built-in simulator.
+
+It starts the simulator (rate limits on, as documented for the real API), a real Celery worker
+process, sends one request the way another application would, follows it in the audit database
+and finally proves from the simulator's own counters that no server was rebooted twice.
+With nothing configured it runs on the embedded defaults (SQLite audit database and broker in
+``<data dir>/demo``); with ``BMSREBOOT_BROKER_URL``/``BMSREBOOT_DATABASE_URL`` set it uses them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker.simulator.config import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK, SimulatorConfig
+
+#: Clocks for a demo that ends in a minute: the simulator's jobs take a few seconds.
+DEMO_ENV = {
+    "BMSREBOOT_POLL_FIRST_DELAY": "1",
+    "BMSREBOOT_POLL_MAX_INTERVAL": "3",
+    "BMSREBOOT_SUBMIT_RETRY_BASE": "1",
+    "BMSREBOOT_SUBMIT_RETRY_MAX": "10",
+}
+
+
+def _worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("wb")
+    # Our own interpreter and fixed arguments: nothing untrusted reaches the command line.
+    proc = subprocess.Popen(  # noqa: S603
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "--loglevel=INFO",
+            "--concurrency=2",
+            f"--hostname=demo-{uuid.uuid4().hex[:6]}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None or b" ready." in log_path.read_bytes():
+            break
+        time.sleep(0.3)
+    if proc.poll() is not None or b" ready." not in log_path.read_bytes():
+        proc.kill()
+        raise click.ClickException(f"the worker did not start; its log: {log_path}")
+    return proc
+
+
+def _line(status: dict[str, Any]) -> str:
+    counts = status["servers"]
+    batches: dict[str, int] = {}
+    for b in status["batches"]:
+        batches[b["status"]] = batches.get(b["status"], 0) + 1
+    return (
+        f"{status['status']:>16}  batches "
+        + ", ".join(f"{n} {s}" for s, n in sorted(batches.items()))
+        + f"  | servers {counts['succeeded']} succeeded, {counts['failed']} failed, "
+        f"{counts['unknown']} unknown, {counts['pending']} pending"
+    )
+
+
+def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
+    from worker.celery import make_celery_app
+    from worker.db.session import get_engine, unit_of_work, upgrade_database
+    from worker.db.states import TERMINAL_REQUEST_STATES
+    from worker.db.status import request_status
+    from worker.pipeline.cli import _print_status
+    from worker.pipeline.producer import build_payload, send_payload
+    from worker.settings import Settings
+    from worker.simulator.server import SimulatorServer
+
+    base = Settings()
+    data_dir = base.data_dir / "demo"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sim_config = SimulatorConfig(job_duration=4.0, job_jitter=2.0, fail_fraction=fail_fraction)
+    with SimulatorServer(sim_config) as simulator:
+        click.echo(
+            f"simulator: {simulator.base_url} (rate limits on: 50/min action, 2000/min jobs)"
+        )
+        env = dict(os.environ)
+        env.update(DEMO_ENV)
+        env.update(
+            {
+                "BMSREBOOT_DATA_DIR": str(data_dir),
+                "BMSREBOOT_BMS_ENDPOINT": simulator.base_url,
+                "HUAWEICLOUD_SDK_AK": DEFAULT_AK,
+                "HUAWEICLOUD_SDK_SK": DEFAULT_SK,
+            }
+        )
+        settings = Settings(
+            data_dir=data_dir, broker_url=base.broker_url, database_url=base.database_url
+        )
+        upgrade_database(settings.effective_database_url)
+        click.echo(f"audit database: {_safe(settings.effective_database_url)}")
+        click.echo(f"broker: {_safe(settings.effective_broker_url)}")
+        log_path = data_dir / "worker.log"
+        click.echo(f"starting a worker (log: {log_path}) ...")
+        worker = _worker(env, log_path)
+        try:
+            server_ids = [str(uuid.uuid4()) for _ in range(servers)]
+            payload = build_payload(DEFAULT_PROJECT_ID, server_ids, source="bmsreboot demo")
+            app = make_celery_app(settings)
+            send_payload(app, payload)
+            request_id = payload["request_id"]
+            click.echo(f"request {request_id}: {servers} servers sent to the intake queue")
+            engine = get_engine(settings.effective_database_url)
+            deadline = time.monotonic() + timeout
+            status: dict[str, Any] | None = None
+            last = ""
+            while time.monotonic() < deadline:
+                with unit_of_work(engine) as session:
+                    status = request_status(session, uuid.UUID(request_id))
+                if status is not None:
+                    line = _line(status)
+                    if line != last:
+                        click.echo(line)
+                        last = line
+                    if status["status"] in TERMINAL_REQUEST_STATES:
+                        break
+                time.sleep(0.5)
+            if status is None or status["status"] not in TERMINAL_REQUEST_STATES:
+                raise click.ClickException(f"the request did not finish in {timeout:.0f} s")
+            click.echo("")
+            _print_status(status)
+            import requests
+
+            stats = requests.get(f"{simulator.base_url}/_simulator/stats", timeout=30).json()
+            reboots: dict[str, int] = stats["reboots"]
+            twice = [s for s, n in reboots.items() if n > 1]
+            click.echo(
+                f"\nsimulator: {len(reboots)} servers rebooted, "
+                f"{len(twice)} more than once; "
+                f"see `bmsreboot status {request_id} --servers` "
+                f"(with BMSREBOOT_DATA_DIR={data_dir})"
+            )
+            app.close()
+            return 0 if not twice and len(reboots) == servers else 1
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+@click.command()
+@click.option("--servers", default=2500, show_default=True, help="How many servers to reboot.")
+@click.option(
+    "--fail-fraction",
+    default=0.02,
+    show_default=True,
+    help="Share of servers whose reboot the simulator fails.",
+)
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait.")
+def demo(servers: int, fail_fraction: float, timeout: float) -> None:
+    """Run the whole pipeline against the built-in simulator."""
+    sys.exit(run_demo(servers, fail_fraction, timeout))
