@@ -52,10 +52,14 @@ class SimulatorHandler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         started = time.monotonic()
         request_id = uuid.uuid4().hex
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            # Chunked bodies are not supported either: clients here always send a length.
             self.close_connection = True
-            self._write(Reply(413, b""), request_id)
+            self._write(Reply(413 if length > 0 else 400, b""), request_id)
             return
         body = self.rfile.read(length) if length else b""
         target = self.path
