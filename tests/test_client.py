@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 import socket
 import ssl
@@ -929,3 +930,33 @@ def test_given_tls_closed_after_the_request_when_rebooting_then_maybe_accepted(
     # Then
     assert server.received.is_set()
     assert caught.value.maybe_accepted
+
+
+def test_given_two_projects_when_calling_with_tokens_then_one_token_per_project(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given
+    other = "fedcba9876543210fedcba9876543210"
+    client = BmsClient(simulator.base_url, token_auth(simulator), timeout=(2, 5))
+    # When
+    for project in (PROJECT, other, PROJECT, other):
+        client.batch_reboot(project, new_ids(1))
+    # Then: tokens are project-scoped, so the cache is keyed by project
+    assert token_calls(simulator) == 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ThrottledError("t", status=429, code="APIGW.0308", request_id="r", retry_after=3.0),
+        ConnectionDropped("d", maybe_accepted=True),
+        RejectedError("r", status=400, code="BMS.0040"),
+    ],
+)
+def test_given_an_error_when_pickled_then_every_attribute_survives(error: BmsError) -> None:
+    # When (Celery and multiprocessing pickle exceptions)
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    # Then
+    assert type(copy) is type(error)
+    assert vars(copy) == vars(error)
+    assert str(copy) == str(error)

@@ -270,7 +270,8 @@ def decode_json(response: requests.Response, *, is_post: bool) -> dict[str, Any]
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
-    """The exception and everything it wraps (requests and urllib3 nest several levels)."""
+    """The exception and everything it explicitly wraps (requests and urllib3 nest several
+    levels). Not ``__context__``: an unrelated earlier error must not decide the class."""
     seen: list[BaseException] = []
     todo: list[object] = [exc]
     while todo:
@@ -278,18 +279,14 @@ def _causes(exc: BaseException) -> list[BaseException]:
         if not isinstance(item, BaseException) or any(item is s for s in seen):
             continue
         seen.append(item)
-        todo.extend([item.__cause__, item.__context__, getattr(item, "reason", None), *item.args])
+        todo.extend([item.__cause__, getattr(item, "reason", None), *item.args])
     return seen
 
 
 def error_from_exception(exc: requests.RequestException, *, is_post: bool) -> TransportError:
     """The error for a request that got no HTTP answer. ``is_post`` decides ``maybe_accepted``."""
     causes = _causes(exc)
-    if isinstance(exc, requests.ConnectTimeout) or any(
-        isinstance(c, u3.ConnectTimeoutError) and not isinstance(c, u3.NewConnectionError)
-        for c in causes
-    ):
-        return RequestTimeout("timed out connecting to the API; nothing was sent")
+    # Evidence that the request went out is checked first: when in doubt, maybe accepted.
     if isinstance(exc, requests.ReadTimeout) or any(
         isinstance(c, u3.ReadTimeoutError) for c in causes
     ):
@@ -297,6 +294,11 @@ def error_from_exception(exc: requests.RequestException, *, is_post: bool) -> Tr
             "timed out waiting for the answer after the request was sent",
             maybe_accepted=is_post,
         )
+    if isinstance(exc, requests.ConnectTimeout) or any(
+        isinstance(c, u3.ConnectTimeoutError) and not isinstance(c, u3.NewConnectionError)
+        for c in causes
+    ):
+        return RequestTimeout("timed out connecting to the API; nothing was sent")
     if isinstance(exc, requests.exceptions.ProxyError) or any(
         isinstance(c, u3.NewConnectionError | u3.NameResolutionError) or _handshake_failure(c)
         for c in causes
