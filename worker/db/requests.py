@@ -47,6 +47,11 @@ _SERVERS = cast(Table, ServerResult.__table__)
 _EVENTS = cast(Table, Event.__table__)
 
 
+#: Server rows go in by COPY on PostgreSQL. False falls back to multi-row INSERTs (kept so that
+#: benchmarks/create_request.py can measure both).
+PG_COPY = True
+
+
 class RecordNotFound(LookupError):
     """The request or batch to change does not exist."""
 
@@ -180,7 +185,7 @@ def _insert_servers(
     now: dt.datetime,
 ) -> None:
     connection = session.connection()
-    if connection.dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql" and PG_COPY:
         # COPY is several times faster than multi-row INSERTs for a million rows (see
         # docs/audit-db.md); it runs on the session's own connection, so in its transaction.
         driver_connection: Any = connection.connection.driver_connection
