@@ -808,25 +808,6 @@ def test_given_an_error_when_asked_then_retryable_and_resubmit_follow_the_table(
     assert retry.may_resubmit(error) is resubmit
 
 
-@pytest.mark.parametrize(
-    ("attempt", "retry_after", "rand", "expected"),
-    [
-        (1, None, 0.0, 2.0),
-        (2, None, 0.0, 4.0),
-        (3, None, 1.0, 8.0 * 1.2),
-        (10, None, 0.0, 60.0),
-        (10_000, None, 0.0, 60.0),
-        (1, 7.0, 1.0, 7.0),
-        (1, 600.0, 0.0, 60.0),
-    ],
-)
-def test_given_an_attempt_when_computing_the_delay_then_hint_wins_else_capped_backoff(
-    attempt: int, retry_after: float | None, rand: float, expected: float
-) -> None:
-    delay = retry.retry_delay(attempt, retry_after=retry_after, rand=lambda: rand)
-    assert delay == pytest.approx(expected)
-
-
 # --- TLS: verification on by default, a CA bundle option, and what a TLS failure means ----------
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from worker.bms.errors import ApiError, BmsError, ServerError, ThrottledError
+from worker.bms.retry import may_resubmit
 from worker.db.models import Batch, RebootRequest
 from worker.db.requests import (
     batch_server_ids,
@@ -153,6 +154,11 @@ def _failed(batch_id: uuid.UUID, attempt: int, exc: BmsError, rt: Runtime) -> st
     if isinstance(exc, ApiError) and not isinstance(exc, ThrottledError | ServerError):
         log.error("batch %s rejected by the API: %s", batch_id, describe(exc))
         return _settle(batch_id, BatchStatus.REJECTED, rt, reason=describe(exc), error=exc)
+    if not may_resubmit(exc):
+        # Certainly not accepted, but no new attempt can succeed (a configuration or protocol
+        # error): the servers were never rebooted.
+        log.error("batch %s cannot be submitted: %s", batch_id, describe(exc))
+        return _settle(batch_id, BatchStatus.FAILED, rt, reason=describe(exc), error=exc)
     throttled = isinstance(exc, ThrottledError)
     if not throttled and attempt >= rt.settings.submit_max_attempts:
         log.error("batch %s: giving up after %d attempts: %s", batch_id, attempt, describe(exc))
