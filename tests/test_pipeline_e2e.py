@@ -281,3 +281,22 @@ def test_the_embedded_default_runs_end_to_end(pipeline_embedded: Pipeline) -> No
     assert Counter(r["status"] for r in status["server_results"])["succeeded"] == 2500 - len(
         expected_failed
     )
+
+
+def test_no_secret_reaches_the_worker_log_or_the_audit_database(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    from sqlalchemy import MetaData, select
+
+    pipe = pipeline_redis_pg
+    pipe.configure()
+    pipe.inject("action", "5xx", count=1)  # an error path too
+    pipe.wait(pipe.send(server_ids=new_ids(3)))
+    secret = pipe.env["HUAWEICLOUD_SDK_SK"]
+    assert secret not in pipe.log_path.read_text(errors="replace")
+    metadata = MetaData()
+    metadata.reflect(pipe.engine)
+    with pipe.engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            for row in conn.execute(select(table)):
+                assert secret not in str(tuple(row)), table.name
