@@ -122,7 +122,7 @@ app = make_celery_app()
 def _prepare_database(**_: Any) -> None:
     """The embedded SQLite database is brought to the schema head on start; a configured
     database must be upgraded by the operator (``bmsreboot db upgrade``) and is only checked."""
-    from worker.db.session import upgrade_database
+    from worker.db.session import database_is_current, upgrade_database
 
     settings = get_settings()
     url = settings.effective_database_url
@@ -133,16 +133,6 @@ def _prepare_database(**_: Any) -> None:
         raise ImproperlyConfigured(
             "the audit database is not at the schema head: run `bmsreboot db upgrade`"
         )
-
-
-def database_is_current(url: str) -> bool:
-    """Whether the database at ``url`` is at the newest migration."""
-    from alembic.script import ScriptDirectory
-
-    from worker.db.session import alembic_config, current_revision
-
-    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
-    return current_revision(url) == head
 
 
 @signals.worker_process_init.connect
