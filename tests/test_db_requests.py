@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from tests.fixtures.db import new_request, server_names
-from worker.db.models import Batch, Event, RebootRequest, ServerResult
+from worker.db.models import Base, Batch, Event, RebootRequest, ServerResult
 from worker.db.requests import (
     batch_server_ids,
     batches_due_for_poll,
@@ -20,7 +20,7 @@ from worker.db.requests import (
     pending_batches,
     transition_batch,
 )
-from worker.db.session import session_factory, unit_of_work
+from worker.db.session import make_engine, session_factory, unit_of_work
 from worker.db.states import BatchStatus, RequestStatus, ServerStatus
 from worker.db.status import request_status
 
@@ -160,9 +160,10 @@ def test_batches_due_for_poll_are_the_submitted_ones_whose_time_came(session: Se
     assert [b.id for b in pending_batches(session, request.id)] == [b3.id]
 
 
-def test_a_locked_due_batch_is_skipped_by_another_poller(engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has a single writer: a second poller waits rather than skips")
+def test_a_locked_due_batch_is_skipped_by_another_poller(pg_url: str) -> None:
+    # PostgreSQL only: SQLite has a single writer, so a second poller waits rather than skips.
+    engine = make_engine(pg_url)
+    Base.metadata.create_all(engine)
     now = dt.datetime.now(dt.UTC)
     with unit_of_work(engine) as session:
         request = new_request(session, 4, batch_size=2)
@@ -181,6 +182,7 @@ def test_a_locked_due_batch_is_skipped_by_another_poller(engine: Engine) -> None
         second.rollback()
         first.close()
         second.close()
+        engine.dispose()
 
 
 def test_the_database_refuses_a_status_that_is_not_in_the_enum(session: Session) -> None:
