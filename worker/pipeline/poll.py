@@ -28,7 +28,7 @@ from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, ServerStatus
 from worker.pipeline.backoff import poll_delay, with_jitter
 from worker.pipeline.notify import Notification, finalize, send
-from worker.pipeline.runtime import Runtime, aware, describe, error_info, log, utcnow
+from worker.pipeline.runtime import Runtime, describe, error_info, log, utcnow
 
 MISSING_FROM_JOB = "the server is missing from the job's sub_jobs: outcome unknown"
 TIMED_OUT = "the job did not finish before the batch's deadline: outcome unknown"
@@ -46,7 +46,7 @@ def poll_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
         request = session.get(RebootRequest, batch.request_id)
         assert request is not None
         project_id, job_id, polls = request.project_id, batch.job_id, batch.poll_count
-        deadline = aware(batch.deadline_at) if batch.deadline_at else None
+        deadline = batch.deadline_at if batch.deadline_at else None
 
     try:
         job = rt.client().get_job(project_id, job_id)

@@ -75,11 +75,6 @@ def error_info(exc: BmsError) -> ErrorInfo:
     )
 
 
-def aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes even for timezone-aware columns; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def describe(exc: BaseException) -> str:
     """One line for logs and event details."""
     if isinstance(exc, BmsError):

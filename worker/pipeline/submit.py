@@ -39,7 +39,7 @@ from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition, RequestStatus, ServerStatus
 from worker.pipeline.backoff import submit_retry_delay, with_jitter
 from worker.pipeline.notify import Notification, finalize, send
-from worker.pipeline.runtime import Runtime, aware, describe, error_info, log, utcnow
+from worker.pipeline.runtime import Runtime, describe, error_info, log, utcnow
 
 #: Margin beyond the client's own timeouts after which a batch still ``submitting`` can no
 #: longer be in a live worker's POST.
@@ -128,7 +128,7 @@ def _found_submitting(session: Any, batch: Batch, rt: Runtime) -> tuple[str, Not
     """Another message for a batch already ``submitting``: a duplicate while a worker is in its
     POST, or a redelivery after that worker died. Wait until no POST can still be running,
     then call it ``unknown`` (a resubmit could be a second hard reboot)."""
-    age = (utcnow() - aware(batch.updated_at)).total_seconds()
+    age = (utcnow() - batch.updated_at).total_seconds()
     limit = stale_after(rt)
     if age < limit:
         log.info("batch %s is being submitted by another worker; checking again later", batch.id)
