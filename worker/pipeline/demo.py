@@ -10,15 +10,14 @@ With nothing configured it runs on the embedded defaults (SQLite audit database 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import click
 
+from worker.pipeline.localworker import WorkerDidNotStart, start_worker, stop_worker
 from worker.simulator.config import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK, SimulatorConfig
 
 #: Clocks for a demo that ends in a minute: the simulator's jobs take a few seconds.
@@ -28,38 +27,6 @@ DEMO_ENV = {
     "BMSREBOOT_SUBMIT_RETRY_BASE": "1",
     "BMSREBOOT_SUBMIT_RETRY_MAX": "10",
 }
-
-
-def _worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = log_path.open("wb")
-    # Our own interpreter and fixed arguments: nothing untrusted reaches the command line.
-    proc = subprocess.Popen(  # noqa: S603
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "--loglevel=INFO",
-            "--concurrency=2",
-            f"--hostname=demo-{uuid.uuid4().hex[:6]}@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None or b" ready." in log_path.read_bytes():
-            break
-        time.sleep(0.3)
-    if proc.poll() is not None or b" ready." not in log_path.read_bytes():
-        proc.kill()
-        raise click.ClickException(f"the worker did not start; its log: {log_path}")
-    return proc
 
 
 def _line(status: dict[str, Any]) -> str:
@@ -111,7 +78,10 @@ def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
         click.echo(f"broker: {_safe(settings.effective_broker_url)}")
         log_path = data_dir / "worker.log"
         click.echo(f"starting a worker (log: {log_path}) ...")
-        worker = _worker(env, log_path)
+        try:
+            worker = start_worker(env, log_path, f"demo-{uuid.uuid4().hex[:6]}")
+        except WorkerDidNotStart:
+            raise click.ClickException(f"the worker did not start; its log: {log_path}") from None
         try:
             server_ids = [str(uuid.uuid4()) for _ in range(servers)]
             payload = build_payload(DEFAULT_PROJECT_ID, server_ids, source="bmsreboot demo")
@@ -152,11 +122,7 @@ def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
             app.close()
             return 0 if not twice and len(reboots) == servers else 1
         finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            stop_worker(worker)
 
 
 def _safe(url: str) -> str:

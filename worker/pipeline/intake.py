@@ -60,7 +60,7 @@ def accept_request(payload: Mapping[str, Any], rt: Runtime) -> IntakeResult:
     try:
         with unit_of_work(rt.engine) as session:
             if checked.valid:
-                request = _create(session, checked, rt.actor)
+                request = _create(session, checked, rt)
             else:
                 request = create_rejected_request(
                     session,
@@ -97,7 +97,7 @@ def accept_request(payload: Mapping[str, Any], rt: Runtime) -> IntakeResult:
     return IntakeResult(checked.request_id, status, True, checked.reasons, checked.warnings)
 
 
-def _create(session: Any, checked: ValidatedRequest, actor: str) -> RebootRequest:
+def _create(session: Any, checked: ValidatedRequest, rt: Runtime) -> RebootRequest:
     return create_request(
         session,
         request_id=checked.request_id,
@@ -112,7 +112,9 @@ def _create(session: Any, checked: ValidatedRequest, actor: str) -> RebootReques
         failure_threshold=checked.failure_threshold,
         notify_task=checked.notify_task,
         duplicates_removed=checked.duplicates_removed,
-        actor=actor,
+        region=rt.settings.region,
+        endpoint=rt.settings.effective_bms_endpoint,
+        actor=rt.actor,
     )
 
 
