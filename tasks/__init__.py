@@ -43,8 +43,10 @@ def _runtime(task: Task[Any, Any]) -> Runtime:
 
 
 @app.task(name="bmsreboot.request_reboot", queue=INTAKE_QUEUE, **COMMON)
-def request_reboot(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
-    return intake.accept_request(payload, _runtime(self)).as_dict()
+def request_reboot(self: Task[Any, Any], *args: Any, **payload: Any) -> dict[str, Any]:
+    # Positional arguments are not part of the message format; they are recorded as a reason
+    # for rejection rather than failing the task, so nothing a producer sends is lost.
+    return intake.accept_request(payload, _runtime(self), positional=len(args)).as_dict()
 
 
 @app.task(name="bmsreboot.submit_batch", queue=SUBMIT_QUEUE, **COMMON)

@@ -150,6 +150,22 @@ def test_invalid_requests_are_rejected_with_their_reason_and_nothing_is_sent(
     assert sum(action_calls(pipe).values()) == 0
 
 
+def test_positional_arguments_are_rejected_with_a_reason(pipeline_redis_pg: Pipeline) -> None:
+    pipe = pipeline_redis_pg
+    pipe.configure()
+    request_id = str(uuid.uuid4())
+    pipe.app.send_task(
+        "bmsreboot.request_reboot",
+        args=["0123456789abcdef0123456789abcdef", new_ids(2)],
+        kwargs={"request_id": request_id},
+        queue="bmsreboot.intake",
+    )
+    status = pipe.wait(request_id)
+    assert status["status"] == "rejected"
+    assert any("keyword arguments" in r for r in status["rejection_reasons"])
+    assert sum(action_calls(pipe).values()) == 0
+
+
 def test_a_request_with_many_faults_lists_every_reason(pipeline_redis_pg: Pipeline) -> None:
     pipe = pipeline_redis_pg
     pipe.configure()

@@ -43,12 +43,13 @@ class IntakeResult:
         }
 
 
-def accept_request(payload: Mapping[str, Any], rt: Runtime) -> IntakeResult:
+def accept_request(payload: Mapping[str, Any], rt: Runtime, *, positional: int = 0) -> IntakeResult:
     """Validate and record a request; dispatch its batches. Never raises on bad input."""
     checked = validate_request(
         payload,
         max_servers=rt.settings.max_request_servers,
         default_batch_size=rt.settings.default_batch_size,
+        positional=positional,
     )
     for warning in checked.warnings:
         log.warning("request %s: %s", checked.request_id, warning)

@@ -134,11 +134,21 @@ def _server_ids(value: Any, max_servers: int, reasons: list[str]) -> tuple[list[
 
 
 def validate_request(
-    payload: Mapping[str, Any], *, max_servers: int, default_batch_size: int = MAX_BATCH_SIZE
+    payload: Mapping[str, Any],
+    *,
+    max_servers: int,
+    default_batch_size: int = MAX_BATCH_SIZE,
+    positional: int = 0,
 ) -> ValidatedRequest:
-    """Check and normalise a request payload (the intake task's keyword arguments)."""
+    """Check and normalise a request payload (the intake task's keyword arguments).
+    ``positional`` counts arguments a producer sent without names (never accepted)."""
     reasons: list[str] = []
     warnings: list[str] = []
+    if positional:
+        reasons.append(
+            f"the request must be sent as keyword arguments (kwargs={{...}}), "
+            f"got {positional} positional argument(s)"
+        )
 
     unknown = sorted(set(payload) - KNOWN_FIELDS)
     if unknown:
