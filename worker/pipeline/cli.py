@@ -161,6 +161,12 @@ def submit(
 
     from worker.celery import make_celery_app
 
+    if settings.database_url is None and wait:
+        # Embedded default: make sure the audit database exists before following the request
+        # (a worker started later would create it too).
+        from worker.db.session import upgrade_database
+
+        upgrade_database(settings.effective_database_url)
     send_payload(make_celery_app(settings), payload)
     request_id = payload["request_id"]
     if not checked.valid:
