@@ -119,7 +119,6 @@ def _settle_job(session: Any, batch_id: uuid.UUID, job: Job, rt: Runtime) -> Not
             "sub_jobs": len(job.sub_jobs),
             "job_error_code": job.error_code,
         },
-        finished_at=utcnow(),
     )
     log.info("batch %s finished: job %s is %s, batch %s", batch_id, job.job_id, job.status, to)
     return finalize(session, batch.request_id, rt)
@@ -148,7 +147,6 @@ def _again(
                 default_status=ServerStatus.UNKNOWN,
                 default_fail_reason=TIMED_OUT,
                 detail={"reason": TIMED_OUT, "last_job_status": job_status},
-                finished_at=now,
                 **(error.columns() if error else {}),
             )
             notification = finalize(session, batch.request_id, rt)

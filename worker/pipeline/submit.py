@@ -62,12 +62,10 @@ class Claim:
 
 def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
     """Submit one batch. Returns what happened, one word, for logs and tests."""
-    notification: Notification | None = None
     with unit_of_work(rt.engine) as session:
         claim = _claim(session, batch_id, rt)
-        if isinstance(claim, tuple):
-            outcome, notification = claim
     if not isinstance(claim, Claim):
+        outcome, notification = claim
         send(notification, rt)
         return outcome
     # Committed: the batch is ``submitting`` before any byte goes to the cloud.
@@ -102,26 +100,22 @@ def _claim(
     if request.status not in (RequestStatus.ACCEPTED, RequestStatus.RUNNING):
         log.info("batch %s not submitted: its request is %s", batch_id, request.status)
         return "skipped", None
-    attempt = batch.submit_attempts + 1
     try:
-        transition_batch(
-            session,
-            batch_id,
-            BatchStatus.SUBMITTING,
-            actor=rt.actor,
-            detail={"attempt": attempt},
-            submit_attempts=attempt,
-        )
+        # The transition counts the attempt itself (submit_attempts + 1, in the same UPDATE).
+        claimed = transition_batch(session, batch_id, BatchStatus.SUBMITTING, actor=rt.actor)
     except IllegalTransition as exc:
         log.info("batch %s claimed by another worker (%s): not POSTing", batch_id, exc)
         return "skipped", None
     if request.status == RequestStatus.ACCEPTED:
         # Another batch of the same request may have started it a moment ago.
         with contextlib.suppress(IllegalTransition):
-            transition_request(
-                session, request.id, RequestStatus.RUNNING, actor=rt.actor, started_at=utcnow()
-            )
-    return Claim(attempt, request.project_id, request.type, batch_server_ids(session, batch_id))
+            transition_request(session, request.id, RequestStatus.RUNNING, actor=rt.actor)
+    return Claim(
+        claimed.submit_attempts,
+        request.project_id,
+        request.type,
+        batch_server_ids(session, batch_id),
+    )
 
 
 def _found_submitting(session: Any, batch: Batch, rt: Runtime) -> tuple[str, Notification | None]:
@@ -194,7 +188,6 @@ def _submitted(batch_id: uuid.UUID, job_id: str, rt: Runtime) -> str:
     first = rt.settings.poll_first_delay
     values = {
         "job_id": job_id,
-        "submitted_at": now,
         "next_poll_at": now + timedelta(seconds=first),
         "deadline_at": now + timedelta(seconds=rt.settings.job_deadline),
     }
@@ -264,7 +257,6 @@ def _settle_in(
         default_error_code=error.code if error else None,
         default_fail_reason=(error.message if error and error.message else reason)[:1000],
         detail={"reason": reason},
-        finished_at=utcnow(),
         **columns,
     )
     return str(to), finalize(session, batch.request_id, rt)
