@@ -7,7 +7,12 @@ must never break a message already queued. Policy sits on each declaration:
   idempotency key, so acks-late and redelivered if the worker dies.
 - ``bmsreboot.submit_batch`` (queue ``bmsreboot.submit``): safe to repeat because submission is
   compare-and-set on the audit row (``worker.pipeline.submit``), so acks-late and redelivered.
-- ``bmsreboot.poll_batch`` (queue ``bmsreboot.poll``): a read-only GET plus idempotent writes.
+- ``bmsreboot.poll_batch`` (queue ``bmsreboot.poll``): a read-only GET plus idempotent writes;
+  ``seq`` (optional) keeps one live poll chain per batch.
+- ``bmsreboot.release`` (queue ``bmsreboot.submit``): the release step of one project; safe to
+  run twice (a lease, and compare-and-set on each batch).
+- ``bmsreboot.reconcile`` and ``bmsreboot.purge`` (queue ``bmsreboot.intake``), sent by beat:
+  re-drive lost work from the audit database; delete finished requests past retention.
 
 A database that is briefly unreachable retries the task (the work is safe to repeat); nothing
 retries a POST whose fate is unknown.
@@ -22,8 +27,10 @@ from celery import Task
 from sqlalchemy.exc import OperationalError
 
 from worker.celery import INTAKE_QUEUE, POLL_QUEUE, SUBMIT_QUEUE, app
-from worker.pipeline import intake, poll, submit
-from worker.pipeline.runtime import Runtime
+from worker.db.retention import purge_finished
+from worker.db.session import unit_of_work
+from worker.pipeline import intake, poll, reconcile, release, submit
+from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.tasking import CeleryDispatcher, worker_runtime
 
 COMMON: dict[str, Any] = {
@@ -39,7 +46,7 @@ COMMON: dict[str, Any] = {
 
 
 def _runtime(task: Task[Any, Any]) -> Runtime:
-    return worker_runtime(CeleryDispatcher(submit_batch, poll_batch, app), actor=task.name)
+    return worker_runtime(CeleryDispatcher(app), actor=task.name)
 
 
 @app.task(name="bmsreboot.request_reboot", queue=INTAKE_QUEUE, **COMMON)
@@ -55,5 +62,27 @@ def submit_batch(self: Task[Any, Any], batch_id: str) -> str:
 
 
 @app.task(name="bmsreboot.poll_batch", queue=POLL_QUEUE, **COMMON)
-def poll_batch(self: Task[Any, Any], batch_id: str) -> str:
-    return poll.poll_batch(uuid.UUID(batch_id), _runtime(self))
+def poll_batch(
+    self: Task[Any, Any], batch_id: str, seq: int | None = None, reserved: bool = False
+) -> str:
+    return poll.poll_batch(uuid.UUID(batch_id), _runtime(self), seq=seq, reserved=reserved)
+
+
+@app.task(name="bmsreboot.release", queue=SUBMIT_QUEUE, **COMMON)
+def release_project(self: Task[Any, Any], project_id: str) -> int:
+    return release.release_project(project_id, _runtime(self))
+
+
+# Beat's tasks: a lost or expired run is simply the next tick's work, so no acks-late here.
+@app.task(name="bmsreboot.reconcile", bind=True, queue=INTAKE_QUEUE, acks_late=False)
+def reconcile_task(self: Task[Any, Any]) -> dict[str, int]:
+    return reconcile.reconcile(_runtime(self))
+
+
+@app.task(name="bmsreboot.purge", bind=True, queue=INTAKE_QUEUE, acks_late=False)
+def purge(self: Task[Any, Any]) -> int:
+    rt = _runtime(self)
+    with unit_of_work(rt.engine) as session:
+        purged = purge_finished(session, older_than_days=rt.settings.retention_days)
+    log.info("purged %d finished requests older than %d days", purged, rt.settings.retention_days)
+    return purged

@@ -15,7 +15,7 @@ from worker.db.session import (
     upgrade_database,
 )
 
-TABLES = {"reboot_requests", "batches", "server_results", "events"}
+TABLES = {"reboot_requests", "batches", "server_results", "events", "api_budgets"}
 
 
 def _tables(url: str) -> set[str]:

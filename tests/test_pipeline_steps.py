@@ -22,7 +22,7 @@ from worker.db.models import Batch
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, ServerStatus
 from worker.db.status import request_status
-from worker.pipeline import intake, poll, submit
+from worker.pipeline import intake, poll, release, submit
 from worker.pipeline.runtime import RecordingDispatcher, Runtime
 from worker.settings import Settings
 
@@ -46,6 +46,9 @@ def make_rt(engine: Engine, simulator: SimulatorHandle) -> Callable[..., Runtime
             "submit_retry_max": 0.5,
             "connect_timeout": 2,
             "read_timeout": 2,
+            # Budgets far above anything these tests send: slots a millisecond apart.
+            "action_rate_limit": 60_000,
+            "job_rate_limit": 60_000,
         }
         fields.update(overrides)
         settings = Settings(**fields)
@@ -67,27 +70,42 @@ def sent(rt: Runtime, kind: str) -> list[Any]:
 
 
 def run_to_end(rt: Runtime, request_id: uuid.UUID, timeout: float = 20) -> dict[str, Any]:
-    """Play the recorded follow-ups (submits, then polls) until nothing is left."""
+    """Play the recorded follow-ups in order, each after its countdown, until nothing is left
+    but callbacks."""
     assert isinstance(rt.dispatcher, RecordingDispatcher)
     deadline = time.monotonic() + timeout
     while rt.dispatcher.sent and time.monotonic() < deadline:
-        kind, item, _ = rt.dispatcher.sent.pop(0)
-        if kind == "submit":
+        kind, item, countdown = rt.dispatcher.sent.pop(0)
+        if kind == "notify":
+            rt.dispatcher.sent.append((kind, item, 0.0))
+            if all(k == "notify" for k, _, _ in rt.dispatcher.sent):
+                break
+            continue
+        time.sleep(min(countdown, 2.0))
+        if kind == "release":
+            release.release_project(item, rt)
+        elif kind == "submit":
             submit.submit_batch(item, rt)
         elif kind == "poll":
-            if poll.poll_batch(item, rt) in ("running", "retry"):
-                time.sleep(0.05)
-        else:
-            rt.dispatcher.sent.append((kind, item, 0.0))
-            break
+            poll.poll_batch(item, rt)
     with unit_of_work(rt.engine) as session:
         status = request_status(session, request_id, include_servers=True)
     assert status is not None
     return status
 
 
+def drain_releases(rt: Runtime) -> None:
+    """Run the release steps that were asked for (their submits stay recorded)."""
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    while any(k == "release" for k, _, _ in rt.dispatcher.sent):
+        entry = next(e for e in rt.dispatcher.sent if e[0] == "release")
+        rt.dispatcher.sent.remove(entry)
+        release.release_project(entry[1], rt)
+
+
 def accept(rt: Runtime, servers: list[str], **fields: Any) -> uuid.UUID:
     result = intake.accept_request({"project_id": PROJECT, "server_ids": servers, **fields}, rt)
+    drain_releases(rt)
     return result.request_id
 
 
@@ -259,7 +277,9 @@ def test_racing_identical_intakes_record_one_request(
         t.join()
     assert sum(r.created for r in results) == 1
     assert {str(r.request_id) for r in results} == {payload["request_id"]}
-    # Duplicates re-drive pending batches; submission is compare-and-set, so one POST each
+    # Duplicates re-drive the release step; submission is compare-and-set, so one POST each
+    drain_releases(rt)
+    time.sleep(0.1)
     for batch_id in set(sent(rt, "submit")):
         for _ in range(2):
             submit.submit_batch(batch_id, rt)

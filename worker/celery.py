@@ -1,8 +1,7 @@
 """The Celery application: ``celery -A worker worker`` finds ``app`` here.
 
-Every setting below is chosen for "never reboot twice, never lose a request" (see
-``shared/reference/fleet-ops-anchors.md`` part A); each says why. Per-task policy (acks, retries,
-time limits) sits on the task declarations in ``tasks``.
+Every setting below is chosen for "never reboot twice, never lose a request"; each says why.
+Per-task policy (acks, retries, time limits) sits on the task declarations in ``tasks``.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
+from worker.pipeline.backoff import VISIBILITY_SHARE
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger("bmsreboot.celery")
@@ -22,11 +22,6 @@ SUBMIT_QUEUE = "bmsreboot.submit"
 POLL_QUEUE = "bmsreboot.poll"
 QUEUES = (INTAKE_QUEUE, SUBMIT_QUEUE, POLL_QUEUE)
 
-#: The share of the visibility timeout that the longest countdown may take. Redis redelivers a
-#: message not acked within the visibility timeout, and a countdown message is held unacked by
-#: the worker until it runs: a countdown near the timeout would run twice (celery#3270).
-VISIBILITY_SHARE = 0.5
-
 
 class ImproperlyConfigured(RuntimeError):
     """Settings that would make the pipeline unsafe; the worker refuses to start."""
@@ -34,7 +29,9 @@ class ImproperlyConfigured(RuntimeError):
 
 def longest_countdown(settings: Settings) -> float:
     jitter = 1.0 + settings.poll_jitter
-    stale_recheck = settings.connect_timeout + settings.read_timeout + 61.0
+    stale_recheck = (
+        settings.connect_timeout + settings.read_timeout + settings.submit_stale_margin + 1
+    )
     return max(settings.poll_max_interval, settings.submit_retry_max, stale_recheck) * jitter
 
 
@@ -76,8 +73,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "bmsreboot.request_reboot": {"queue": INTAKE_QUEUE},
             "bmsreboot.submit_batch": {"queue": SUBMIT_QUEUE},
+            "bmsreboot.release": {"queue": SUBMIT_QUEUE},
             "bmsreboot.poll_batch": {"queue": POLL_QUEUE},
+            "bmsreboot.reconcile": {"queue": INTAKE_QUEUE},
+            "bmsreboot.purge": {"queue": INTAKE_QUEUE},
         },
+        # Beat (``celery -A worker beat``, or ``worker -B`` on the embedded default) sends the
+        # reconciler and the retention purge. A tick a worker could not take in time expires
+        # rather than piling up: the next tick does the same work.
+        "beat_schedule": beat_schedule(settings),
+        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         "task_default_queue": "celery",
         "task_create_missing_queues": True,
         # One message at a time per process: a prefetched message is a message a dying worker
@@ -104,6 +109,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": 10.0,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_hijack_root_logger": False,
+    }
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    interval = settings.reconcile_interval
+    return {
+        "bmsreboot.reconcile": {
+            "task": "bmsreboot.reconcile",
+            "schedule": interval,
+            "options": {"expires": max(interval * 0.9, 0.5)},
+        },
+        "bmsreboot.purge": {
+            "task": "bmsreboot.purge",
+            "schedule": 86400.0,
+            "options": {"expires": 3600.0},
+        },
     }
 
 

@@ -77,10 +77,37 @@ class Settings(BaseSettings):
     submit_retry_base: float = Field(5.0, gt=0, description="First retry delay of a submit.")
     submit_retry_max: float = Field(300.0, gt=0, description="Cap of the submit retry delay.")
     submit_max_attempts: int = Field(10, ge=1, description="Not-accepted submits before giving up.")
+    submit_stale_margin: float = Field(
+        60.0,
+        ge=0,
+        description="Beyond the HTTP timeouts: a batch submitting this long lost its worker.",
+    )
     poll_first_delay: float = Field(5.0, ge=0, description="Delay of the first poll of a job.")
     poll_max_interval: float = Field(60.0, gt=0, description="Cap of the delay between polls.")
     poll_jitter: float = Field(0.2, ge=0, le=1, description="Random fraction added to delays.")
     job_deadline: float = Field(3600.0, gt=0, description="A job older than this is timed_out.")
+    poll_history: int = Field(
+        20, ge=1, description="Recently finished jobs of a project that teach its job duration."
+    )
+
+    # --- API budgets, shared by every worker (per endpoint, project and route) ----------------
+    action_rate_limit: int = Field(
+        50, ge=1, description="POSTs per minute per project on /baremetalservers/action."
+    )
+    action_burst: int = Field(1, ge=1, description="POSTs that may go back to back at once.")
+    job_rate_limit: int = Field(2000, ge=1, description="GETs per minute per project on /jobs.")
+    job_burst: int = Field(1, ge=1, description="GETs that may go back to back at once.")
+    throttle_cooldown: float = Field(
+        5.0, gt=0, description="Pause of a project's route after a 429 without Retry-After."
+    )
+
+    # --- the reconciler (beat) -------------------------------------------------------------
+    reconcile_interval: float = Field(
+        30.0, gt=0, description="Seconds between runs of bmsreboot.reconcile."
+    )
+    reconcile_grace: float = Field(
+        15.0, ge=0, description="How overdue work must be before the reconciler re-drives it."
+    )
 
     # --- Celery ------------------------------------------------------------------------------
     visibility_timeout: int = Field(

@@ -157,6 +157,8 @@ class RebootRequest(Base):
     finished_at: Mapped[timestamp | None]
     reason: Mapped[str | None] = mapped_column(Text())
     rejection_reasons: Mapped[list[str] | None]
+    #: When the completion callback was handed to the broker (at least once: see notify.py).
+    notified_at: Mapped[timestamp | None]
 
     __table_args__ = (
         Index(None, "status", "finished_at"),
@@ -171,9 +173,20 @@ class Batch(Base):
 
     id: Mapped[uuid_pk]
     request_id: Mapped[uuid.UUID] = _request_fk()
+    #: The request's project, copied here so that the release step is one indexed query.
+    project_id: Mapped[str64]
     index: Mapped[int]
     status: Mapped[batch_status]
     job_id: Mapped[str64 | None] = mapped_column(unique=True)
+    #: A ``pending`` batch: when it is due for release (creation, or the end of a retry
+    #: backoff); once released, the budget slot its submit message is scheduled for.
+    next_attempt_at: Mapped[timestamp | None]
+    #: Set when the release step reserved an API slot and sent the submit message; cleared when
+    #: the batch is claimed or goes back to ``pending``.
+    released_at: Mapped[timestamp | None]
+    #: The job's own end time (from the job API), and when the audit database learned it.
+    job_ended_at: Mapped[timestamp | None]
+    detected_at: Mapped[timestamp | None]
     size: Mapped[int]
     submit_attempts: Mapped[count]
     submitted_at: Mapped[timestamp | None]
@@ -193,7 +206,23 @@ class Batch(Base):
         UniqueConstraint("request_id", "index"),
         Index(None, "status", "next_poll_at"),  # batches due for polling
         Index(None, "request_id", "status"),  # batches of a request by status
+        Index(None, "project_id", "status", "index"),  # the release step's next batch
+        Index(None, "status", "next_attempt_at"),  # the reconciler: overdue releases
+        Index(None, "project_id", "job_ended_at"),  # learned job durations
     )
+
+
+class ApiBudget(Base):
+    """Shared API budgets (and short leases) when the broker is not Redis: one row per key.
+
+    ``value`` is a wall-clock time in epoch seconds: a budget's theoretical arrival time (GCRA),
+    a lease's expiry, or a scheduled wake-up (``worker.budget``)."""
+
+    __tablename__ = "api_budgets"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[float] = mapped_column(Float())
+    updated_at: Mapped[timestamp_now]
 
 
 class ServerResult(Base):

@@ -151,6 +151,8 @@ def create_request(
             {
                 "id": batch_id,
                 "request_id": request_id,
+                "project_id": project_id,
+                "next_attempt_at": now,
                 "index": index,
                 "status": BatchStatus.PENDING,
                 "size": min(batch_size, len(server_ids) - index * batch_size),
@@ -390,16 +392,25 @@ def transition_batch(
 
 
 def update_batch(
-    session: Session, batch_id: uuid.UUID, *, expect: BatchStatus, **values: Any
+    session: Session,
+    batch_id: uuid.UUID,
+    *,
+    expect: BatchStatus,
+    poll_count_is: int | None = None,
+    **values: Any,
 ) -> bool:
-    """Set non-state columns of a batch if it is still in ``expect``; False if it is not.
+    """Set non-state columns of a batch if it is still in ``expect`` (and, if given, its poll
+    count is ``poll_count_is``); False if it is not.
 
     ``values`` may hold SQL expressions (``poll_count=Batch.poll_count + 1``).
     """
     values.setdefault("updated_at", utcnow())
+    conditions = [Batch.id == batch_id, Batch.status == BatchStatus(expect)]
+    if poll_count_is is not None:
+        conditions.append(Batch.poll_count == poll_count_is)
     stmt = (
         update(Batch)
-        .where(Batch.id == batch_id, Batch.status == BatchStatus(expect))
+        .where(*conditions)
         .values(**values)
         .returning(Batch.id)
         .execution_options(synchronize_session="fetch")
@@ -414,9 +425,11 @@ def record_poll(
     next_poll_at: dt.datetime | None,
     error: ErrorInfo | None = None,
     expect: BatchStatus = BatchStatus.SUBMITTED,
+    seq: int | None = None,
 ) -> bool:
     """Book one poll of a batch's job: ``poll_count + 1`` (atomically), ``last_polled_at`` now,
-    the next poll time, and the error if the poll failed. False if the batch left ``expect``."""
+    the next poll time, and the error if the poll failed. False if the batch left ``expect``,
+    or (with ``seq``) if its poll count is no longer ``seq``: another message booked it."""
     values: dict[str, Any] = {
         "poll_count": Batch.poll_count + 1,
         "last_polled_at": utcnow(),
@@ -424,7 +437,7 @@ def record_poll(
     }
     if error is not None:
         values.update(error.columns())
-    return update_batch(session, batch_id, expect=expect, **values)
+    return update_batch(session, batch_id, expect=expect, poll_count_is=seq, **values)
 
 
 def settle_batch(

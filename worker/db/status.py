@@ -55,6 +55,7 @@ def request_status(
         "created_at": _iso(request.created_at),
         "started_at": _iso(request.started_at),
         "finished_at": _iso(request.finished_at),
+        "notified_at": _iso(request.notified_at),
         "reason": request.reason,
         "rejection_reasons": request.rejection_reasons,
         "duplicates_removed": request.duplicates_removed,
@@ -70,7 +71,11 @@ def request_status(
                 "size": b.size,
                 "polls": b.poll_count,
                 "submit_attempts": b.submit_attempts,
+                "next_attempt_at": _iso(b.next_attempt_at),
+                "released_at": _iso(b.released_at),
                 "submitted_at": _iso(b.submitted_at),
+                "job_ended_at": _iso(b.job_ended_at),
+                "detected_at": _iso(b.detected_at),
                 "finished_at": _iso(b.finished_at),
                 "last_error": None
                 if b.last_error_code is None and b.last_error_message is None

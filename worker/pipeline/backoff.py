@@ -9,6 +9,19 @@ visibility timeout is redelivered by Redis and would run twice.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
+
+#: The share of the visibility timeout that the longest countdown may take. Redis redelivers a
+#: message not acked within the visibility timeout, and a countdown message is held unacked by
+#: the worker until it runs: a countdown near the timeout would run twice (celery#3270).
+VISIBILITY_SHARE = 0.5
+#: The shortest interval between two polls of one job, however short its jobs are.
+MIN_POLL_STEP = 0.1
+#: After the first poll, the interval starts at this share of the learned job duration.
+POLL_STEP_SHARE = 0.1
 
 
 def with_jitter(delay: float, jitter: float, rng: random.Random | None = None) -> float:
@@ -33,8 +46,23 @@ def submit_retry_delay(
     return min(computed, cap)
 
 
-def poll_delay(poll_count: int, *, first: float, cap: float) -> float:
-    """Delay before poll number ``poll_count + 1``: the first delay, growing by half each
-    poll, up to the cap. BMS reboots take minutes; polling fast at first catches quick jobs
-    and the cap keeps a long job to one call per interval."""
-    return min(first * (1.5**poll_count), cap)
+def countdown_ceiling(settings: Settings) -> float:
+    """The longest countdown any message may carry (see ``VISIBILITY_SHARE``)."""
+    return settings.visibility_timeout * VISIBILITY_SHARE / (1.0 + settings.poll_jitter)
+
+
+def first_poll_delay(learned: float | None, settings: Settings) -> float:
+    """When to poll a new job first: at the job duration learned from the project's recently
+    ended jobs, or ``poll_first_delay`` without history. No jitter on a learned delay: the job
+    route's budget already spreads polls apart, and jitter here is detection delay."""
+    if learned is None:
+        return with_jitter(settings.poll_first_delay, settings.poll_jitter)
+    return min(learned, countdown_ceiling(settings))
+
+
+def poll_delay(poll_count: int, *, learned: float | None, first: float, cap: float) -> float:
+    """Delay before poll number ``poll_count + 1`` (``poll_count`` >= 1 done): short steps
+    growing by half each poll, up to the cap. The first step is a tenth of the learned job
+    duration (a job that outlasts the usual one is usually nearly done), else ``first``."""
+    step = max(POLL_STEP_SHARE * learned, MIN_POLL_STEP) if learned is not None else first
+    return min(step * (1.5 ** max(poll_count - 1, 0)), cap)

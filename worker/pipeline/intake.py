@@ -1,7 +1,10 @@
 """Intake: turn a reboot request into audit rows, then send its batches to submission.
 
-The request, its batches and its server rows are written in one transaction; the submit
-messages that follow carry batch ids only. The same ``request_id`` or ``idempotency_key`` returns
+The request, its batches and its server rows are written in one transaction; its batches are
+then ``pending`` and due, and one ``bmsreboot.release`` message for the project asks the release
+step to send them as the API budget allows (``worker.pipeline.release``).
+
+The same ``request_id`` or ``idempotency_key`` returns
 the request already recorded (also when two identical messages race: the unique constraints
 decide, the loser reads the winner's row) and never reboots again: submission itself is
 compare-and-set on each batch, so re-driving a duplicate is harmless.
@@ -75,7 +78,6 @@ def accept_request(payload: Mapping[str, Any], rt: Runtime, *, positional: int =
                     actor=rt.actor,
                 )
             status = str(request.status)
-            batch_ids = [] if not checked.valid else _pending_batch_ids(session, request.id)
     except IntegrityError:
         # Another worker recorded the same request id or idempotency key a moment ago.
         again = _existing(checked, rt)
@@ -85,16 +87,15 @@ def accept_request(payload: Mapping[str, Any], rt: Runtime, *, positional: int =
 
     if checked.valid:
         log.info(
-            "request %s accepted: %d servers in %d batches (source %s)",
+            "request %s accepted: %d servers in batches of %d (source %s)",
             checked.request_id,
             len(checked.server_ids),
-            len(batch_ids),
+            checked.batch_size,
             checked.source,
         )
+        rt.dispatcher.release(checked.project_id)
     else:
         log.warning("request %s rejected: %s", checked.request_id, "; ".join(checked.reasons))
-    for batch_id in batch_ids:
-        rt.dispatcher.submit(batch_id)
     return IntakeResult(checked.request_id, status, True, checked.reasons, checked.warnings)
 
 
@@ -119,27 +120,22 @@ def _create(session: Any, checked: ValidatedRequest, rt: Runtime) -> RebootReque
     )
 
 
-def _pending_batch_ids(session: Any, request_id: uuid.UUID) -> list[uuid.UUID]:
-    rows = session.execute(
-        select(Batch.id)
-        .where(Batch.request_id == request_id, Batch.status == BatchStatus.PENDING)
-        .order_by(Batch.index)
-    )
-    return [row[0] for row in rows]
-
-
 def _existing(checked: ValidatedRequest, rt: Runtime) -> IntakeResult | None:
-    """The request already recorded under this id or key, with its pending batches re-driven
-    (a previous intake may have committed and died before dispatching them)."""
+    """The request already recorded under this id or key, with its project's release step
+    re-driven (a previous intake may have committed and died before asking for it)."""
     with unit_of_work(rt.engine) as session:
         request = find_existing(
             session, request_id=checked.request_id, idempotency_key=checked.idempotency_key
         )
         if request is None:
             return None
-        request_id, status = request.id, str(request.status)
-        batch_ids = _pending_batch_ids(session, request_id)
+        request_id, status, project_id = request.id, str(request.status), request.project_id
+        pending = session.scalar(
+            select(Batch.id)
+            .where(Batch.request_id == request_id, Batch.status == BatchStatus.PENDING)
+            .limit(1)
+        )
     log.info("request %s already recorded (status %s): not created again", request_id, status)
-    for batch_id in batch_ids:
-        rt.dispatcher.submit(batch_id)
+    if pending is not None:
+        rt.dispatcher.release(project_id)
     return IntakeResult(request_id, status, False)

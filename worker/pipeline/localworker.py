@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,10 +24,14 @@ def start_worker(
     concurrency: int = 2,
     timeout: float = 90.0,
     cwd: Path | None = None,
+    beat: bool = True,
 ) -> subprocess.Popen[bytes]:
     """``celery -A worker worker`` with ``env``, its output in ``log_path``; returns once the
-    worker says it is ready."""
-    log = log_path.open("wb")
+    worker says it is ready. ``beat`` embeds Celery beat (``-B``), which sends the reconciler
+    and the retention purge: what a one-machine setup runs instead of a separate beat process.
+    The worker leads its own process group, so that :func:`kill_worker` reaches its children."""
+    start = log_path.stat().st_size if log_path.exists() else 0
+    log = log_path.open("ab")
     # Our own interpreter and fixed arguments: nothing untrusted reaches the command line.
     proc = subprocess.Popen(  # noqa: S603
         [
@@ -40,17 +46,20 @@ def start_worker(
             f"--hostname={name}@%h",
             "--without-gossip",
             "--without-mingle",
+            *(["-B"] if beat else []),
         ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=cwd,
+        start_new_session=True,
     )
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
-        if READY in log_path.read_bytes():
+        if READY in log_path.read_bytes()[start:]:
             return proc
         time.sleep(0.2)
     stop_worker(proc)
@@ -66,3 +75,19 @@ def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def kill_worker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the worker and every process of its group (pool children, embedded beat): the
+    crash nothing can clean up after."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -2,8 +2,10 @@
 
 ``finalize`` runs inside the unit of work that ended a batch; it returns the message to send,
 and the caller sends it only after commit. ``finalize_request_if_done`` makes exactly one caller
-the finaliser, so the callback is sent once (at most once: a worker killed between the commit and
-the send loses it; the final status stays in the audit database either way).
+the finaliser. The callback is delivered **at least once**: after the broker took it, the
+request's ``notified_at`` is set; a worker killed in between (or a broker that refused it)
+leaves ``notified_at`` empty and the reconciler sends it again. A consumer de-duplicates on the
+status dict's ``request_id``.
 """
 
 from __future__ import annotations
@@ -14,15 +16,29 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from worker.db.models import RebootRequest
 from worker.db.requests import finalize_request_if_done
+from worker.db.schedule import mark_notified
+from worker.db.session import unit_of_work
 from worker.db.status import request_status
-from worker.pipeline.runtime import Runtime, log
+from worker.pipeline.runtime import Runtime, log, utcnow
 
 
 @dataclass(frozen=True)
 class Notification:
+    request_id: uuid.UUID
     task_name: str
     status: dict[str, Any]
+
+
+def notification_for(session: Session, request_id: uuid.UUID) -> Notification | None:
+    """The completion callback of a finished request, or None if it asked for none."""
+    request = session.get(RebootRequest, request_id)
+    if request is None or not request.notify_task:
+        return None
+    status = request_status(session, request_id)
+    assert status is not None
+    return Notification(request_id, request.notify_task, status)
 
 
 def finalize(session: Session, request_id: uuid.UUID, rt: Runtime) -> Notification | None:
@@ -38,13 +54,16 @@ def finalize(session: Session, request_id: uuid.UUID, rt: Runtime) -> Notificati
         request.servers_unknown,
         request.servers_total,
     )
-    if not request.notify_task:
-        return None
-    status = request_status(session, request.id)
-    assert status is not None
-    return Notification(request.notify_task, status)
+    return notification_for(session, request.id)
 
 
-def send(notification: Notification | None, rt: Runtime) -> None:
-    if notification is not None:
-        rt.dispatcher.notify(notification.task_name, notification.status, None)
+def send(notification: Notification | None, rt: Runtime) -> bool:
+    """Hand the callback to the broker, then record that it was (False: not sent now; the
+    reconciler tries again)."""
+    if notification is None:
+        return False
+    if not rt.dispatcher.notify(notification.task_name, notification.status, None):
+        return False
+    with unit_of_work(rt.engine) as session:
+        mark_notified(session, notification.request_id, utcnow())
+    return True

@@ -1,7 +1,16 @@
 """Polling: follow a submitted batch's job until it ends, from stored state, never sleeping.
 
-Each poll is one task run: read the batch, GET the job, write what was learned, schedule the
-next poll with a countdown. Transport errors, 429 and 5xx on a poll only delay the next poll;
+Each poll is one task run: read the batch, reserve a slot of the project's job-route budget
+(shared by every worker, so 2000 jobs in flight stay under 2000 GETs a minute), GET the job,
+write what was learned, schedule the next poll with a countdown. The first poll comes at the
+job duration learned from the project's recently ended jobs, then short steps growing to
+``poll_max_interval`` (``worker.pipeline.backoff``).
+
+A poll message carries the batch id and ``seq``, the batch's poll count when it was sent. Only
+the message whose ``seq`` still matches may book the poll, so a poll re-sent by the reconciler
+while the original was only late never doubles the chain.
+
+Transport errors, 429 and 5xx on a poll only delay the next poll;
 they never change the batch's outcome. When the job is ``SUCCESS`` or ``FAIL`` the servers'
 outcomes are written from ``sub_jobs`` (a server missing from them is ``unknown``, not
 succeeded). A job still running past the batch's deadline makes the batch ``timed_out`` and its
@@ -10,32 +19,54 @@ servers ``unknown``.
 
 from __future__ import annotations
 
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+
+from sqlalchemy.orm import Session
 
 from worker.bms.errors import BmsError, ThrottledError
 from worker.bms.models import Job
-from worker.db.models import Batch, RebootRequest
+from worker.budget import JOB
+from worker.db.models import Batch
 from worker.db.requests import (
     ErrorInfo,
     ServerOutcome,
     batch_server_ids,
     record_poll,
     settle_batch,
+    update_batch,
 )
+from worker.db.schedule import learned_job_duration
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, ServerStatus
-from worker.pipeline.backoff import poll_delay, with_jitter
+from worker.pipeline.backoff import countdown_ceiling, poll_delay, with_jitter
 from worker.pipeline.notify import Notification, finalize, send
 from worker.pipeline.runtime import Runtime, describe, error_info, log, utcnow
+
+#: A budget slot at most this far away is waited for in the task; farther ones are a countdown.
+MAX_SLEEP = 1.0
 
 MISSING_FROM_JOB = "the server is missing from the job's sub_jobs: outcome unknown"
 TIMED_OUT = "the job did not finish before the batch's deadline: outcome unknown"
 
 
-def poll_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
-    """Poll one batch's job once. Returns what happened, one word, for logs and tests."""
+@dataclass(frozen=True)
+class _Poll:
+    project_id: str
+    job_id: str
+    polls: int
+    deadline: datetime | None
+
+
+def poll_batch(
+    batch_id: uuid.UUID, rt: Runtime, *, seq: int | None = None, reserved: bool = False
+) -> str:
+    """Poll one batch's job once. Returns what happened, one word, for logs and tests.
+
+    ``seq``: the poll count the message was sent for (None: any); ``reserved``: the message was
+    scheduled for a job-route slot already reserved for it."""
     with unit_of_work(rt.engine) as session:
         batch = session.get(Batch, batch_id)
         if batch is None:
@@ -43,23 +74,41 @@ def poll_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
             return "missing"
         if batch.status != BatchStatus.SUBMITTED or not batch.job_id:
             return "done"  # a duplicate poll message for a batch already settled
-        request = session.get(RebootRequest, batch.request_id)
-        assert request is not None
-        project_id, job_id, polls = request.project_id, batch.job_id, batch.poll_count
-        deadline = batch.deadline_at if batch.deadline_at else None
+        if seq is not None and seq != batch.poll_count:
+            return "stale"  # another message carries this batch's poll chain
+        this = _Poll(batch.project_id, batch.job_id, batch.poll_count, batch.deadline_at)
+
+    if not reserved:
+        slot = rt.budgets.reserve(rt.budget_key(this.project_id, JOB), rt.rate(JOB))
+        if slot.wait > MAX_SLEEP:
+            # The slot is ours; come back for it instead of holding a worker process.
+            with unit_of_work(rt.engine) as session:
+                update_batch(
+                    session,
+                    batch_id,
+                    expect=BatchStatus.SUBMITTED,
+                    next_poll_at=utcnow() + timedelta(seconds=slot.wait),
+                )
+            rt.dispatcher.poll(batch_id, countdown=slot.wait, seq=this.polls, reserved=True)
+            return "budget"
+        if slot.wait > 0:
+            time.sleep(slot.wait)
 
     try:
-        job = rt.client().get_job(project_id, job_id)
+        job = rt.client().get_job(this.project_id, this.job_id)
     except BmsError as exc:
         retry_after = exc.retry_after if isinstance(exc, ThrottledError) else None
-        log.warning("batch %s: poll of job %s failed: %s", batch_id, job_id, describe(exc))
-        return _again(batch_id, polls, rt, deadline, error=error_info(exc), at_least=retry_after)
+        if isinstance(exc, ThrottledError):
+            cooldown = retry_after if retry_after is not None else rt.settings.throttle_cooldown
+            rt.budgets.cooldown(rt.budget_key(this.project_id, JOB), rt.rate(JOB), cooldown)
+        log.warning("batch %s: poll of job %s failed: %s", batch_id, this.job_id, describe(exc))
+        return _again(batch_id, this, rt, error=error_info(exc), at_least=retry_after)
 
     if not job.is_terminal:
-        return _again(batch_id, polls, rt, deadline, job_status=job.status)
+        return _again(batch_id, this, rt, job_status=job.status)
 
     with unit_of_work(rt.engine) as session:
-        notification = _settle_job(session, batch_id, job, rt)
+        notification = _settle_job(session, batch_id, this, job, rt)
     send(notification, rt)
     return "finished"
 
@@ -102,10 +151,14 @@ def outcomes_from(job: Job) -> dict[str, ServerOutcome]:
     return outcomes
 
 
-def _settle_job(session: Any, batch_id: uuid.UUID, job: Job, rt: Runtime) -> Notification | None:
+def _settle_job(
+    session: Session, batch_id: uuid.UUID, this: _Poll, job: Job, rt: Runtime
+) -> Notification | None:
     outcomes = outcomes_from(job)
     to = batch_status_from(outcomes, batch_server_ids(session, batch_id))
-    record_poll(session, batch_id, next_poll_at=None)
+    if not record_poll(session, batch_id, next_poll_at=None, seq=this.polls):
+        return None  # another message of this chain got there first
+    now = utcnow()
     batch = settle_batch(
         session,
         batch_id,
@@ -119,6 +172,10 @@ def _settle_job(session: Any, batch_id: uuid.UUID, job: Job, rt: Runtime) -> Not
             "sub_jobs": len(job.sub_jobs),
             "job_error_code": job.error_code,
         },
+        # The job's own end time teaches the project's job duration; without one (or one
+        # from a clock ahead of ours) the moment we learned it stands in.
+        job_ended_at=min(job.end_time, now) if job.end_time else now,
+        detected_at=now,
     )
     log.info("batch %s finished: job %s is %s, batch %s", batch_id, job.job_id, job.status, to)
     return finalize(session, batch.request_id, rt)
@@ -126,9 +183,8 @@ def _settle_job(session: Any, batch_id: uuid.UUID, job: Job, rt: Runtime) -> Not
 
 def _again(
     batch_id: uuid.UUID,
-    polls: int,
+    this: _Poll,
     rt: Runtime,
-    deadline: datetime | None,
     *,
     error: ErrorInfo | None = None,
     at_least: float | None = None,
@@ -136,9 +192,11 @@ def _again(
 ) -> str:
     """Schedule the next poll, or time the batch out if its deadline has passed."""
     now = utcnow()
-    if deadline is not None and now >= deadline:
+    polls = this.polls + 1
+    if this.deadline is not None and now >= this.deadline:
         with unit_of_work(rt.engine) as session:
-            record_poll(session, batch_id, next_poll_at=None, error=error)
+            if not record_poll(session, batch_id, next_poll_at=None, error=error, seq=this.polls):
+                return "stale"
             batch = settle_batch(
                 session,
                 batch_id,
@@ -150,14 +208,29 @@ def _again(
                 **(error.columns() if error else {}),
             )
             notification = finalize(session, batch.request_id, rt)
-        log.error("batch %s timed out after %d polls", batch_id, polls + 1)
+        log.error("batch %s timed out after %d polls", batch_id, polls)
         send(notification, rt)
         return "timed_out"
-    delay = poll_delay(polls, first=rt.settings.poll_first_delay, cap=rt.settings.poll_max_interval)
+    with unit_of_work(rt.engine) as session:
+        learned = learned_job_duration(session, this.project_id, rt.settings.poll_history)
+    delay = poll_delay(
+        polls,
+        learned=learned,
+        first=rt.settings.poll_first_delay,
+        cap=rt.settings.poll_max_interval,
+    )
     if at_least is not None:
         delay = min(max(delay, at_least), rt.settings.poll_max_interval)
-    delay = with_jitter(delay, rt.settings.poll_jitter)
+    delay = min(with_jitter(delay, rt.settings.poll_jitter), countdown_ceiling(rt.settings))
     with unit_of_work(rt.engine) as session:
-        record_poll(session, batch_id, next_poll_at=now + timedelta(seconds=delay), error=error)
-    rt.dispatcher.poll(batch_id, countdown=delay)
+        booked = record_poll(
+            session,
+            batch_id,
+            next_poll_at=now + timedelta(seconds=delay),
+            error=error,
+            seq=this.polls,
+        )
+    if not booked:
+        return "stale"
+    rt.dispatcher.poll(batch_id, countdown=delay, seq=polls)
     return "retry" if error else "running"

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from worker.bms.client import BmsClient
 from worker.bms.errors import BmsError
+from worker.budget import ACTION, JOB, Budget, DatabaseBudget, Rate, budget_key
 from worker.db.requests import ErrorInfo
 from worker.settings import Settings
 
@@ -26,13 +27,20 @@ log = logging.getLogger("bmsreboot.pipeline")
 
 
 class Dispatcher(Protocol):
-    """Sends follow-up work. The Celery implementation lives in ``tasks``."""
+    """Sends follow-up work. The Celery implementation lives in ``worker.pipeline.tasking``.
 
-    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0) -> None: ...
+    Every method returns False instead of raising when the broker refused the message: the
+    state it would have driven is already committed, and the reconciler re-drives it."""
 
-    def poll(self, batch_id: uuid.UUID, countdown: float) -> None: ...
+    def release(self, project_id: str, countdown: float = 0.0) -> bool: ...
 
-    def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> None: ...
+    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0) -> bool: ...
+
+    def poll(
+        self, batch_id: uuid.UUID, countdown: float, seq: int | None = None, reserved: bool = False
+    ) -> bool: ...
+
+    def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool: ...
 
 
 @dataclass
@@ -42,6 +50,27 @@ class Runtime:
     client: Callable[[], BmsClient]
     dispatcher: Dispatcher
     actor: str = "bmsreboot"
+    #: Shared API budgets; None builds one on the audit database (tests, scripts).
+    budget: Budget | None = None
+
+    def __post_init__(self) -> None:
+        if self.budget is None:
+            self.budget = DatabaseBudget(self.engine)
+
+    @property
+    def budgets(self) -> Budget:
+        assert self.budget is not None
+        return self.budget
+
+    def budget_key(self, project_id: str, route: str) -> str:
+        return budget_key(self.settings.effective_bms_endpoint, project_id, route)
+
+    def rate(self, route: str) -> Rate:
+        s = self.settings
+        if route == ACTION:
+            return Rate(s.action_rate_limit, s.action_burst)
+        assert route == JOB
+        return Rate(s.job_rate_limit, s.job_burst)
 
 
 @dataclass
@@ -50,14 +79,23 @@ class RecordingDispatcher:
 
     sent: list[tuple[str, Any, float]] = field(default_factory=list)
 
-    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0) -> None:
+    def release(self, project_id: str, countdown: float = 0.0) -> bool:
+        self.sent.append(("release", project_id, countdown))
+        return True
+
+    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0) -> bool:
         self.sent.append(("submit", batch_id, countdown))
+        return True
 
-    def poll(self, batch_id: uuid.UUID, countdown: float) -> None:
+    def poll(
+        self, batch_id: uuid.UUID, countdown: float, seq: int | None = None, reserved: bool = False
+    ) -> bool:
         self.sent.append(("poll", batch_id, countdown))
+        return True
 
-    def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> None:
+    def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
         self.sent.append(("notify", (task_name, status, queue), 0.0))
+        return True
 
 
 def utcnow() -> datetime:

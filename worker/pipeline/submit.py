@@ -7,8 +7,14 @@
 3. In a committed transaction the batch moves ``submitting -> submitted`` with its job id, and
    its first poll is scheduled.
 
-A failure the client classifies as **not accepted** returns the batch to ``pending`` and retries
-with exponential backoff and jitter. A **maybe accepted** failure (the API may have taken the
+A batch is POSTed only once the release step (``worker.pipeline.release``) reserved it a slot
+of the project's API budget: a message for a batch that was not released, or that comes before
+its slot, sends the work back to the release step instead of POSTing.
+
+What happens after a failed POST is one pure function, :func:`decide`. A failure the client
+classifies as **not accepted** returns the batch to ``pending``, due again after exponential
+backoff with jitter (a 429 is due at once, and cools down the whole budget of the project).
+A **maybe accepted** failure (the API may have taken the
 reboot, we never learned a job id) makes the batch ``unknown``: never resubmitted by the
 pipeline, visible in ``status`` with its reason. A refusal (4xx) makes it ``rejected`` with the
 API's code and message. A batch found in ``submitting`` by a later message, older than any POST
@@ -22,12 +28,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from enum import StrEnum
 
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from worker.bms.errors import ApiError, BmsError, ServerError, ThrottledError
 from worker.bms.retry import may_resubmit
+from worker.budget import ACTION
 from worker.db.models import Batch, RebootRequest
 from worker.db.requests import (
     batch_server_ids,
@@ -35,19 +43,48 @@ from worker.db.requests import (
     transition_batch,
     transition_request,
 )
+from worker.db.schedule import learned_job_duration
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition, RequestStatus, ServerStatus
-from worker.pipeline.backoff import submit_retry_delay, with_jitter
+from worker.pipeline.backoff import first_poll_delay, submit_retry_delay, with_jitter
 from worker.pipeline.notify import Notification, finalize, send
+from worker.pipeline.release import schedule_release
 from worker.pipeline.runtime import Runtime, describe, error_info, log, utcnow
 
-#: Margin beyond the client's own timeouts after which a batch still ``submitting`` can no
-#: longer be in a live worker's POST.
-STALE_MARGIN = 60.0
+#: A submit message this much early for its slot runs anyway (timer resolution).
+EARLY_TOLERANCE = 0.05
 
 
 def stale_after(rt: Runtime) -> float:
-    return rt.settings.connect_timeout + rt.settings.read_timeout + STALE_MARGIN
+    """Seconds after which a batch still ``submitting`` can no longer be in a live POST."""
+    s = rt.settings
+    return s.connect_timeout + s.read_timeout + s.submit_stale_margin
+
+
+class Next(StrEnum):
+    """What happens to a batch after a failed POST."""
+
+    UNKNOWN = "unknown"  # the API may have taken it: never sent again by the pipeline
+    REJECTED = "rejected"  # the API refused it: its servers failed with the API's code
+    FAILED = "failed"  # certainly not accepted, and no new attempt can help
+    THROTTLED = "throttled"  # 429: due again at once, the project's budget cools down
+    RETRY = "retry"  # not accepted: due again after the backoff
+
+
+def decide(error: BaseException, attempt: int, max_attempts: int) -> Next:
+    """The one decision after a failed POST, from the error alone (a table-tested function).
+
+    Order matters: "may have been accepted" outranks everything, because resending could
+    reboot a server twice."""
+    if not isinstance(error, BmsError) or error.maybe_accepted:
+        return Next.UNKNOWN
+    if isinstance(error, ThrottledError):
+        return Next.THROTTLED
+    if isinstance(error, ApiError) and not isinstance(error, ServerError):
+        return Next.REJECTED
+    if not may_resubmit(error) or attempt >= max_attempts:
+        return Next.FAILED
+    return Next.RETRY
 
 
 @dataclass(frozen=True)
@@ -72,17 +109,13 @@ def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
 
     try:
         job_id = rt.client().batch_reboot(claim.project_id, claim.server_ids, claim.reboot_type)
-    except BmsError as exc:
-        return _failed(batch_id, claim.attempt, exc, rt)
     except Exception as exc:
-        # Not a classified client error: we cannot tell whether the POST went out.
-        log.exception("batch %s: unexpected error around the POST", batch_id)
-        return _settle(batch_id, BatchStatus.UNKNOWN, rt, reason=describe(exc))
-    return _submitted(batch_id, job_id, rt)
+        return _failed(batch_id, claim, exc, rt)
+    return _submitted(batch_id, claim.project_id, job_id, rt)
 
 
 def _claim(
-    session: Any, batch_id: uuid.UUID, rt: Runtime
+    session: Session, batch_id: uuid.UUID, rt: Runtime
 ) -> Claim | tuple[str, Notification | None]:
     """Move the batch ``pending -> submitting`` (and its request to ``running``), or say why
     not: a second message for the same batch must never POST again."""
@@ -95,6 +128,15 @@ def _claim(
     if batch.status != BatchStatus.PENDING:
         log.info("batch %s is %s, past pending: not POSTing again", batch_id, batch.status)
         return "skipped", None
+    if batch.released_at is None:
+        # Not released: no budget slot is ours. The release step decides when it goes.
+        log.info("batch %s was not released; handing it to the release step", batch_id)
+        rt.dispatcher.release(batch.project_id)
+        return "not_released", None
+    early = (batch.next_attempt_at - utcnow()).total_seconds() if batch.next_attempt_at else 0.0
+    if early > EARLY_TOLERANCE:
+        rt.dispatcher.submit(batch_id, countdown=early)
+        return "early", None
     request = session.get(RebootRequest, batch.request_id)
     assert request is not None
     if request.status not in (RequestStatus.ACCEPTED, RequestStatus.RUNNING):
@@ -102,7 +144,9 @@ def _claim(
         return "skipped", None
     try:
         # The transition counts the attempt itself (submit_attempts + 1, in the same UPDATE).
-        claimed = transition_batch(session, batch_id, BatchStatus.SUBMITTING, actor=rt.actor)
+        claimed = transition_batch(
+            session, batch_id, BatchStatus.SUBMITTING, actor=rt.actor, released_at=None
+        )
     except IllegalTransition as exc:
         log.info("batch %s claimed by another worker (%s): not POSTing", batch_id, exc)
         return "skipped", None
@@ -118,7 +162,9 @@ def _claim(
     )
 
 
-def _found_submitting(session: Any, batch: Batch, rt: Runtime) -> tuple[str, Notification | None]:
+def _found_submitting(
+    session: Session, batch: Batch, rt: Runtime
+) -> tuple[str, Notification | None]:
     """Another message for a batch already ``submitting``: a duplicate while a worker is in its
     POST, or a redelivery after that worker died. Wait until no POST can still be running,
     then call it ``unknown`` (a resubmit could be a second hard reboot)."""
@@ -129,9 +175,16 @@ def _found_submitting(session: Any, batch: Batch, rt: Runtime) -> tuple[str, Not
         # Sent before commit on purpose: this transaction wrote nothing the check needs.
         rt.dispatcher.submit(batch.id, countdown=limit - age + 1.0)
         return "in_progress", None
+    return settle_lost_submit(session, batch.id, age, rt)
+
+
+def settle_lost_submit(
+    session: Session, batch_id: uuid.UUID, age: float, rt: Runtime
+) -> tuple[str, Notification | None]:
+    """A batch ``submitting`` for longer than any POST can take lost its worker: ``unknown``."""
     return _settle_in(
         session,
-        batch.id,
+        batch_id,
         BatchStatus.UNKNOWN,
         rt,
         reason=(
@@ -141,32 +194,36 @@ def _found_submitting(session: Any, batch: Batch, rt: Runtime) -> tuple[str, Not
     )
 
 
-def _failed(batch_id: uuid.UUID, attempt: int, exc: BmsError, rt: Runtime) -> str:
-    if exc.maybe_accepted:
+def _failed(batch_id: uuid.UUID, claim: Claim, exc: Exception, rt: Runtime) -> str:
+    attempt = claim.attempt
+    what = decide(exc, attempt, rt.settings.submit_max_attempts)
+    if not isinstance(exc, BmsError):
+        # Not a classified client error: we cannot tell whether the POST went out.
+        log.exception("batch %s: unexpected error around the POST", batch_id)
+        return _settle(batch_id, BatchStatus.UNKNOWN, rt, reason=describe(exc))
+    if what is Next.UNKNOWN:
         log.error("batch %s: POST may have been accepted (%s): unknown", batch_id, describe(exc))
         return _settle(batch_id, BatchStatus.UNKNOWN, rt, reason=describe(exc), error=exc)
-    if isinstance(exc, ApiError) and not isinstance(exc, ThrottledError | ServerError):
+    if what is Next.REJECTED:
         log.error("batch %s rejected by the API: %s", batch_id, describe(exc))
         return _settle(batch_id, BatchStatus.REJECTED, rt, reason=describe(exc), error=exc)
-    if not may_resubmit(exc):
-        # Certainly not accepted, but no new attempt can succeed (a configuration or protocol
-        # error): the servers were never rebooted.
-        log.error("batch %s cannot be submitted: %s", batch_id, describe(exc))
+    if what is Next.FAILED:
+        log.error("batch %s cannot be submitted (attempt %d): %s", batch_id, attempt, describe(exc))
         return _settle(batch_id, BatchStatus.FAILED, rt, reason=describe(exc), error=exc)
-    throttled = isinstance(exc, ThrottledError)
-    if not throttled and attempt >= rt.settings.submit_max_attempts:
-        log.error("batch %s: giving up after %d attempts: %s", batch_id, attempt, describe(exc))
-        return _settle(batch_id, BatchStatus.FAILED, rt, reason=describe(exc), error=exc)
-    retry_after = exc.retry_after if isinstance(exc, ThrottledError) else None
-    delay = with_jitter(
-        submit_retry_delay(
-            attempt,
-            base=rt.settings.submit_retry_base,
-            cap=rt.settings.submit_retry_max,
-            retry_after=retry_after,
-        ),
-        rt.settings.poll_jitter,
-    )
+    if what is Next.THROTTLED:
+        assert isinstance(exc, ThrottledError)
+        # The whole project's budget pauses, not only this batch: every worker waits.
+        delay = exc.retry_after if exc.retry_after is not None else rt.settings.throttle_cooldown
+        delay = min(delay, rt.settings.submit_retry_max)
+        rt.budgets.cooldown(rt.budget_key(claim.project_id, ACTION), rt.rate(ACTION), delay)
+        due_in = 0.0
+    else:
+        delay = due_in = with_jitter(
+            submit_retry_delay(
+                attempt, base=rt.settings.submit_retry_base, cap=rt.settings.submit_retry_max
+            ),
+            rt.settings.poll_jitter,
+        )
     with unit_of_work(rt.engine) as session:
         transition_batch(
             session,
@@ -174,34 +231,38 @@ def _failed(batch_id: uuid.UUID, attempt: int, exc: BmsError, rt: Runtime) -> st
             BatchStatus.PENDING,
             actor=rt.actor,
             detail={"not_accepted": describe(exc), "retry_in_seconds": round(delay, 3)},
+            released_at=None,
+            next_attempt_at=utcnow() + timedelta(seconds=due_in),
             **error_info(exc).columns(),
         )
     log.warning(
-        "batch %s not accepted (%s); retry %d in %.1f s", batch_id, describe(exc), attempt, delay
+        "batch %s not accepted (%s); attempt %d, due again in %.1f s",
+        batch_id,
+        describe(exc),
+        attempt,
+        delay,
     )
-    rt.dispatcher.submit(batch_id, countdown=delay)
-    return "retry"
+    schedule_release(rt, claim.project_id, delay)
+    return str(what)
 
 
-def _submitted(batch_id: uuid.UUID, job_id: str, rt: Runtime) -> str:
+def _submitted(batch_id: uuid.UUID, project_id: str, job_id: str, rt: Runtime) -> str:
     now = utcnow()
-    first = rt.settings.poll_first_delay
-    values = {
-        "job_id": job_id,
-        "next_poll_at": now + timedelta(seconds=first),
-        "deadline_at": now + timedelta(seconds=rt.settings.job_deadline),
-    }
     # The job id exists only in this process now: a short database outage must not lose it.
     for attempt in range(4):
         try:
             with unit_of_work(rt.engine) as session:
+                learned = learned_job_duration(session, project_id, rt.settings.poll_history)
+                first = first_poll_delay(learned, rt.settings)
                 transition_batch(
                     session,
                     batch_id,
                     BatchStatus.SUBMITTED,
                     actor=rt.actor,
-                    detail={"job_id": job_id},
-                    **values,
+                    detail={"job_id": job_id, "first_poll_in": round(first, 3)},
+                    job_id=job_id,
+                    next_poll_at=now + timedelta(seconds=first),
+                    deadline_at=now + timedelta(seconds=rt.settings.job_deadline),
                 )
             break
         except OperationalError:
@@ -216,8 +277,8 @@ def _submitted(batch_id: uuid.UUID, job_id: str, rt: Runtime) -> str:
                 job_id,
             )
             return "conflict"
-    log.info("batch %s submitted: job %s", batch_id, job_id)
-    rt.dispatcher.poll(batch_id, countdown=with_jitter(first, rt.settings.poll_jitter))
+    log.info("batch %s submitted: job %s, first poll in %.1f s", batch_id, job_id, first)
+    rt.dispatcher.poll(batch_id, countdown=first, seq=0)
     return "submitted"
 
 
@@ -236,7 +297,7 @@ def _settle(
 
 
 def _settle_in(
-    session: Any,
+    session: Session,
     batch_id: uuid.UUID,
     to: BatchStatus,
     rt: Runtime,
@@ -257,6 +318,7 @@ def _settle_in(
         default_error_code=error.code if error else None,
         default_fail_reason=(error.message if error and error.message else reason)[:1000],
         detail={"reason": reason},
+        released_at=None,
         **columns,
     )
     return str(to), finalize(session, batch.request_id, rt)

@@ -3,37 +3,85 @@ runtime a worker builds once (engine and HTTP client are pooled, so they are reu
 
 from __future__ import annotations
 
+import logging
 import uuid
 from functools import lru_cache
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery
 
 from worker.bms.client import BmsClient
+from worker.budget import Budget, budget_for
 from worker.db.session import get_engine
 from worker.pipeline.runtime import Runtime
 from worker.settings import get_settings
 
+log = logging.getLogger("bmsreboot.pipeline")
+
 
 class CeleryDispatcher:
-    def __init__(self, submit_task: Task[Any, Any], poll_task: Task[Any, Any], app: Celery):
-        self._submit = submit_task
-        self._poll = poll_task
+    """Sends follow-ups as task messages. A publish that fails (broker down, connection lost)
+    is logged and reported as False, never raised: the state it would have driven is committed
+    already, and ``bmsreboot.reconcile`` re-drives it from the audit database."""
+
+    def __init__(self, app: Celery):
         self._app = app
 
-    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0) -> None:
-        self._submit.apply_async(args=(str(batch_id),), countdown=countdown)
+    def _send(self, name: str, what: str, **options: Any) -> bool:
+        try:
+            self._app.send_task(name, **options)
+        except Exception as exc:
+            log.error(
+                "could not send %s (%s: %s); the reconciler will", what, type(exc).__name__, exc
+            )
+            return False
+        return True
 
-    def poll(self, batch_id: uuid.UUID, countdown: float) -> None:
-        self._poll.apply_async(args=(str(batch_id),), countdown=countdown)
+    def release(self, project_id: str, countdown: float = 0.0) -> bool:
+        return self._send(
+            "bmsreboot.release",
+            f"a release of project {project_id}",
+            args=(project_id,),
+            countdown=max(countdown, 0.0),
+        )
 
-    def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> None:
-        self._app.send_task(task_name, args=[status], queue=queue)
+    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0) -> bool:
+        return self._send(
+            "bmsreboot.submit_batch",
+            f"the submit of batch {batch_id}",
+            args=(str(batch_id),),
+            countdown=max(countdown, 0.0),
+        )
+
+    def poll(
+        self, batch_id: uuid.UUID, countdown: float, seq: int | None = None, reserved: bool = False
+    ) -> bool:
+        kwargs: dict[str, Any] = {}
+        if seq is not None:
+            kwargs["seq"] = seq
+        if reserved:
+            kwargs["reserved"] = True
+        return self._send(
+            "bmsreboot.poll_batch",
+            f"a poll of batch {batch_id}",
+            args=(str(batch_id),),
+            kwargs=kwargs,
+            countdown=max(countdown, 0.0),
+        )
+
+    def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
+        return self._send(task_name, f"the callback {task_name}", args=[status], queue=queue)
 
 
 @lru_cache(maxsize=1)
 def _client() -> BmsClient:
     return BmsClient.from_settings(get_settings())
+
+
+@lru_cache(maxsize=1)
+def _budget() -> Budget:
+    settings = get_settings()
+    return budget_for(settings.broker_url, get_engine(settings.effective_database_url))
 
 
 def worker_runtime(dispatcher: CeleryDispatcher, *, actor: str) -> Runtime:
@@ -44,4 +92,5 @@ def worker_runtime(dispatcher: CeleryDispatcher, *, actor: str) -> Runtime:
         client=_client,
         dispatcher=dispatcher,
         actor=actor,
+        budget=_budget(),
     )

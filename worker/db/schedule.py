@@ -1,0 +1,215 @@
+"""The schedule the audit database keeps: which batch is released next, what is overdue.
+
+The release step and the reconciler read only these functions, so that what is due, and when,
+is decided in one place from the audit rows, never from what happens to be in the broker.
+
+A ``pending`` batch is *due* when ``next_attempt_at <= now`` and *released* once the release
+step reserved it an API slot and sent its submit message (``released_at`` set,
+``next_attempt_at`` = that slot). The release order is the batch index first, then the
+request's age: the batches 0 of every active request of a project go before any batch 1, which
+keeps requests of the same project fair and each request in index order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+import uuid
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, func, select, update
+from sqlalchemy.orm import Session
+
+from worker.db.models import Batch, RebootRequest
+from worker.db.states import TERMINAL_BATCH_STATES, BatchStatus, RequestStatus
+
+#: Requests whose batches may be released.
+ACTIVE_REQUESTS = (RequestStatus.ACCEPTED, RequestStatus.RUNNING)
+
+
+def release_conditions(project_id: str) -> list[ColumnElement[bool]]:
+    """What makes a batch releasable, besides being due: every rollout limit is one more
+    condition here (the one place the release decision is made)."""
+    return [
+        Batch.project_id == project_id,
+        Batch.status == BatchStatus.PENDING,
+        Batch.released_at.is_(None),
+        RebootRequest.status.in_(ACTIVE_REQUESTS),
+    ]
+
+
+def next_releasable(session: Session, project_id: str, now: dt.datetime) -> uuid.UUID | None:
+    """The next batch to release for ``project_id`` (one indexed query), or None."""
+    return session.scalar(
+        select(Batch.id)
+        .join(RebootRequest, RebootRequest.id == Batch.request_id)
+        .where(*release_conditions(project_id), Batch.next_attempt_at <= now)
+        .order_by(Batch.index, RebootRequest.created_at, Batch.id)
+        .limit(1)
+    )
+
+
+def next_due_at(session: Session, project_id: str) -> dt.datetime | None:
+    """When the project's next unreleased batch falls due (retries wait for their backoff)."""
+    return session.scalar(
+        select(func.min(Batch.next_attempt_at))
+        .join(RebootRequest, RebootRequest.id == Batch.request_id)
+        .where(*release_conditions(project_id))
+    )
+
+
+def mark_released(
+    session: Session, batch_id: uuid.UUID, *, now: dt.datetime, slot: dt.datetime
+) -> bool:
+    """Record that ``batch_id`` got the API slot ``slot``; False if another release run took
+    it first (compare-and-set on ``released_at IS NULL``)."""
+    stmt = (
+        update(Batch)
+        .where(
+            Batch.id == batch_id,
+            Batch.status == BatchStatus.PENDING,
+            Batch.released_at.is_(None),
+        )
+        .values(released_at=now, next_attempt_at=slot, updated_at=now)
+        .returning(Batch.id)
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(stmt).first() is not None
+
+
+# --- the reconciler's questions ---------------------------------------------------------------
+
+
+def unrelease_lost(session: Session, before: dt.datetime, limit: int) -> list[str]:
+    """Released batches still ``pending`` long after their slot: their submit message is gone.
+    They are made releasable again; returns their projects."""
+    ids = list(
+        session.scalars(
+            select(Batch.id)
+            .where(
+                Batch.status == BatchStatus.PENDING,
+                Batch.next_attempt_at < before,
+                Batch.released_at.is_not(None),
+            )
+            .limit(limit)
+        )
+    )
+    if not ids:
+        return []
+    rows = session.execute(
+        update(Batch)
+        .where(Batch.id.in_(ids), Batch.status == BatchStatus.PENDING)
+        .values(released_at=None)
+        .returning(Batch.project_id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted({row[0] for row in rows})
+
+
+def projects_with_overdue_releases(session: Session, before: dt.datetime) -> list[str]:
+    """Projects with an unreleased batch of an active request due since before ``before``."""
+    return list(
+        session.scalars(
+            select(Batch.project_id)
+            .join(RebootRequest, RebootRequest.id == Batch.request_id)
+            .where(
+                Batch.status == BatchStatus.PENDING,
+                Batch.next_attempt_at < before,
+                Batch.released_at.is_(None),
+                RebootRequest.status.in_(ACTIVE_REQUESTS),
+            )
+            .distinct()
+        )
+    )
+
+
+def stale_submitting(session: Session, before: dt.datetime, limit: int) -> list[uuid.UUID]:
+    """Batches ``submitting`` since before ``before``: no POST can still be running."""
+    return list(
+        session.scalars(
+            select(Batch.id)
+            .where(Batch.status == BatchStatus.SUBMITTING, Batch.updated_at < before)
+            .limit(limit)
+        )
+    )
+
+
+def overdue_polls(session: Session, before: dt.datetime, limit: int) -> list[tuple[uuid.UUID, int]]:
+    """Submitted batches whose next poll was due before ``before``, with their poll count."""
+    rows = session.execute(
+        select(Batch.id, Batch.poll_count)
+        .where(Batch.status == BatchStatus.SUBMITTED, Batch.next_poll_at < before)
+        .order_by(Batch.next_poll_at)
+        .limit(limit)
+    ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+def unfinalized_requests(session: Session, limit: int) -> list[uuid.UUID]:
+    """Open requests none of whose batches is still open: they missed their finalizer."""
+    open_batch = exists().where(
+        Batch.request_id == RebootRequest.id, Batch.status.not_in(TERMINAL_BATCH_STATES)
+    )
+    return list(
+        session.scalars(
+            select(RebootRequest.id)
+            .where(
+                RebootRequest.status.in_(ACTIVE_REQUESTS),
+                exists().where(Batch.request_id == RebootRequest.id),
+                ~open_batch,
+            )
+            .limit(limit)
+        )
+    )
+
+
+def unnotified_requests(session: Session, before: dt.datetime, limit: int) -> list[uuid.UUID]:
+    """Finished requests with a completion callback not yet handed to the broker."""
+    from worker.db.states import TERMINAL_REQUEST_STATES
+
+    return list(
+        session.scalars(
+            select(RebootRequest.id)
+            .where(
+                RebootRequest.status.in_(TERMINAL_REQUEST_STATES),
+                RebootRequest.status != RequestStatus.REJECTED,
+                RebootRequest.notify_task.is_not(None),
+                RebootRequest.notified_at.is_(None),
+                RebootRequest.finished_at < before,
+            )
+            .limit(limit)
+        )
+    )
+
+
+def mark_notified(session: Session, request_id: uuid.UUID, now: dt.datetime) -> None:
+    session.execute(
+        update(RebootRequest)
+        .where(RebootRequest.id == request_id, RebootRequest.notified_at.is_(None))
+        .values(notified_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# --- learned job durations --------------------------------------------------------------------
+
+
+def learned_job_duration(session: Session, project_id: str, history: int) -> float | None:
+    """The median time from submission to the job's own end over the project's ``history``
+    most recently ended jobs (one indexed query), or None without history."""
+    rows: Any = session.execute(
+        select(Batch.submitted_at, Batch.job_ended_at)
+        .where(
+            and_(
+                Batch.project_id == project_id,
+                Batch.job_ended_at.is_not(None),
+                Batch.submitted_at.is_not(None),
+            )
+        )
+        .order_by(Batch.job_ended_at.desc())
+        .limit(history)
+    ).all()
+    durations = [
+        max((ended - submitted).total_seconds(), 0.0) for submitted, ended in rows if ended
+    ]
+    return statistics.median(durations) if durations else None

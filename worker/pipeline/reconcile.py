@@ -1,0 +1,108 @@
+"""The reconciler: re-drive, from the audit database alone, work whose message was lost.
+
+``bmsreboot.reconcile`` runs every ``BMSREBOOT_RECONCILE_INTERVAL`` seconds from Celery beat.
+The broker may lose messages (Redis restarted without AOF, ``FLUSHDB``, a worker killed after
+its commit and before its publish, a publish that failed); the audit database does not. Each
+run looks for work overdue by more than ``BMSREBOOT_RECONCILE_GRACE`` seconds:
+
+- released batches still ``pending`` long after their slot (the submit message is gone): they
+  are made releasable again;
+- due batches nobody released (the release message is gone): their project's release step
+  runs;
+- batches ``submitting`` for longer than any POST can take (their worker died in the POST):
+  ``unknown``, never resubmitted;
+- ``submitted`` batches whose next poll is overdue: polled again (the ``seq`` of the new
+  message makes it the only live poll chain of the batch);
+- requests whose batches have all ended but which were never finalized: finalized;
+- finished requests whose completion callback was not handed to the broker: sent.
+
+Two runs at once (two beats, a slow run overlapping the next) are safe: every change is
+compare-and-set, and a lease held for most of an interval makes the second run skip, so no work
+is done twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+from worker.db.models import Batch
+from worker.db.schedule import (
+    overdue_polls,
+    projects_with_overdue_releases,
+    stale_submitting,
+    unfinalized_requests,
+    unnotified_requests,
+    unrelease_lost,
+)
+from worker.db.session import unit_of_work
+from worker.db.states import BatchStatus, IllegalTransition
+from worker.pipeline.notify import finalize, notification_for, send
+from worker.pipeline.runtime import Runtime, log, utcnow
+from worker.pipeline.submit import settle_lost_submit, stale_after
+
+#: Rows one run handles per kind of work (the next run takes the rest).
+PER_RUN = 1000
+LEASE_KEY = "bmsreboot:lease:reconcile"
+
+
+def reconcile(rt: Runtime) -> dict[str, int]:
+    """One reconciler pass; returns what it re-drove, by kind (``skipped`` when another run
+    holds the lease)."""
+    interval = rt.settings.reconcile_interval
+    if rt.budgets.try_lease(LEASE_KEY, max(interval * 0.8, 0.5)) is None:
+        return {"skipped": 1}
+    done: Counter[str] = Counter()
+    now = utcnow()
+    overdue = now - timedelta(seconds=rt.settings.reconcile_grace)
+
+    with unit_of_work(rt.engine) as session:
+        projects = set(unrelease_lost(session, overdue, PER_RUN))
+    done["unreleased"] = len(projects)
+    with unit_of_work(rt.engine) as session:
+        projects.update(projects_with_overdue_releases(session, overdue))
+    for project_id in sorted(projects):
+        rt.dispatcher.release(project_id)
+    done["releases"] = len(projects)
+
+    with unit_of_work(rt.engine) as session:
+        lost = stale_submitting(session, now - timedelta(seconds=stale_after(rt)), PER_RUN)
+    for batch_id in lost:
+        try:
+            with unit_of_work(rt.engine) as session:
+                batch = session.get(Batch, batch_id)
+                if batch is None or batch.status != BatchStatus.SUBMITTING:
+                    continue
+                age = (utcnow() - batch.updated_at).total_seconds()
+                _, notification = settle_lost_submit(session, batch_id, age, rt)
+        except IllegalTransition:
+            continue  # its worker recorded an answer after all
+        send(notification, rt)
+        done["unknown"] += 1
+
+    with unit_of_work(rt.engine) as session:
+        polls = overdue_polls(session, overdue, PER_RUN)
+    for batch_id, seq in polls:
+        rt.dispatcher.poll(batch_id, countdown=0.0, seq=seq)
+    done["polls"] = len(polls)
+
+    with unit_of_work(rt.engine) as session:
+        open_requests = unfinalized_requests(session, PER_RUN)
+    for request_id in open_requests:
+        with unit_of_work(rt.engine) as session:
+            notification = finalize(session, request_id, rt)
+        send(notification, rt)
+        done["finalized"] += 1
+
+    with unit_of_work(rt.engine) as session:
+        unnotified = unnotified_requests(session, overdue, PER_RUN)
+    for request_id in unnotified:
+        with unit_of_work(rt.engine) as session:
+            notification = notification_for(session, request_id)
+        if send(notification, rt):
+            done["callbacks"] += 1
+
+    result = {kind: n for kind, n in done.items() if n}
+    if result:
+        log.warning("reconciler re-drove lost work: %s", result)
+    return result

@@ -1,0 +1,103 @@
+"""The release step: which pending batch goes to the API next, and when, from the audit rows.
+
+``release_project`` runs for one project at a time (task ``bmsreboot.release``). It repeatedly
+asks the audit database for the next releasable batch (``worker.db.schedule``), reserves that
+project's next slot of the action budget (``worker.budget``, shared by every worker), records
+the slot on the batch, and sends the batch's submit message with a countdown to that slot. A
+slot is reserved only when it is at most ``HORIZON`` seconds away: the plan stays in the
+database, not in delayed broker messages, so that a later limit, a cancel or a cut-off still
+decides what goes next. When the budget is full, or the next batch is only due later (a retry
+backoff), the run schedules one wake-up of the project (``claim_wake`` keeps it to one pending
+wake-up, however many callers ask) and ends.
+
+Anything that may have made a batch releasable calls ``rt.dispatcher.release(project_id)``:
+intake, a batch back to ``pending``, and the reconciler for work whose message was lost.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from worker.budget import ACTION
+from worker.db.schedule import mark_released, next_due_at, next_releasable
+from worker.db.session import unit_of_work
+from worker.pipeline.runtime import Runtime, log, utcnow
+
+#: Farthest ahead a slot is reserved (seconds): the submit message's longest countdown.
+HORIZON = 1.0
+#: Batches one run releases before it hands on to a fresh run (bounds one task's duration).
+PER_RUN = 100
+#: How long one run holds the project's release lease (a crashed run frees it by then).
+LEASE_SECONDS = 10.0
+#: When another run holds the lease, look again this much later.
+BUSY_RETRY = 0.5
+
+
+def lease_key(rt: Runtime, project_id: str) -> str:
+    return rt.budget_key(project_id, "release-lease")
+
+
+def wake_key(rt: Runtime, project_id: str) -> str:
+    return rt.budget_key(project_id, "release-wake")
+
+
+def schedule_release(rt: Runtime, project_id: str, delay: float) -> None:
+    """Have the project's release step run in ``delay`` seconds, unless one is already due by
+    then (one pending wake-up per project, shared by every worker)."""
+    if rt.budgets.claim_wake(wake_key(rt, project_id), delay):
+        rt.dispatcher.release(project_id, countdown=delay)
+
+
+def release_project(project_id: str, rt: Runtime) -> int:
+    """Release the project's due batches that the action budget allows now; return how many."""
+    budget = rt.budgets
+    budget.consume_wake(wake_key(rt, project_id))
+    lease = lease_key(rt, project_id)
+    token = budget.try_lease(lease, LEASE_SECONDS)
+    if token is None:
+        # Another run is releasing this project; it may have looked before our work was
+        # committed, so look again shortly.
+        schedule_release(rt, project_id, BUSY_RETRY)
+        return 0
+    started = time.monotonic()
+    released = 0
+    wake: float | None = None
+    try:
+        while True:
+            if released >= PER_RUN or time.monotonic() - started > LEASE_SECONDS / 2:
+                wake = 0.0
+                break
+            now = utcnow()
+            with unit_of_work(rt.engine) as session:
+                batch_id = next_releasable(session, project_id, now)
+                due = None if batch_id is not None else next_due_at(session, project_id)
+            if batch_id is None:
+                if due is not None:
+                    wake = max((due - utcnow()).total_seconds(), 0.0)
+                break
+            slot = budget.reserve(
+                rt.budget_key(project_id, ACTION), rt.rate(ACTION), max_wait=HORIZON
+            )
+            if not slot.granted:
+                wake = max(slot.wait - HORIZON / 2, 0.0)
+                break
+            now = utcnow()
+            with unit_of_work(rt.engine) as session:
+                taken = mark_released(
+                    session, batch_id, now=now, slot=now + timedelta(seconds=slot.wait)
+                )
+            if not taken:
+                continue  # released by another run meanwhile (the slot goes unused)
+            rt.dispatcher.submit(batch_id, countdown=slot.wait)
+            released += 1
+    finally:
+        budget.release_lease(lease, token)
+    if released:
+        log.info("project %s: released %d batches", project_id, released)
+    if wake is not None:
+        if wake == 0.0:
+            rt.dispatcher.release(project_id)
+        else:
+            schedule_release(rt, project_id, wake)
+    return released
