@@ -65,6 +65,8 @@ class Reservation:
 
     granted: bool
     wait: float
+    #: The slot itself, in epoch seconds on the store's clock (Redis's, or this machine's).
+    at: float = 0.0
 
 
 def budget_key(endpoint: str, project_id: str, route: str) -> str:
@@ -105,10 +107,10 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local wait = tat - tau - now
 if wait < 0 then wait = 0 end
-if max_wait >= 0 and wait > max_wait then return {0, tostring(wait)} end
+if max_wait >= 0 and wait > max_wait then return {0, tostring(wait), tostring(now + wait)} end
 local new_tat = tat + interval
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now + tau) * 1000) + 1000)
-return {1, tostring(wait)}
+return {1, tostring(wait), tostring(now + wait)}
 """
 
 _COOLDOWN = """
@@ -161,8 +163,10 @@ class RedisBudget:
 
     def reserve(self, key: str, rate: Rate, max_wait: float | None = None) -> Reservation:
         limit = -1.0 if max_wait is None else max_wait
-        granted, wait = self._reserve(keys=[key], args=[rate.interval, rate.tolerance, limit])
-        return Reservation(bool(int(granted)), float(wait))
+        granted, wait, at = self._reserve(
+            keys=[key], args=[rate.interval, rate.tolerance, limit]
+        )
+        return Reservation(bool(int(granted)), float(wait), float(at))
 
     def cooldown(self, key: str, rate: Rate, seconds: float) -> None:
         self._cooldown(keys=[key], args=[seconds, rate.tolerance])
@@ -220,8 +224,8 @@ class DatabaseBudget:
             tat = max(tat or 0.0, now)
             wait = max(tat - rate.tolerance - now, 0.0)
             if max_wait is not None and wait > max_wait:
-                return None, Reservation(False, wait)
-            return tat + rate.interval, Reservation(True, wait)
+                return None, Reservation(False, wait, now + wait)
+            return tat + rate.interval, Reservation(True, wait, now + wait)
 
         result: Reservation = self._update(key, change)
         return result

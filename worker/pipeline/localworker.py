@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -80,14 +81,6 @@ def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
 def kill_worker(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the worker and every process of its group (pool children, embedded beat): the
     crash nothing can clean up after."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-    else:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
