@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import func, select
 
-from worker.db import requests as db_requests
+from worker.db import create as db_create
 from worker.db.models import Batch, ServerResult
 from worker.db.session import make_engine, unit_of_work, upgrade_database
 
@@ -42,7 +42,7 @@ def run_once(url: str, servers: list[str], batch_size: int) -> float:
         request_id = uuid.uuid4()
         started = time.perf_counter()
         with unit_of_work(engine) as session:
-            db_requests.create_request(
+            db_create.create_request(
                 session,
                 request_id=request_id,
                 project_id="bench",
@@ -77,14 +77,14 @@ def main() -> None:
         name = f"bmsreboot_bench_{uuid.uuid4().hex[:12]}"
         _admin(f'CREATE DATABASE "{name}"')
         try:
-            db_requests.PG_COPY = method == "copy"
+            db_create.PG_COPY = method == "copy"
             seconds = run_once(
                 f"postgresql+psycopg://{USER}@{HOST}:{PORT}/{name}", servers, args.batch_size
             )
             rate = args.servers / seconds
             print(f"  postgresql {method:<6} {seconds:7.2f} s  ({rate:,.0f} servers/s)")
         finally:
-            db_requests.PG_COPY = True
+            db_create.PG_COPY = True
             _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     if args.sqlite:
         with tempfile.TemporaryDirectory() as directory:

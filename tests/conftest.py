@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.db",
     "tests.fixtures.pipeline",
+    "tests.fixtures.steps",
 ]

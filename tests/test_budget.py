@@ -4,6 +4,7 @@ threads and from separate processes."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import threading
 import time
@@ -66,7 +67,7 @@ def test_each_caller_gets_its_own_slot_one_interval_apart(store: Callable[[], Bu
     # Given no burst, the first goes now and each next one exactly an interval later
     assert slots[0].wait == 0.0
     assert all(s.granted for s in slots)
-    for earlier, later in zip(slots, slots[1:], strict=False):
+    for earlier, later in itertools.pairwise(slots):
         assert later.at - earlier.at == pytest.approx(10.0, abs=1e-6)
     assert 39.0 < slots[-1].wait <= 40.0
 
@@ -138,7 +139,7 @@ def test_racing_threads_get_distinct_slots(store: Callable[[], Budget]) -> None:
     slots = sorted(waits)
     assert len(slots) == 40
     # 40 distinct slots, each at least one interval after the one before
-    gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert min(gaps) >= 0.1 - 1e-6
 
 
@@ -152,15 +153,13 @@ def test_separate_processes_share_one_budget(target: tuple[str, str]) -> None:
     k = key()
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_reserve_in_process, args=(*target, k, 10, out)) for _ in range(3)
-    ]
+    procs = [ctx.Process(target=_reserve_in_process, args=(*target, k, 10, out)) for _ in range(3)]
     for p in procs:
         p.start()
     slots = sorted(out.get(timeout=60) for _ in range(30))
     for p in procs:
         p.join(timeout=30)
-    gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert min(gaps) >= 0.1 - 1e-6
 
 

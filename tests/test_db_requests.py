@@ -11,18 +11,13 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from tests.fixtures.db import new_request, server_names
+from worker.db.create import create_rejected_request, find_existing
 from worker.db.models import Base, Batch, Event, RebootRequest, ServerResult
-from worker.db.requests import (
-    batch_server_ids,
-    batches_due_for_poll,
-    create_rejected_request,
-    find_existing,
-    pending_batches,
-    transition_batch,
-)
+from worker.db.queries import batch_server_ids, batches_due_for_poll, pending_batches
 from worker.db.session import make_engine, session_factory, unit_of_work
 from worker.db.states import BatchStatus, RequestStatus, ServerStatus
 from worker.db.status import request_status
+from worker.db.transitions import transition_batch
 
 B = BatchStatus
 

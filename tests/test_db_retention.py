@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session
 
 from tests.fixtures.db import new_request
 from worker.db.models import Batch, Event, RebootRequest, ServerResult
-from worker.db.requests import pending_batches, settle_batch, transition_request
+from worker.db.queries import pending_batches
 from worker.db.retention import purge_finished
 from worker.db.states import BatchStatus, RequestStatus, ServerStatus
+from worker.db.transitions import settle_batch, transition_request
 
 
 def _count(session: Session, model: type) -> int:

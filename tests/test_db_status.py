@@ -8,16 +8,16 @@ import uuid
 from sqlalchemy.orm import Session
 
 from tests.fixtures.db import new_request
-from worker.db.requests import (
+from worker.db.queries import pending_batches
+from worker.db.states import BatchStatus, ServerStatus
+from worker.db.status import request_status, server_history
+from worker.db.transitions import (
     ErrorInfo,
     ServerOutcome,
-    pending_batches,
     record_poll,
     settle_batch,
     transition_batch,
 )
-from worker.db.states import BatchStatus, ServerStatus
-from worker.db.status import request_status, server_history
 
 B, S = BatchStatus, ServerStatus
 

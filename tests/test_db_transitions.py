@@ -15,18 +15,7 @@ from sqlalchemy.orm import Session
 
 from tests.fixtures.db import new_request
 from worker.db.models import Batch, Event, RebootRequest, ServerResult
-from worker.db.requests import (
-    ErrorInfo,
-    ServerOutcome,
-    batch_server_ids,
-    finalize_request_if_done,
-    pending_batches,
-    record_poll,
-    settle_batch,
-    transition_batch,
-    transition_request,
-    update_batch,
-)
+from worker.db.queries import batch_server_ids, pending_batches
 from worker.db.session import session_factory, unit_of_work
 from worker.db.states import (
     BATCH_TRANSITIONS,
@@ -37,6 +26,16 @@ from worker.db.states import (
     IllegalTransition,
     RequestStatus,
     ServerStatus,
+)
+from worker.db.transitions import (
+    ErrorInfo,
+    ServerOutcome,
+    finalize_request_if_done,
+    record_poll,
+    settle_batch,
+    transition_batch,
+    transition_request,
+    update_batch,
 )
 
 B, R, S = BatchStatus, RequestStatus, ServerStatus

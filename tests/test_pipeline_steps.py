@@ -11,102 +11,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from tests.fixtures.simulator import SimulatorHandle
+from tests.fixtures.steps import PROJECT, accept, drain_releases, ids, run_to_end, sent
 from worker.bms.client import BmsClient
 from worker.bms.models import Job
 from worker.db.models import Batch
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, ServerStatus
 from worker.db.status import request_status
-from worker.pipeline import intake, poll, release, submit
+from worker.pipeline import intake, poll, submit
 from worker.pipeline.runtime import RecordingDispatcher, Runtime
-from worker.settings import Settings
-
-PROJECT = "0123456789abcdef0123456789abcdef"
-
-
-def ids(n: int) -> list[str]:
-    return [str(uuid.uuid4()) for _ in range(n)]
-
-
-@pytest.fixture
-def make_rt(engine: Engine, simulator: SimulatorHandle) -> Callable[..., Runtime]:
-    def make(client: Callable[[], BmsClient] | None = None, **overrides: Any) -> Runtime:
-        fields: dict[str, Any] = {
-            "bms_endpoint": simulator.base_url,
-            "ak": simulator.ak,
-            "sk": simulator.sk,
-            "poll_first_delay": 0.1,
-            "poll_max_interval": 0.3,
-            "submit_retry_base": 0.1,
-            "submit_retry_max": 0.5,
-            "connect_timeout": 2,
-            "read_timeout": 2,
-            # Budgets far above anything these tests send: slots a millisecond apart.
-            "action_rate_limit": 60_000,
-            "job_rate_limit": 60_000,
-        }
-        fields.update(overrides)
-        settings = Settings(**fields)
-        shared = BmsClient.from_settings(settings)
-        return Runtime(
-            settings=settings,
-            engine=engine,
-            client=client or (lambda: shared),
-            dispatcher=RecordingDispatcher(),
-            actor="test",
-        )
-
-    return make
-
-
-def sent(rt: Runtime, kind: str) -> list[Any]:
-    assert isinstance(rt.dispatcher, RecordingDispatcher)
-    return [item for k, item, _ in rt.dispatcher.sent if k == kind]
-
-
-def run_to_end(rt: Runtime, request_id: uuid.UUID, timeout: float = 20) -> dict[str, Any]:
-    """Play the recorded follow-ups in order, each after its countdown, until nothing is left
-    but callbacks."""
-    assert isinstance(rt.dispatcher, RecordingDispatcher)
-    deadline = time.monotonic() + timeout
-    while rt.dispatcher.sent and time.monotonic() < deadline:
-        kind, item, countdown = rt.dispatcher.sent.pop(0)
-        if kind == "notify":
-            rt.dispatcher.sent.append((kind, item, 0.0))
-            if all(k == "notify" for k, _, _ in rt.dispatcher.sent):
-                break
-            continue
-        time.sleep(min(countdown, 2.0))
-        if kind == "release":
-            release.release_project(item, rt)
-        elif kind == "submit":
-            submit.submit_batch(item, rt)
-        elif kind == "poll":
-            poll.poll_batch(item, rt)
-    with unit_of_work(rt.engine) as session:
-        status = request_status(session, request_id, include_servers=True)
-    assert status is not None
-    return status
-
-
-def drain_releases(rt: Runtime) -> None:
-    """Run the release steps that were asked for (their submits stay recorded)."""
-    assert isinstance(rt.dispatcher, RecordingDispatcher)
-    while any(k == "release" for k, _, _ in rt.dispatcher.sent):
-        entry = next(e for e in rt.dispatcher.sent if e[0] == "release")
-        rt.dispatcher.sent.remove(entry)
-        release.release_project(entry[1], rt)
-
-
-def accept(rt: Runtime, servers: list[str], **fields: Any) -> uuid.UUID:
-    result = intake.accept_request({"project_id": PROJECT, "server_ids": servers, **fields}, rt)
-    drain_releases(rt)
-    return result.request_id
 
 
 def test_a_request_runs_from_intake_to_its_final_status(

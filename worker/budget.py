@@ -163,9 +163,7 @@ class RedisBudget:
 
     def reserve(self, key: str, rate: Rate, max_wait: float | None = None) -> Reservation:
         limit = -1.0 if max_wait is None else max_wait
-        granted, wait, at = self._reserve(
-            keys=[key], args=[rate.interval, rate.tolerance, limit]
-        )
+        granted, wait, at = self._reserve(keys=[key], args=[rate.interval, rate.tolerance, limit])
         return Reservation(bool(int(granted)), float(wait), float(at))
 
     def cooldown(self, key: str, rate: Rate, seconds: float) -> None:

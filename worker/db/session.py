@@ -5,7 +5,7 @@ WAL mode with foreign keys on and a 30 s busy timeout, and every transaction sta
 ``BEGIN IMMEDIATE``: SQLite has one writer at a time, and taking the write lock up front makes a
 second worker *wait* for the first (then see its committed state) instead of failing with
 "database is locked" when its read snapshot turns out stale at its first write. That is what makes
-the compare-and-set transitions in ``worker.db.requests`` behave the same on both engines.
+the compare-and-set transitions in ``worker.db.transitions`` behave the same on both engines.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The state machines of requests, batches and servers, written once.
 
-Every status change in the audit database goes through ``worker.db.requests``, which checks it
+Every status change in the audit database goes through ``worker.db.transitions``, which checks it
 against the tables below; anything else raises ``IllegalTransition``. Read a table as "from this
 state, the pipeline may move to these states". A state with no entry is terminal.
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.db.models import Batch, RebootRequest, ServerResult
-from worker.db.requests import server_counts
+from worker.db.queries import server_counts
 from worker.db.states import ServerStatus
 
 

@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from worker.db.create import create_rejected_request, create_request, find_existing
 from worker.db.models import Batch, RebootRequest
-from worker.db.requests import create_rejected_request, create_request, find_existing
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus
 from worker.pipeline.runtime import Runtime, log

@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from worker.db.models import RebootRequest
-from worker.db.requests import finalize_request_if_done
 from worker.db.schedule import mark_notified
 from worker.db.session import unit_of_work
 from worker.db.status import request_status
+from worker.db.transitions import finalize_request_if_done
 from worker.pipeline.runtime import Runtime, log, utcnow
 
 

@@ -30,17 +30,17 @@ from worker.bms.errors import BmsError, ThrottledError
 from worker.bms.models import Job
 from worker.budget import JOB
 from worker.db.models import Batch
-from worker.db.requests import (
+from worker.db.queries import batch_server_ids
+from worker.db.schedule import learned_job_duration
+from worker.db.session import unit_of_work
+from worker.db.states import BatchStatus, ServerStatus
+from worker.db.transitions import (
     ErrorInfo,
     ServerOutcome,
-    batch_server_ids,
     record_poll,
     settle_batch,
     update_batch,
 )
-from worker.db.schedule import learned_job_duration
-from worker.db.session import unit_of_work
-from worker.db.states import BatchStatus, ServerStatus
 from worker.pipeline.backoff import countdown_ceiling, poll_delay, with_jitter
 from worker.pipeline.notify import Notification, finalize, send
 from worker.pipeline.runtime import Runtime, describe, error_info, log, utcnow

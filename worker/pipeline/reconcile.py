@@ -50,7 +50,7 @@ def reconcile(rt: Runtime) -> dict[str, int]:
     """One reconciler pass; returns what it re-drove, by kind (``skipped`` when another run
     holds the lease)."""
     interval = rt.settings.reconcile_interval
-    if rt.budgets.try_lease(LEASE_KEY, max(interval * 0.8, 0.5)) is None:
+    if rt.budgets.try_lease(LEASE_KEY, interval * 0.8) is None:
         return {"skipped": 1}
     done: Counter[str] = Counter()
     now = utcnow()

@@ -17,7 +17,7 @@ intake, a batch back to ``pending``, and the reconciler for work whose message w
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime
 
 from worker.budget import ACTION
 from worker.db.schedule import mark_released, next_due_at, next_releasable
@@ -82,11 +82,10 @@ def release_project(project_id: str, rt: Runtime) -> int:
             if not slot.granted:
                 wake = max(slot.wait - HORIZON / 2, 0.0)
                 break
-            now = utcnow()
             with unit_of_work(rt.engine) as session:
-                taken = mark_released(
-                    session, batch_id, now=now, slot=now + timedelta(seconds=slot.wait)
-                )
+                # The slot as the budget's store timed it (Redis's clock, or this machine's).
+                at = datetime.fromtimestamp(slot.at, UTC)
+                taken = mark_released(session, batch_id, now=utcnow(), slot=at)
             if not taken:
                 continue  # released by another run meanwhile (the slot goes unused)
             rt.dispatcher.submit(batch_id, countdown=slot.wait)

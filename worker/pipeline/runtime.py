@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from worker.bms.client import BmsClient
 from worker.bms.errors import BmsError
 from worker.budget import ACTION, JOB, Budget, DatabaseBudget, Rate, budget_key
-from worker.db.requests import ErrorInfo
+from worker.db.transitions import ErrorInfo
 from worker.settings import Settings
 
 log = logging.getLogger("bmsreboot.pipeline")

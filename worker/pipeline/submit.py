@@ -37,15 +37,11 @@ from worker.bms.errors import ApiError, BmsError, ServerError, ThrottledError
 from worker.bms.retry import may_resubmit
 from worker.budget import ACTION
 from worker.db.models import Batch, RebootRequest
-from worker.db.requests import (
-    batch_server_ids,
-    settle_batch,
-    transition_batch,
-    transition_request,
-)
+from worker.db.queries import batch_server_ids
 from worker.db.schedule import learned_job_duration
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition, RequestStatus, ServerStatus
+from worker.db.transitions import settle_batch, transition_batch, transition_request
 from worker.pipeline.backoff import first_poll_delay, submit_retry_delay, with_jitter
 from worker.pipeline.notify import Notification, finalize, send
 from worker.pipeline.release import schedule_release

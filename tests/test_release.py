@@ -1,0 +1,404 @@
+"""The audit database drives the work: the release step, the decision after a failed POST,
+poll chains, adaptive polling and the reconciler, driven by hand on SQLite and PostgreSQL with
+the simulator over HTTP (follow-up messages are recorded, not sent)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from tests.fixtures.simulator import SimulatorHandle
+from tests.fixtures.steps import PROJECT, accept, drain_releases, ids, run_to_end, sent
+from worker.bms.errors import (
+    AuthenticationError,
+    BmsError,
+    ConfigurationError,
+    ConnectError,
+    ConnectionDropped,
+    NotFoundError,
+    ProtocolError,
+    RejectedError,
+    RequestTimeout,
+    ServerError,
+    ThrottledError,
+)
+from worker.budget import ACTION
+from worker.db.models import Batch, RebootRequest
+from worker.db.session import unit_of_work
+from worker.db.states import BatchStatus
+from worker.db.status import request_status
+from worker.pipeline import poll, reconcile, release, submit
+from worker.pipeline.runtime import RecordingDispatcher, Runtime
+from worker.pipeline.submit import Next, decide
+
+
+def _api(cls: type[BmsError], status: int, **kw: Any) -> BmsError:
+    return cls("x", status=status, code="C", **kw)
+
+
+@pytest.mark.parametrize(
+    ("error", "attempt", "expected"),
+    [
+        (RuntimeError("not a client error"), 1, Next.UNKNOWN),
+        (RequestTimeout("read", maybe_accepted=True), 1, Next.UNKNOWN),
+        (ConnectionDropped("drop", maybe_accepted=True), 1, Next.UNKNOWN),
+        (ProtocolError("no job id", maybe_accepted=True), 1, Next.UNKNOWN),
+        (_api(ServerError, 502, maybe_accepted=True), 1, Next.UNKNOWN),  # a proxy's page
+        (_api(ThrottledError, 429), 1, Next.THROTTLED),
+        (_api(ThrottledError, 429), 99, Next.THROTTLED),  # 429 never uses up attempts
+        (_api(RejectedError, 400), 1, Next.REJECTED),
+        (_api(NotFoundError, 404), 1, Next.REJECTED),
+        (_api(AuthenticationError, 401), 1, Next.REJECTED),
+        (_api(ServerError, 500), 1, Next.RETRY),  # 5xx with the API's body: not accepted
+        (_api(ServerError, 500), 10, Next.FAILED),  # the last attempt
+        (ConnectError("refused"), 3, Next.RETRY),
+        (RequestTimeout("connect"), 3, Next.RETRY),
+        (ConnectError("refused"), 10, Next.FAILED),
+        (ConfigurationError("no credentials"), 1, Next.FAILED),  # no attempt can help
+    ],
+)
+def test_what_happens_after_a_failed_post(
+    error: BaseException, attempt: int, expected: Next
+) -> None:
+    assert decide(error, attempt, max_attempts=10) is expected
+
+
+def _batches(rt: Runtime, request_id: uuid.UUID) -> list[Batch]:
+    with unit_of_work(rt.engine) as session:
+        return list(
+            session.scalars(
+                select(Batch).where(Batch.request_id == request_id).order_by(Batch.index)
+            )
+        )
+
+
+def _index_of(rt: Runtime) -> dict[uuid.UUID, tuple[uuid.UUID, int]]:
+    with unit_of_work(rt.engine) as session:
+        rows = session.execute(select(Batch.id, Batch.request_id, Batch.index)).all()
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def test_batches_are_released_in_index_order_and_fairly_across_requests(
+    make_rt: Callable[..., Runtime],
+) -> None:
+    rt = make_rt()
+    first = accept(rt, ids(30), batch_size=10)
+    second = accept(rt, ids(20), batch_size=10)
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    where = _index_of(rt)
+    order = [where[batch_id] for batch_id in sent(rt, "submit")]
+    # All of the first request was released by its own intake; so re-run to see fairness:
+    # a fresh pair of requests arriving together interleaves by batch index.
+    assert order[:3] == [(first, 0), (first, 1), (first, 2)]
+    assert order[3:] == [(second, 0), (second, 1)]
+
+    rt2 = make_rt()
+    a = rt2_request(rt2, 3)
+    b = rt2_request(rt2, 2)
+    release.release_project(PROJECT, rt2)
+    where = _index_of(rt2)
+    assert [where[i] for i in sent(rt2, "submit")] == [(a, 0), (b, 0), (a, 1), (b, 1), (a, 2)]
+
+
+def rt2_request(rt: Runtime, batches: int) -> uuid.UUID:
+    """Record a request without running its release (the intake's release message is dropped)."""
+    from worker.pipeline import intake
+
+    result = intake.accept_request(
+        {"project_id": PROJECT, "server_ids": ids(batches * 10), "batch_size": 10}, rt
+    )
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    rt.dispatcher.sent = [e for e in rt.dispatcher.sent if e[0] != "release"]
+    return result.request_id
+
+
+def test_the_action_budget_paces_releases_and_the_plan_stays_in_the_database(
+    make_rt: Callable[..., Runtime],
+) -> None:
+    rt = make_rt(action_rate_limit=60)  # one POST a second
+    request_id = rt2_request(rt, 4)
+    assert release.release_project(PROJECT, rt) == 2
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    submits = [c for kind, _, c in rt.dispatcher.sent if kind == "submit"]
+    # Only slots within the horizon are reserved: the first now, the second a second later
+    assert len(submits) == 2
+    assert submits[0] == 0.0
+    assert 0.0 < submits[1] <= release.HORIZON
+    # The rest waits in the database, with one wake-up of the release step for the next slot
+    wakes = [countdown for kind, _, countdown in rt.dispatcher.sent if kind == "release"]
+    assert len(wakes) == 1
+    assert 0.0 < wakes[0] <= 2.0 - release.HORIZON / 2
+    batches = _batches(rt, request_id)
+    assert [b.released_at is not None for b in batches] == [True, True, False, False]
+    slots = [b.next_attempt_at for b in batches[:2]]
+    assert slots[0] is not None
+    assert slots[1] is not None
+    assert (slots[1] - slots[0]).total_seconds() == pytest.approx(1.0, abs=1e-3)
+    # A second release run now finds the budget full and leaves the wake-up as it is
+    assert release.release_project(PROJECT, rt) == 0
+    assert len([1 for kind, _, _ in rt.dispatcher.sent if kind == "release"]) == 1
+
+
+def test_a_submit_message_for_a_batch_not_released_never_posts(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    rt = make_rt()
+    request_id = rt2_request(rt, 1)
+    (batch,) = _batches(rt, request_id)
+    assert submit.submit_batch(batch.id, rt) == "not_released"
+    assert sent(rt, "release") == [PROJECT]
+    assert simulator.stats()["calls"]["action"]["accepted"] == 0
+
+
+def test_an_early_submit_message_comes_back_at_its_slot(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    rt = make_rt()
+    request_id = accept(rt, ids(2))
+    (batch,) = _batches(rt, request_id)
+    with unit_of_work(rt.engine) as session:
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch.id)
+            .values(next_attempt_at=datetime.now(UTC) + timedelta(seconds=30))
+        )
+    assert submit.submit_batch(batch.id, rt) == "early"
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    kind, item, countdown = rt.dispatcher.sent[-1]
+    assert (kind, item) == ("submit", batch.id)
+    assert 29 < countdown <= 30
+    assert simulator.stats()["calls"]["action"]["accepted"] == 0
+
+
+def test_a_429_cools_down_the_whole_project_budget_and_the_batch_is_due_again(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    rt = make_rt(throttle_cooldown=20.0, submit_retry_max=30.0)
+    simulator.inject("action", "429", count=1)
+    request_id = accept(rt, ids(3))
+    (batch,) = _batches(rt, request_id)
+    assert submit.submit_batch(batch.id, rt) == "throttled"
+    (after,) = _batches(rt, request_id)
+    assert after.status == BatchStatus.PENDING
+    assert after.released_at is None
+    assert after.submit_attempts == 1
+    # Every worker now waits for the cooldown: the next slot is ~20 s away
+    slot = rt.budgets.reserve(rt.budget_key(PROJECT, ACTION), rt.rate(ACTION))
+    assert 19 < slot.wait <= 20
+    # and the release step is woken for then
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    kind, item, countdown = rt.dispatcher.sent[-1]
+    assert (kind, item) == ("release", PROJECT)
+    assert 19 < countdown <= 20
+
+
+def test_a_late_duplicate_poll_message_never_doubles_the_chain(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    simulator.configure(job_duration=5.0)
+    rt = make_rt()
+    request_id = accept(rt, ids(2))
+    (batch,) = _batches(rt, request_id)
+    assert submit.submit_batch(batch.id, rt) == "submitted"
+    # Two messages carry poll 0 (the original, late, and the reconciler's): one books it
+    assert poll.poll_batch(batch.id, rt, seq=0) == "running"
+    assert poll.poll_batch(batch.id, rt, seq=0) == "stale"
+    (after,) = _batches(rt, request_id)
+    assert after.poll_count == 1
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    assert [k for k, _, _ in rt.dispatcher.sent].count("poll") == 2  # first, then next
+
+
+def test_the_first_poll_comes_at_the_job_duration_learned_from_the_project(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    simulator.configure(job_duration=1.0)
+    rt = make_rt(poll_first_delay=0.1, poll_max_interval=0.5)
+    first = accept(rt, ids(2))
+    status = run_to_end(rt, first)
+    assert status["status"] == "succeeded"
+    (learned_from,) = status["batches"]
+    ended = datetime.fromisoformat(learned_from["job_ended_at"])
+    submitted = datetime.fromisoformat(learned_from["submitted_at"])
+    detected = datetime.fromisoformat(learned_from["detected_at"])
+    assert 0.8 < (ended - submitted).total_seconds() < 1.2
+    assert detected >= ended
+    # The next job of the project is first polled near that duration
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    rt.dispatcher.sent.clear()
+    second = accept(rt, ids(2))
+    (batch,) = _batches(rt, second)
+    assert submit.submit_batch(batch.id, rt) == "submitted"
+    kind, item, countdown = rt.dispatcher.sent[-1]
+    assert (kind, item) == ("poll", batch.id)
+    assert countdown == pytest.approx((ended - submitted).total_seconds(), abs=1e-3)
+
+
+# --- the reconciler -------------------------------------------------------------------------
+
+
+def _backdate(rt: Runtime, batch_id: uuid.UUID, **columns: datetime) -> None:
+    with unit_of_work(rt.engine) as session:
+        session.execute(update(Batch).where(Batch.id == batch_id).values(**columns))
+
+
+def _ago(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+#: Reconciler runs in these tests hold their lease this long (0.8 of the interval).
+LEASE = 0.008
+
+
+@pytest.fixture
+def reconciling(make_rt: Callable[..., Runtime]) -> Runtime:
+    return make_rt(reconcile_grace=1.0, reconcile_interval=LEASE / 0.8)
+
+
+def run_reconcile(rt: Runtime) -> dict[str, int]:
+    """One reconciler pass, once the previous pass's lease has run out."""
+    time.sleep(LEASE * 2)
+    return reconcile.reconcile(rt)
+
+
+def test_a_lost_submit_message_is_released_again(
+    reconciling: Runtime, simulator: SimulatorHandle
+) -> None:
+    rt = reconciling
+    servers = ids(3)
+    request_id = accept(rt, servers)
+    (batch,) = _batches(rt, request_id)
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    rt.dispatcher.sent.clear()  # the submit message is lost
+    _backdate(rt, batch.id, next_attempt_at=_ago(5))
+    assert run_reconcile(rt) == {"unreleased": 1, "releases": 1}
+    status = run_to_end(rt, request_id)
+    assert status["status"] == "succeeded"
+    assert simulator.stats()["reboots"] == dict.fromkeys(servers, 1)
+
+
+def test_a_lost_release_message_is_re_driven(reconciling: Runtime) -> None:
+    rt = reconciling
+    request_id = rt2_request(rt, 2)
+    # Not overdue yet: nothing to do
+    assert run_reconcile(rt) == {}
+    for batch in _batches(rt, request_id):
+        _backdate(rt, batch.id, next_attempt_at=_ago(5))
+    assert run_reconcile(rt) == {"releases": 1}
+    assert sent(rt, "release") == [PROJECT]
+
+
+def test_a_batch_left_submitting_becomes_unknown_and_is_never_resubmitted(
+    reconciling: Runtime, simulator: SimulatorHandle
+) -> None:
+    rt = reconciling
+    request_id = accept(rt, ids(2))
+    (batch,) = _batches(rt, request_id)
+    with unit_of_work(rt.engine) as session:
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch.id)
+            .values(status=BatchStatus.SUBMITTING, updated_at=_ago(submit.stale_after(rt) + 1))
+        )
+    assert run_reconcile(rt) == {"unknown": 1}
+    (after,) = _batches(rt, request_id)
+    assert after.status == BatchStatus.UNKNOWN
+    assert simulator.stats()["calls"]["action"]["accepted"] == 0
+
+
+def test_an_overdue_poll_is_sent_again_with_the_current_seq(
+    reconciling: Runtime, simulator: SimulatorHandle
+) -> None:
+    simulator.configure(job_duration=0.2)
+    rt = reconciling
+    request_id = accept(rt, ids(2))
+    (batch,) = _batches(rt, request_id)
+    assert submit.submit_batch(batch.id, rt) == "submitted"
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    rt.dispatcher.sent.clear()  # the poll message is lost
+    _backdate(rt, batch.id, next_poll_at=_ago(5))
+    assert run_reconcile(rt) == {"polls": 1}
+    status = run_to_end(rt, request_id)
+    assert status["status"] == "succeeded"
+    assert status["batches"][0]["polls"] >= 1
+
+
+def test_a_request_whose_batches_all_ended_is_finalized(
+    reconciling: Runtime, simulator: SimulatorHandle
+) -> None:
+    rt = reconciling
+    request_id = accept(rt, ids(2))
+    (batch,) = _batches(rt, request_id)
+    # A batch settled but the request never finalized (its worker died in between)
+    from worker.db.states import ServerStatus
+    from worker.db.transitions import settle_batch
+
+    with unit_of_work(rt.engine) as session:
+        settle_batch(
+            session,
+            batch.id,
+            BatchStatus.CANCELLED,
+            actor="test",
+            default_status=ServerStatus.CANCELLED,
+        )
+    assert run_reconcile(rt) == {"finalized": 1}
+    with unit_of_work(rt.engine) as session:
+        status = request_status(session, request_id)
+    assert status is not None
+    assert status["status"] == "cancelled"
+
+
+class RefusingDispatcher(RecordingDispatcher):
+    """A broker that refuses callbacks until told otherwise."""
+
+    refuse = True
+
+    def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
+        if self.refuse:
+            return False
+        return super().notify(task_name, status, queue)
+
+
+def test_a_callback_the_broker_refused_is_sent_again_at_least_once(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    simulator.configure(job_duration=0.1)
+    rt = make_rt(reconcile_grace=0.0, reconcile_interval=LEASE / 0.8)
+    dispatcher = RefusingDispatcher()
+    rt.dispatcher = dispatcher
+    request_id = accept(rt, ids(2), notify_task="app.done")
+    status = run_to_end(rt, request_id)
+    assert status["status"] == "succeeded"
+    assert status["notified_at"] is None
+    assert sent(rt, "notify") == []
+    dispatcher.refuse = False
+    assert run_reconcile(rt) == {"callbacks": 1}
+    ((task_name, payload, _queue),) = sent(rt, "notify")
+    assert task_name == "app.done"
+    assert payload["request_id"] == str(request_id)  # what consumers de-duplicate on
+    with unit_of_work(rt.engine) as session:
+        notified = session.scalar(
+            select(RebootRequest.notified_at).where(RebootRequest.id == request_id)
+        )
+    assert notified is not None
+    # Sent: never again
+    assert run_reconcile(rt) == {}
+
+
+def test_two_reconcilers_at_once_do_the_work_once(make_rt: Callable[..., Runtime]) -> None:
+    rt = make_rt(reconcile_grace=1.0, reconcile_interval=30.0)
+    request_id = rt2_request(rt, 1)
+    (batch,) = _batches(rt, request_id)
+    _backdate(rt, batch.id, next_attempt_at=_ago(5))
+    first = reconcile.reconcile(rt)
+    second = reconcile.reconcile(rt)
+    assert first == {"releases": 1}
+    assert second == {"skipped": 1}
+    assert sent(rt, "release") == [PROJECT]
+    drain_releases(rt)

@@ -1,0 +1,77 @@
+"""Writing the append-only event log: one row per state change.
+
+Called by ``worker.db.create`` and ``worker.db.transitions`` in the caller's session and
+transaction, so that a state change and its ``events`` row are committed together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+from typing import Any, cast
+
+from sqlalchemy import Table, insert
+from sqlalchemy.orm import Session
+
+from worker.db.models import Event
+from worker.db.states import EventEntity
+
+_EVENTS = cast(Table, Event.__table__)
+
+
+def add_event(
+    session: Session,
+    entity: EventEntity,
+    request_id: uuid.UUID,
+    from_state: str | None,
+    to_state: str,
+    actor: str,
+    detail: dict[str, Any] | None,
+    batch_id: uuid.UUID | None = None,
+    *,
+    at: dt.datetime,
+) -> None:
+    """Write one event about a request or a batch."""
+    session.execute(
+        insert(_EVENTS).values(
+            entity=entity,
+            request_id=request_id,
+            batch_id=batch_id,
+            from_state=None if from_state is None else str(from_state),
+            to_state=str(to_state),
+            at=at,
+            actor=actor,
+            detail=detail,
+        )
+    )
+
+
+def add_server_events(
+    session: Session,
+    request_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    from_state: str,
+    changes: Iterable[tuple[str, str, dict[str, Any] | None]],
+    actor: str,
+    *,
+    at: dt.datetime,
+) -> None:
+    """Write one ``server`` event per ``(server_id, to_state, detail)`` in one bulk insert;
+    nothing if there are none."""
+    rows = [
+        {
+            "entity": EventEntity.SERVER,
+            "request_id": request_id,
+            "batch_id": batch_id,
+            "server_id": server_id,
+            "from_state": from_state,
+            "to_state": to_state,
+            "at": at,
+            "actor": actor,
+            "detail": detail,
+        }
+        for server_id, to_state, detail in changes
+    ]
+    if rows:
+        session.execute(insert(_EVENTS), rows)

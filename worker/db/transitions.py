@@ -1,0 +1,404 @@
+"""Moving requests, batches and servers through their states; booking polls.
+
+Every function works inside the caller's session and transaction: it flushes, never commits.
+A state change and its ``events`` row are written in the same transaction.
+
+Transitions are compare-and-set. The current state is read with ``SELECT ... FOR UPDATE`` (a row
+lock on PostgreSQL; on SQLite every transaction already holds the write lock, see
+``worker.db.session``), checked against the tables in ``worker.db.states``, then written with
+``UPDATE ... WHERE id = :id AND status = :current``. Of two workers racing on one row, the second
+waits for the first, sees its committed state and gets ``IllegalTransition``.
+
+Row locks are ``FOR NO KEY UPDATE`` (``key_share=True``), the lock PostgreSQL's own UPDATE
+takes: it does not conflict with the ``KEY SHARE`` locks that inserting child rows (events,
+server rows) takes on the parent through its foreign key. Plain ``FOR UPDATE`` would, and two
+workers settling the last two batches of one request would deadlock in ``finalize``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from worker.db.events import add_event, add_server_events
+from worker.db.models import Batch, RebootRequest, ServerResult, UTCDateTime, utcnow
+from worker.db.queries import server_counts
+from worker.db.states import (
+    BATCH_TRANSITIONS,
+    REQUEST_TRANSITIONS,
+    SERVER_TRANSITIONS,
+    TERMINAL_BATCH_STATES,
+    TERMINAL_REQUEST_STATES,
+    BatchStatus,
+    EventEntity,
+    IllegalTransition,
+    RequestStatus,
+    ServerStatus,
+    derive_request_status,
+)
+
+_SERVERS = cast(Table, ServerResult.__table__)
+
+_Row = TypeVar("_Row", RebootRequest, Batch)
+_Status = TypeVar("_Status", bound=StrEnum)
+
+
+class RecordNotFound(LookupError):
+    """The request or batch to change does not exist."""
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """The last API error seen for a batch (stored in ``batches.last_error_*``)."""
+
+    code: str | None = None
+    message: str | None = None
+    status: int | None = None
+    request_id: str | None = None
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "last_error_code": self.code,
+            "last_error_message": self.message,
+            "last_error_status": self.status,
+            "last_error_request_id": self.request_id,
+        }
+
+
+@dataclass(frozen=True)
+class ServerOutcome:
+    """What the job said about one server."""
+
+    status: ServerStatus
+    error_code: str | None = None
+    fail_reason: str | None = None
+    sub_job_id: str | None = None
+    begin_time: dt.datetime | None = None
+    end_time: dt.datetime | None = None
+
+
+# --- transitions ------------------------------------------------------------------------------
+
+
+def _transition(
+    session: Session,
+    model: type[_Row],
+    entity: EventEntity,
+    transitions: Mapping[_Status, frozenset[_Status]],
+    entity_id: uuid.UUID,
+    to: _Status,
+    *,
+    status_column: InstrumentedAttribute[_Status],
+    request_id_column: InstrumentedAttribute[uuid.UUID],
+    actor: str,
+    detail: dict[str, Any] | None,
+    values: dict[str, Any],
+    defaults: Callable[[dict[str, Any], _Status, dt.datetime], None],
+) -> _Row:
+    """Compare-and-set one request or batch row from its current state to ``to``.
+
+    Reads the current state (and the owning request's id, ``request_id_column``) under a
+    ``FOR NO KEY UPDATE`` lock, checks ``transitions``, lets ``defaults`` fill in ``values`` (it
+    gets the time of the change), then ``UPDATE ... WHERE id = :id AND status = :current
+    RETURNING`` and writes the event, with ``batch_id`` set for a batch.
+    """
+    row = session.execute(
+        select(status_column, request_id_column)
+        .where(model.id == entity_id)
+        .with_for_update(key_share=True)
+    ).one_or_none()
+    if row is None:
+        raise RecordNotFound(f"{entity.value} {entity_id}")
+    current, request_id = row
+    if to not in transitions[current]:
+        raise IllegalTransition(entity.value, entity_id, current, to)
+    now = utcnow()
+    defaults(values, to, now)
+    stmt = (
+        update(model)
+        .where(model.id == entity_id, status_column == current)
+        .values(status=to, **values)
+        .returning(model)
+        .execution_options(populate_existing=True)
+    )
+    changed = session.scalars(stmt).one_or_none()
+    if changed is None:  # changed under us between the read and the write
+        now_state = session.scalar(select(status_column).where(model.id == entity_id))
+        raise IllegalTransition(entity.value, entity_id, now_state, to)
+    batch_id = entity_id if entity is EventEntity.BATCH else None
+    add_event(session, entity, request_id, current, to, actor, detail, batch_id, at=now)
+    return changed
+
+
+def transition_request(
+    session: Session,
+    request_id: uuid.UUID,
+    to: RequestStatus,
+    *,
+    actor: str,
+    detail: dict[str, Any] | None = None,
+    **values: Any,
+) -> RebootRequest:
+    """Move a request to ``to`` (compare-and-set), setting ``values`` in the same UPDATE.
+
+    Sets ``started_at`` on the first move to ``running`` and ``finished_at`` on a terminal
+    state unless ``values`` gives them.
+    """
+    return _transition(
+        session,
+        RebootRequest,
+        EventEntity.REQUEST,
+        REQUEST_TRANSITIONS,
+        request_id,
+        RequestStatus(to),
+        status_column=RebootRequest.status,
+        request_id_column=RebootRequest.id,
+        actor=actor,
+        detail=detail,
+        values=values,
+        defaults=_request_defaults,
+    )
+
+
+def _request_defaults(values: dict[str, Any], to: RequestStatus, now: dt.datetime) -> None:
+    if to is RequestStatus.RUNNING:
+        values.setdefault("started_at", func.coalesce(RebootRequest.started_at, now))
+    if to in TERMINAL_REQUEST_STATES:
+        values.setdefault("finished_at", now)
+
+
+def transition_batch(
+    session: Session,
+    batch_id: uuid.UUID,
+    to: BatchStatus,
+    *,
+    actor: str,
+    detail: dict[str, Any] | None = None,
+    **values: Any,
+) -> Batch:
+    """Move a batch to ``to`` (compare-and-set), setting ``values`` in the same UPDATE.
+
+    Always sets ``updated_at``. Unless ``values`` gives them: moving to ``submitting`` adds one
+    to ``submit_attempts``; to ``submitted`` sets ``submitted_at``; to a terminal state sets
+    ``finished_at``. Pass SQL expressions for atomic arithmetic (``Batch.poll_count + 1``).
+    """
+    return _transition(
+        session,
+        Batch,
+        EventEntity.BATCH,
+        BATCH_TRANSITIONS,
+        batch_id,
+        BatchStatus(to),
+        status_column=Batch.status,
+        request_id_column=Batch.request_id,
+        actor=actor,
+        detail=detail,
+        values=values,
+        defaults=_batch_defaults,
+    )
+
+
+def _batch_defaults(values: dict[str, Any], to: BatchStatus, now: dt.datetime) -> None:
+    values.setdefault("updated_at", now)
+    if to is BatchStatus.SUBMITTING:
+        values.setdefault("submit_attempts", Batch.submit_attempts + 1)
+    elif to is BatchStatus.SUBMITTED:
+        values.setdefault("submitted_at", now)
+    if to in TERMINAL_BATCH_STATES:
+        values.setdefault("finished_at", now)
+
+
+def update_batch(
+    session: Session,
+    batch_id: uuid.UUID,
+    *,
+    expect: BatchStatus,
+    poll_count_is: int | None = None,
+    **values: Any,
+) -> bool:
+    """Set non-state columns of a batch if it is still in ``expect`` (and, if given, its poll
+    count is ``poll_count_is``); False if it is not.
+
+    ``values`` may hold SQL expressions (``poll_count=Batch.poll_count + 1``).
+    """
+    values.setdefault("updated_at", utcnow())
+    conditions = [Batch.id == batch_id, Batch.status == BatchStatus(expect)]
+    if poll_count_is is not None:
+        conditions.append(Batch.poll_count == poll_count_is)
+    stmt = (
+        update(Batch)
+        .where(*conditions)
+        .values(**values)
+        .returning(Batch.id)
+        .execution_options(synchronize_session="fetch")
+    )
+    return session.execute(stmt).first() is not None
+
+
+def record_poll(
+    session: Session,
+    batch_id: uuid.UUID,
+    *,
+    next_poll_at: dt.datetime | None,
+    error: ErrorInfo | None = None,
+    expect: BatchStatus = BatchStatus.SUBMITTED,
+    seq: int | None = None,
+) -> bool:
+    """Book one poll of a batch's job: ``poll_count + 1`` (atomically), ``last_polled_at`` now,
+    the next poll time, and the error if the poll failed. False if the batch left ``expect``,
+    or (with ``seq``) if its poll count is no longer ``seq``: another message booked it."""
+    values: dict[str, Any] = {
+        "poll_count": Batch.poll_count + 1,
+        "last_polled_at": utcnow(),
+        "next_poll_at": next_poll_at,
+    }
+    if error is not None:
+        values.update(error.columns())
+    return update_batch(session, batch_id, expect=expect, poll_count_is=seq, **values)
+
+
+def settle_batch(
+    session: Session,
+    batch_id: uuid.UUID,
+    to: BatchStatus,
+    *,
+    actor: str,
+    outcomes: Mapping[str, ServerOutcome] | None = None,
+    default_status: ServerStatus,
+    default_error_code: str | None = None,
+    default_fail_reason: str | None = None,
+    detail: dict[str, Any] | None = None,
+    **values: Any,
+) -> Batch:
+    """Move a batch to ``to`` and settle each of its still-pending servers, in one go.
+
+    A pending server gets ``outcomes[server_id]`` if present, else the defaults; servers already
+    settled are left alone, and outcomes for servers not in the batch are ignored. One ``server``
+    event is written per settled server (bulk).
+    """
+    outcomes = outcomes or {}
+    allowed = SERVER_TRANSITIONS[ServerStatus.PENDING]
+    for status in {default_status, *(o.status for o in outcomes.values())}:
+        if ServerStatus(status) not in allowed:
+            raise IllegalTransition("server", batch_id, ServerStatus.PENDING, status)
+    batch = transition_batch(session, batch_id, to, actor=actor, detail=detail, **values)
+    now = utcnow()
+    table = _SERVERS
+    pending = session.execute(
+        select(table.c.id, table.c.server_id)
+        .where(table.c.batch_id == batch_id, table.c.status == ServerStatus.PENDING)
+        .order_by(table.c.id)
+    ).all()
+    default = ServerOutcome(default_status, default_error_code, default_fail_reason)
+    explicit = [(row_id, sid, outcomes[sid]) for row_id, sid in pending if sid in outcomes]
+    if explicit:
+        session.execute(
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values(
+                status=bindparam("b_status"),
+                error_code=bindparam("b_error_code"),
+                fail_reason=bindparam("b_fail_reason"),
+                sub_job_id=bindparam("b_sub_job_id"),
+                begin_time=bindparam("b_begin_time", type_=UTCDateTime()),
+                end_time=bindparam("b_end_time", type_=UTCDateTime()),
+                updated_at=now,
+            ),
+            [
+                {
+                    "b_id": row_id,
+                    "b_status": ServerStatus(o.status).value,
+                    "b_error_code": o.error_code,
+                    "b_fail_reason": o.fail_reason,
+                    "b_sub_job_id": o.sub_job_id,
+                    "b_begin_time": o.begin_time,
+                    "b_end_time": o.end_time,
+                }
+                for row_id, _sid, o in explicit
+            ],
+        )
+    if len(explicit) < len(pending):
+        session.execute(
+            update(table)
+            .where(table.c.batch_id == batch_id, table.c.status == ServerStatus.PENDING)
+            .values(
+                status=default.status,
+                error_code=default.error_code,
+                fail_reason=default.fail_reason,
+                updated_at=now,
+            )
+        )
+    add_server_events(
+        session,
+        batch.request_id,
+        batch_id,
+        ServerStatus.PENDING.value,
+        (
+            (sid, ServerStatus(o.status).value, _server_detail(o))
+            for sid, o in ((sid, outcomes.get(sid, default)) for _row_id, sid in pending)
+        ),
+        actor,
+        at=now,
+    )
+    return batch
+
+
+def _server_detail(outcome: ServerOutcome) -> dict[str, Any] | None:
+    detail = {
+        key: value
+        for key, value in (
+            ("error_code", outcome.error_code),
+            ("fail_reason", outcome.fail_reason),
+            ("sub_job_id", outcome.sub_job_id),
+        )
+        if value is not None
+    }
+    return detail or None
+
+
+def finalize_request_if_done(
+    session: Session, request_id: uuid.UUID, *, actor: str
+) -> RebootRequest | None:
+    """Close a running request whose batches are all terminal; None if not done or not ours.
+
+    Call it in the same transaction as the change that may have finished the last batch. The
+    request row is locked first, so of two concurrent callers exactly one sees every batch
+    terminal *and* the request still open: only that call gets the request back (and fires the
+    completion callback). Counts come from ``server_results``; the status from
+    ``derive_request_status``. An ``accepted`` request is first moved to ``running``.
+    """
+    request = session.scalar(
+        select(RebootRequest)
+        .where(RebootRequest.id == request_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    if request is None or request.status not in (RequestStatus.ACCEPTED, RequestStatus.RUNNING):
+        return None
+    batch_statuses = list(
+        session.scalars(select(Batch.status).where(Batch.request_id == request_id))
+    )
+    if not batch_statuses or any(s not in TERMINAL_BATCH_STATES for s in batch_statuses):
+        return None
+    counts = server_counts(session, request_id)
+    final = derive_request_status(batch_statuses, counts)
+    if final not in REQUEST_TRANSITIONS[request.status]:
+        transition_request(session, request_id, RequestStatus.RUNNING, actor=actor)
+    return transition_request(
+        session,
+        request_id,
+        final,
+        actor=actor,
+        detail={"servers": {str(k): v for k, v in counts.items()}},
+        servers_succeeded=counts.get(ServerStatus.SUCCEEDED, 0),
+        servers_failed=counts.get(ServerStatus.FAILED, 0),
+        servers_unknown=counts.get(ServerStatus.UNKNOWN, 0),
+        servers_cancelled=counts.get(ServerStatus.CANCELLED, 0),
+    )
