@@ -37,9 +37,18 @@ def ours(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_the_file_follows_the_compose_specification(config: dict[str, Any]) -> None:
-    assert {"redis", "postgres", "migrate", "simulator", "worker", "flower"} <= set(
+    assert {"redis", "postgres", "migrate", "simulator", "worker", "beat", "flower"} <= set(
         config["services"]
     )
+
+
+def test_beat_sends_the_reconciler_and_keeps_its_schedule_on_a_volume(
+    config: dict[str, Any],
+) -> None:
+    beat = config["services"]["beat"]
+    assert beat["command"][:4] == ["celery", "-A", "worker", "beat"]
+    data_dir = beat["environment"]["BMSREBOOT_DATA_DIR"]
+    assert any(v["target"] == data_dir for v in beat["volumes"])
 
 
 def test_every_setting_it_passes_is_one_the_project_reads(config: dict[str, Any]) -> None:

@@ -147,13 +147,20 @@ def _prepare_database(**_: Any) -> None:
 
     settings = get_settings()
     url = settings.effective_database_url
+    # The data dir holds beat's schedule file (worker -B) even when the databases are elsewhere.
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade_database(url)
     elif not database_is_current(url):
         raise ImproperlyConfigured(
             "the audit database is not at the schema head: run `bmsreboot db upgrade`"
         )
+
+
+@signals.beat_init.connect
+def _prepare_beat(**_: Any) -> None:
+    """Beat keeps its schedule file in the data dir."""
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
 
 
 @signals.worker_process_init.connect

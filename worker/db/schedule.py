@@ -82,7 +82,7 @@ def mark_released(
 
 def unrelease_lost(session: Session, before: dt.datetime, limit: int) -> list[str]:
     """Released batches still ``pending`` long after their slot: their submit message is gone.
-    They are made releasable again; returns their projects."""
+    They are made releasable again; returns their projects, one entry per batch."""
     ids = list(
         session.scalars(
             select(Batch.id)
@@ -103,7 +103,7 @@ def unrelease_lost(session: Session, before: dt.datetime, limit: int) -> list[st
         .returning(Batch.project_id)
         .execution_options(synchronize_session=False)
     )
-    return sorted({row[0] for row in rows})
+    return sorted(row[0] for row in rows)
 
 
 def projects_with_overdue_releases(session: Session, before: dt.datetime) -> list[str]:

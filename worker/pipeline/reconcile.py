@@ -57,8 +57,9 @@ def reconcile(rt: Runtime) -> dict[str, int]:
     overdue = now - timedelta(seconds=rt.settings.reconcile_grace)
 
     with unit_of_work(rt.engine) as session:
-        projects = set(unrelease_lost(session, overdue, PER_RUN))
-    done["unreleased"] = len(projects)
+        unreleased = unrelease_lost(session, overdue, PER_RUN)
+    done["unreleased"] = len(unreleased)
+    projects = set(unreleased)
     with unit_of_work(rt.engine) as session:
         projects.update(projects_with_overdue_releases(session, overdue))
     for project_id in sorted(projects):
