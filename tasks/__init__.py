@@ -32,6 +32,7 @@ from worker.db.session import unit_of_work
 from worker.pipeline import intake, poll, reconcile, release, submit
 from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.tasking import CeleryDispatcher, worker_runtime
+from worker.settings import get_settings
 
 COMMON: dict[str, Any] = {
     "bind": True,
@@ -46,11 +47,14 @@ COMMON: dict[str, Any] = {
 
 
 def _runtime(task: Task[Any, Any]) -> Runtime:
-    return worker_runtime(CeleryDispatcher(app), actor=task.name)
+    expires = get_settings().callback_expires
+    return worker_runtime(CeleryDispatcher(app, callback_expires=expires), actor=task.name)
 
 
 @app.task(name="bmsreboot.request_reboot", queue=INTAKE_QUEUE, **COMMON)
-def request_reboot(self: Task[Any, Any], *args: Any, **payload: Any) -> dict[str, Any]:
+def request_reboot(self: Task[Any, Any], /, *args: Any, **payload: Any) -> dict[str, Any]:
+    # ``self`` is positional-only: a producer's keyword named "self" lands in ``payload`` (and
+    # is rejected as an unknown field) instead of failing the call before intake sees it.
     # Positional arguments are not part of the message format; they are recorded as a reason
     # for rejection rather than failing the task, so nothing a producer sends is lost.
     return intake.accept_request(payload, _runtime(self), positional=len(args)).as_dict()

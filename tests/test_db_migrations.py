@@ -15,7 +15,7 @@ from worker.db.session import (
     upgrade_database,
 )
 
-TABLES = {"reboot_requests", "batches", "server_results", "events", "api_budgets"}
+TABLES = {"reboot_requests", "batches", "server_results", "events", "api_budgets", "dead_letters"}
 
 
 def _tables(url: str) -> set[str]:

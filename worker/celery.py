@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
+from worker.broker import transport_for
 from worker.pipeline.backoff import VISIBILITY_SHARE
 from worker.settings import Settings, get_settings
 
@@ -58,8 +59,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # refuses unknown ones: the embedded broker gets none (it has no visibility timeout, and
     # polls its table once a second).
     transport_options = dict(visibility) if settings.broker_url is not None else {}
+    broker_url, transport = transport_for(settings.effective_broker_url)
     return {
-        "broker_url": settings.effective_broker_url,
+        "broker_url": broker_url,
+        # kombu's Redis and SQLAlchemy transports, guarded: an entry that cannot become a
+        # message is a dead letter, not a crash of the worker (worker.broker).
+        "broker_transport": transport,
+        # Celery's consumer, guarded the same way for task messages we cannot run.
+        "worker_consumer": "worker.broker:Consumer",
         # Results are never read back: the audit database is the record of work.
         "result_backend": None,
         "task_ignore_result": True,

@@ -101,6 +101,19 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Pause of a project's route after a 429 without Retry-After."
     )
 
+    # --- completion callbacks -------------------------------------------------------------
+    callback_expires: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds a completion callback waits in its queue before it expires.",
+    )
+
+    # --- broken input and answers -----------------------------------------------------------
+    isolate_unknown_servers: bool = Field(
+        True,
+        description="Split a batch the API refused for an unknown server to find that server.",
+    )
+
     # --- the reconciler (beat) -------------------------------------------------------------
     reconcile_interval: float = Field(
         30.0, gt=0, description="Seconds between runs of bmsreboot.reconcile."

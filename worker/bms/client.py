@@ -205,6 +205,15 @@ class BmsClient:
         job_id = decode_json(response, is_post=True).get("job_id")
         if not isinstance(job_id, str) or not job_id:
             raise protocol_error(response, "the API accepted but sent no job_id", is_post=True)
+        if len(job_id) > MAX_JOB_ID or not _PATH_ID.fullmatch(job_id):
+            # We could not record it, or not poll it: the reboot may be running all the same.
+            excerpt = response.text[:300].replace("\x00", "\\x00")
+            raise protocol_error(
+                response,
+                f"the API accepted but its job_id cannot be used (at most {MAX_JOB_ID} letters, "
+                f"digits, '.', '_' or '-'): answer {excerpt!r}",
+                is_post=True,
+            )
         return job_id
 
     def _send(
@@ -265,6 +274,10 @@ class BmsClient:
             response.headers.get("X-Request-Id"),
         )
         return response
+
+
+#: The longest job id the audit database records (``batches.job_id``).
+MAX_JOB_ID = 64
 
 
 def _path_id(name: str, value: str) -> str:

@@ -49,6 +49,7 @@ def create_request(
     canary_size: int | None = None,
     failure_threshold: float | None = None,
     notify_task: str | None = None,
+    notify_queue: str | None = None,
     duplicates_removed: int = 0,
     actor: str,
 ) -> RebootRequest:
@@ -76,6 +77,7 @@ def create_request(
         canary_size=canary_size,
         failure_threshold=failure_threshold,
         notify_task=notify_task,
+        notify_queue=notify_queue,
         status=RequestStatus.ACCEPTED,
         servers_total=len(server_ids),
         servers_succeeded=0,
@@ -182,12 +184,15 @@ def create_rejected_request(
 ) -> RebootRequest:
     """Record a request refused at intake: status ``rejected``, the reasons, no batches.
 
-    ``batch_size`` 0 means "no valid policy was given".
+    ``batch_size`` 0 means "no valid policy was given". A rejected request does not hold its
+    idempotency key: the key is kept in ``rejected_idempotency_key``, so that a corrected retry
+    with the same key is accepted as a new request.
     """
     now = utcnow()
     request = RebootRequest(
         id=request_id,
-        idempotency_key=idempotency_key,
+        idempotency_key=None,
+        rejected_idempotency_key=idempotency_key,
         project_id=project_id,
         region=region,
         endpoint=endpoint,

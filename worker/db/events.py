@@ -20,6 +20,18 @@ from worker.db.states import EventEntity
 _EVENTS = cast(Table, Event.__table__)
 
 
+def clean(detail: Any) -> Any:
+    """``detail`` with NUL characters escaped in every string: PostgreSQL's JSONB refuses
+    ``\\u0000``, and an event must never fail the state change it records."""
+    if isinstance(detail, str):
+        return detail.replace("\x00", "\\x00")
+    if isinstance(detail, dict):
+        return {clean(k): clean(v) for k, v in detail.items()}
+    if isinstance(detail, list | tuple):
+        return [clean(v) for v in detail]
+    return detail
+
+
 def add_event(
     session: Session,
     entity: EventEntity,
@@ -42,7 +54,7 @@ def add_event(
             to_state=str(to_state),
             at=at,
             actor=actor,
-            detail=detail,
+            detail=clean(detail),
         )
     )
 
@@ -69,7 +81,7 @@ def add_server_events(
             "to_state": to_state,
             "at": at,
             "actor": actor,
-            "detail": detail,
+            "detail": clean(detail),
         }
         for server_id, to_state, detail in changes
     ]

@@ -31,6 +31,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -145,6 +146,8 @@ class RebootRequest(Base):
     canary_size: Mapped[int | None]
     failure_threshold: Mapped[float | None] = mapped_column(Float())
     notify_task: Mapped[str255 | None]
+    #: The queue the completion callback goes to (None: Celery's default queue, ``celery``).
+    notify_queue: Mapped[str255 | None]
     status: Mapped[request_status]
     servers_total: Mapped[count]
     servers_succeeded: Mapped[count]
@@ -157,6 +160,9 @@ class RebootRequest(Base):
     finished_at: Mapped[timestamp | None]
     reason: Mapped[str | None] = mapped_column(Text())
     rejection_reasons: Mapped[list[str] | None]
+    #: The idempotency key a rejected request came with. A rejected request does not hold its
+    #: key (``idempotency_key`` stays empty), so a corrected retry with the same key is accepted.
+    rejected_idempotency_key: Mapped[str255 | None]
     #: When the completion callback was handed to the broker (at least once: see notify.py).
     notified_at: Mapped[timestamp | None]
 
@@ -173,6 +179,11 @@ class Batch(Base):
 
     id: Mapped[uuid_pk]
     request_id: Mapped[uuid.UUID] = _request_fk()
+    #: The batch this one was split from (a batch the API refused whole, to isolate the
+    #: servers it does not know); None for the batches intake made.
+    parent_batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid(), ForeignKey("batches.id", ondelete="CASCADE")
+    )
     #: The request's project, copied here so that the release step is one indexed query.
     project_id: Mapped[str64]
     index: Mapped[int]
@@ -209,6 +220,7 @@ class Batch(Base):
         Index(None, "project_id", "status", "index"),  # the release step's next batch
         Index(None, "status", "next_attempt_at"),  # the reconciler: overdue releases
         Index(None, "project_id", "job_ended_at"),  # learned job durations
+        Index(None, "parent_batch_id"),  # the splits of a batch
     )
 
 
@@ -223,6 +235,25 @@ class ApiBudget(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     value: Mapped[float] = mapped_column(Float())
     updated_at: Mapped[timestamp_now]
+
+
+class DeadLetter(Base):
+    """A broker message the worker could not read as a task: moved aside, never lost.
+
+    ``raw`` holds the message as it came off the broker (at most ``RAW_LIMIT`` bytes; ``size``
+    is the whole), so an operator can inspect it (``bmsreboot dead-letters``) and re-send it."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[bigint_pk]
+    received_at: Mapped[timestamp_now]
+    queue: Mapped[str255 | None]
+    task: Mapped[str255 | None]
+    error: Mapped[str] = mapped_column(Text())
+    raw: Mapped[bytes] = mapped_column(LargeBinary())
+    size: Mapped[int]
+
+    __table_args__ = (Index(None, "received_at"),)
 
 
 class ServerResult(Base):

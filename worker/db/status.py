@@ -44,13 +44,14 @@ def request_status(
         .order_by(Batch.index)
         .execution_options(populate_existing=True)
     ).all()
+    index_of = {b.id: b.index for b in batches}
     status: dict[str, Any] = {
         "request_id": str(request.id),
         "status": request.status.value,
         "project_id": request.project_id,
         "type": request.type.value,
         "source": request.source,
-        "idempotency_key": request.idempotency_key,
+        "idempotency_key": request.idempotency_key or request.rejected_idempotency_key,
         "region": request.region,
         "created_at": _iso(request.created_at),
         "started_at": _iso(request.started_at),
@@ -66,6 +67,7 @@ def request_status(
         "batches": [
             {
                 "index": b.index,
+                "split_from": index_of.get(b.parent_batch_id) if b.parent_batch_id else None,
                 "status": b.status.value,
                 "job_id": b.job_id,
                 "size": b.size,

@@ -65,11 +65,20 @@ class ErrorInfo:
 
     def columns(self) -> dict[str, Any]:
         return {
-            "last_error_code": self.code,
-            "last_error_message": self.message,
+            "last_error_code": fit(self.code, 64),
+            "last_error_message": fit(self.message, 4000),
             "last_error_status": self.status,
-            "last_error_request_id": self.request_id,
+            "last_error_request_id": fit(self.request_id, 255),
         }
+
+
+def fit(text: str | None, limit: int) -> str | None:
+    """Text from the API made storable: NUL escaped (PostgreSQL text cannot hold it) and cut to
+    the column's length. An answer that does not fit our columns must never fail the write that
+    records it, or its batch would be stranded."""
+    if text is None:
+        return None
+    return str(text).replace("\x00", "\\x00")[:limit]
 
 
 @dataclass(frozen=True)
@@ -315,9 +324,9 @@ def settle_batch(
                 {
                     "b_id": row_id,
                     "b_status": ServerStatus(o.status).value,
-                    "b_error_code": o.error_code,
-                    "b_fail_reason": o.fail_reason,
-                    "b_sub_job_id": o.sub_job_id,
+                    "b_error_code": fit(o.error_code, 64),
+                    "b_fail_reason": fit(o.fail_reason, 4000),
+                    "b_sub_job_id": fit(o.sub_job_id, 64),
                     "b_begin_time": o.begin_time,
                     "b_end_time": o.end_time,
                 }
@@ -330,8 +339,8 @@ def settle_batch(
             .where(table.c.batch_id == batch_id, table.c.status == ServerStatus.PENDING)
             .values(
                 status=default.status,
-                error_code=default.error_code,
-                fail_reason=default.fail_reason,
+                error_code=fit(default.error_code, 64),
+                fail_reason=fit(default.fail_reason, 4000),
                 updated_at=now,
             )
         )

@@ -135,7 +135,7 @@ def submit(
 ) -> None:
     """Submit a reboot request for server IDS (or --ids-file)."""
     from worker.pipeline.producer import build_payload, send_payload
-    from worker.pipeline.validation import validate_request
+    from worker.pipeline.producer import checked as checked_payload
     from worker.settings import get_settings
 
     if bool(ids) == bool(ids_file):
@@ -151,7 +151,7 @@ def submit(
         batch_size=batch_size,
         notify_task=notify_task,
     )
-    checked = validate_request(payload, max_servers=settings.max_request_servers)
+    checked = checked_payload(payload, settings)
     if not checked.valid:
         click.echo("The request is invalid and will be recorded as rejected:", err=True)
         for reason in checked.reasons:

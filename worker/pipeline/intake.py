@@ -113,6 +113,7 @@ def _create(session: Any, checked: ValidatedRequest, rt: Runtime) -> RebootReque
         canary_size=checked.canary_size,
         failure_threshold=checked.failure_threshold,
         notify_task=checked.notify_task,
+        notify_queue=checked.notify_queue,
         duplicates_removed=checked.duplicates_removed,
         region=rt.settings.region,
         endpoint=rt.settings.effective_bms_endpoint,

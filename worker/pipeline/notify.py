@@ -29,6 +29,7 @@ class Notification:
     request_id: uuid.UUID
     task_name: str
     status: dict[str, Any]
+    queue: str | None = None
 
 
 def notification_for(session: Session, request_id: uuid.UUID) -> Notification | None:
@@ -38,7 +39,7 @@ def notification_for(session: Session, request_id: uuid.UUID) -> Notification | 
         return None
     status = request_status(session, request_id)
     assert status is not None
-    return Notification(request_id, request.notify_task, status)
+    return Notification(request_id, request.notify_task, status, request.notify_queue)
 
 
 def finalize(session: Session, request_id: uuid.UUID, rt: Runtime) -> Notification | None:
@@ -62,7 +63,7 @@ def send(notification: Notification | None, rt: Runtime) -> bool:
     reconciler tries again)."""
     if notification is None:
         return False
-    if not rt.dispatcher.notify(notification.task_name, notification.status, None):
+    if not rt.dispatcher.notify(notification.task_name, notification.status, notification.queue):
         return False
     with unit_of_work(rt.engine) as session:
         mark_notified(session, notification.request_id, utcnow())

@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery
 
 from worker.celery import INTAKE_QUEUE
-from worker.pipeline.validation import validate_request
+from worker.pipeline.validation import ValidatedRequest, validate_request
 from worker.settings import Settings, get_settings
 
 TASK_NAME = "bmsreboot.request_reboot"
@@ -46,11 +46,14 @@ def build_payload(
     canary_size: int | None = None,
     failure_threshold: float | None = None,
     notify_task: str | None = None,
+    notify_queue: str | None = None,
 ) -> dict[str, Any]:
     """The intake task's JSON keyword arguments (unset fields are left out).
 
     Without a ``request_id``, one is made: derived from the idempotency key when there is one
-    (so a retried producer gets the same id back at once), else random.
+    (so a retried producer gets the same id back at once), else random. :func:`checked`
+    replaces a derived id by a random one when the request is invalid: a rejected request holds
+    neither its key nor the id a corrected retry will derive from it.
     """
     if request_id is None:
         request_id = uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else None
@@ -66,8 +69,25 @@ def build_payload(
         "canary_size": canary_size,
         "failure_threshold": failure_threshold,
         "notify_task": notify_task,
+        "notify_queue": notify_queue,
     }
     return {k: v for k, v in payload.items() if v is not None}
+
+
+def checked(payload: dict[str, Any], settings: Settings) -> ValidatedRequest:
+    """Validate ``payload`` as the worker will; when invalid, a request id derived from the
+    idempotency key is replaced by a random one (in ``payload``), so that the rejection does
+    not take the id of the corrected retry."""
+    result = validate_request(payload, max_servers=settings.max_request_servers)
+    key = payload.get("idempotency_key")
+    derived = (
+        isinstance(key, str)
+        and key
+        and (payload.get("request_id") == str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key)))
+    )
+    if not result.valid and derived:
+        payload["request_id"] = str(uuid.uuid4())
+    return result
 
 
 def send_payload(app: Celery, payload: dict[str, Any]) -> None:
@@ -89,12 +109,12 @@ def request_reboot(
     sending, so the rejection is recorded) when the request cannot be accepted."""
     settings = settings or get_settings()
     payload = build_payload(project_id, server_ids, **fields)
-    checked = validate_request(payload, max_servers=settings.max_request_servers)
+    result = checked(payload, settings)
     if app is None:
         from worker.celery import make_celery_app
 
         app = make_celery_app(settings)
     send_payload(app, payload)
-    if not checked.valid:
-        raise InvalidRequest(payload["request_id"], checked.reasons)
+    if not result.valid:
+        raise InvalidRequest(payload["request_id"], result.reasons)
     return str(payload["request_id"])

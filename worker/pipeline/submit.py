@@ -38,7 +38,7 @@ from worker.bms.retry import may_resubmit
 from worker.budget import ACTION
 from worker.db.models import Batch, RebootRequest
 from worker.db.queries import batch_server_ids
-from worker.db.schedule import learned_job_duration
+from worker.db.schedule import learned_job_duration, split_batch
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition, RequestStatus, ServerStatus
 from worker.db.transitions import settle_batch, transition_batch, transition_request
@@ -49,6 +49,12 @@ from worker.pipeline.runtime import Runtime, describe, error_info, log, utcnow
 
 #: A submit message this much early for its slot runs anyway (timer resolution).
 EARLY_TOLERANCE = 0.05
+
+#: API refusals of a whole batch for the condition of some server in it, without naming it
+#: (the BMS error table): the server does not exist (BMS.0040), is locked (BMS.0605), or is
+#: powering on, off or rebooting (BMS.0035-0037). Such a batch is split in halves until the
+#: server is found; every other server is rebooted in the smaller batches.
+ISOLATE_CODES = frozenset({"BMS.0040", "BMS.0605", "BMS.0035", "BMS.0036", "BMS.0037"})
 
 
 def stale_after(rt: Runtime) -> float:
@@ -202,6 +208,15 @@ def _failed(batch_id: uuid.UUID, claim: Claim, exc: Exception, rt: Runtime) -> s
         return _settle(batch_id, BatchStatus.UNKNOWN, rt, reason=describe(exc), error=exc)
     if what is Next.REJECTED:
         log.error("batch %s rejected by the API: %s", batch_id, describe(exc))
+        if exc.code in ISOLATE_CODES and len(claim.server_ids) > 1:
+            if rt.settings.isolate_unknown_servers:
+                return _split(batch_id, claim, exc, rt)
+            whole = (
+                f"not rebooted: the API refused the whole batch of {len(claim.server_ids)} "
+                f"servers ({exc.code}: {exc.message}) without naming a server, and isolation "
+                "is off (BMSREBOOT_ISOLATE_UNKNOWN_SERVERS)"
+            )
+            return _settle(batch_id, BatchStatus.REJECTED, rt, reason=whole, error=exc, why=whole)
         return _settle(batch_id, BatchStatus.REJECTED, rt, reason=describe(exc), error=exc)
     if what is Next.FAILED:
         log.error("batch %s cannot be submitted (attempt %d): %s", batch_id, attempt, describe(exc))
@@ -240,6 +255,34 @@ def _failed(batch_id: uuid.UUID, claim: Claim, exc: Exception, rt: Runtime) -> s
     )
     schedule_release(rt, claim.project_id, delay)
     return str(what)
+
+
+def _split(batch_id: uuid.UUID, claim: Claim, exc: BmsError, rt: Runtime) -> str:
+    """The API refused the whole batch for one of its servers, naming none: the batch ends
+    ``rejected`` and its servers go, in two halves, to two new batches (``parent_batch_id``),
+    released like any other. Halving again finds the servers at fault, which end ``failed``
+    with the API's code; no other server is left out."""
+    now = utcnow()
+    with unit_of_work(rt.engine) as session:
+        transition_batch(
+            session,
+            batch_id,
+            BatchStatus.REJECTED,
+            actor=rt.actor,
+            detail={"refused": describe(exc), "split": True},
+            released_at=None,
+            **error_info(exc).columns(),
+        )
+        children = split_batch(session, batch_id, now=now, actor=rt.actor)
+    log.warning(
+        "batch %s of %d servers refused whole (%s): split into %d batches to isolate the server",
+        batch_id,
+        len(claim.server_ids),
+        exc.code,
+        len(children),
+    )
+    rt.dispatcher.release(claim.project_id)
+    return "split"
 
 
 def _submitted(batch_id: uuid.UUID, project_id: str, job_id: str, rt: Runtime) -> str:
@@ -285,9 +328,12 @@ def _settle(
     *,
     reason: str,
     error: BmsError | None = None,
+    why: str | None = None,
 ) -> str:
     with unit_of_work(rt.engine) as session:
-        outcome, notification = _settle_in(session, batch_id, to, rt, reason=reason, error=error)
+        outcome, notification = _settle_in(
+            session, batch_id, to, rt, reason=reason, error=error, why=why
+        )
     send(notification, rt)
     return outcome
 
@@ -300,9 +346,11 @@ def _settle_in(
     *,
     reason: str,
     error: BmsError | None = None,
+    why: str | None = None,
 ) -> tuple[str, Notification | None]:
     """End a batch that never got a job: its servers become ``unknown`` (maybe rebooted) or
-    ``failed`` with the API's code (refused, or never accepted)."""
+    ``failed`` with the API's code (refused, or never accepted); ``why`` overrides the
+    servers' fail reason."""
     server_status = ServerStatus.UNKNOWN if to == BatchStatus.UNKNOWN else ServerStatus.FAILED
     columns = error_info(error).columns() if error else {"last_error_message": reason[:1000]}
     batch = settle_batch(
@@ -312,7 +360,7 @@ def _settle_in(
         actor=rt.actor,
         default_status=server_status,
         default_error_code=error.code if error else None,
-        default_fail_reason=(error.message if error and error.message else reason)[:1000],
+        default_fail_reason=(why or (error.message if error and error.message else reason))[:1000],
         detail={"reason": reason},
         released_at=None,
         **columns,

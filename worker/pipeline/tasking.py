@@ -24,8 +24,9 @@ class CeleryDispatcher:
     is logged and reported as False, never raised: the state it would have driven is committed
     already, and ``bmsreboot.reconcile`` re-drives it from the audit database."""
 
-    def __init__(self, app: Celery):
+    def __init__(self, app: Celery, *, callback_expires: float | None = None):
         self._app = app
+        self._callback_expires = callback_expires
 
     def _send(self, name: str, what: str, **options: Any) -> bool:
         try:
@@ -70,7 +71,14 @@ class CeleryDispatcher:
         )
 
     def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
-        return self._send(task_name, f"the callback {task_name}", args=[status], queue=queue)
+        # A callback nobody consumes expires instead of piling up in its queue for ever.
+        return self._send(
+            task_name,
+            f"the callback {task_name}",
+            args=[status],
+            queue=queue,
+            expires=self._callback_expires,
+        )
 
 
 @lru_cache(maxsize=1)

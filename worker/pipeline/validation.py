@@ -38,8 +38,11 @@ KNOWN_FIELDS = frozenset(
         "canary_size",
         "failure_threshold",
         "notify_task",
+        "notify_queue",
     }
 )
+#: A Celery queue or task name a producer may name for its callback.
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,255}$")
 
 
 @dataclass
@@ -57,6 +60,7 @@ class ValidatedRequest:
     canary_size: int | None
     failure_threshold: float | None
     notify_task: str | None
+    notify_queue: str | None
     servers_given: int
     duplicates_removed: int
     reasons: list[str] = field(default_factory=list)
@@ -70,6 +74,18 @@ class ValidatedRequest:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def safe_text(value: Any, limit: int = MAX_TEXT) -> str:
+    """``value`` as text that any audit database stores: NUL and other control characters are
+    written as escapes (PostgreSQL text cannot hold NUL), and it is cut to ``limit``."""
+    text = str(value)
+    if any(ch < " " or ch == "\x7f" for ch in text):
+        text = "".join(
+            ch if ch >= " " and ch != "\x7f" else ch.encode("unicode_escape").decode()
+            for ch in text
+        )
+    return text[:limit]
 
 
 def _int_field(
@@ -95,10 +111,24 @@ def _text_field(payload: Mapping[str, Any], name: str, reasons: list[str]) -> st
     if not isinstance(value, str) or not value.strip():
         reasons.append(f"{name} must be a non-empty string, got {_short(value)}")
         return None
+    if "\x00" in value:
+        reasons.append(f"{name} must not contain NUL characters, got {_short(value)}")
+        return None
     if len(value) > MAX_TEXT:
         reasons.append(f"{name} must be at most {MAX_TEXT} characters, got {len(value)}")
         return None
     return value.strip()
+
+
+def _name_field(payload: Mapping[str, Any], name: str, reasons: list[str]) -> str | None:
+    """A Celery task or queue name (letters, digits and ``_ . : @ -``)."""
+    value = _text_field(payload, name, reasons)
+    if value is not None and not NAME_RE.match(value):
+        reasons.append(
+            f"{name} must be a Celery name (letters, digits and _ . : @ -), got {_short(value)}"
+        )
+        return None
+    return value
 
 
 def _server_ids(value: Any, max_servers: int, reasons: list[str]) -> tuple[list[str], int, int]:
@@ -150,9 +180,11 @@ def validate_request(
             f"got {positional} positional argument(s)"
         )
 
-    unknown = sorted(set(payload) - KNOWN_FIELDS)
+    unknown = sorted(str(name) for name in set(payload) - KNOWN_FIELDS)
     if unknown:
-        reasons.append(f"unknown field(s): {', '.join(unknown)}")
+        names = ", ".join(safe_text(name, 60) for name in unknown[:20])
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        reasons.append(f"unknown field(s): {names}{more}")
 
     raw_id = payload.get("request_id")
     request_id = uuid.uuid4()
@@ -168,7 +200,7 @@ def validate_request(
         project_id = ""
     elif not isinstance(project_id, str) or not PROJECT_ID_RE.match(project_id):
         reasons.append(f"project_id must be 32 hexadecimal characters, got {_short(project_id)}")
-        project_id = str(project_id)[:64]
+        project_id = safe_text(project_id, 64)
 
     reboot_type = payload.get("type", "HARD")
     if isinstance(reboot_type, str) and reboot_type.upper() in REBOOT_TYPES:
@@ -206,7 +238,8 @@ def validate_request(
         max_in_flight=_int_field(payload, "max_in_flight", 1, None, reasons),
         canary_size=_int_field(payload, "canary_size", 1, MAX_BATCH_SIZE, reasons),
         failure_threshold=float(failure_threshold) if failure_threshold is not None else None,
-        notify_task=_text_field(payload, "notify_task", reasons),
+        notify_task=_name_field(payload, "notify_task", reasons),
+        notify_queue=_name_field(payload, "notify_queue", reasons),
         servers_given=given,
         duplicates_removed=duplicates,
         reasons=reasons,

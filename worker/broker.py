@@ -1,0 +1,231 @@
+"""The worker's side of the broker: a message we cannot read becomes a dead letter, never a
+crash and never a silent drop (``worker.deadletter``).
+
+Two places can meet a malformed message, and both are hooked here without forking Celery or
+kombu:
+
+- **The transport**, before Celery sees anything: an entry that is not JSON, a JSON value that
+  is not a message envelope, a body that is not valid base64. kombu raises these from inside the
+  event loop, and Celery stops the worker ("Unrecoverable error"). Our transports (subclasses of
+  kombu's Redis and SQLAlchemy transports, selected by ``broker_transport`` in
+  ``worker.celery``) catch them around the point where a raw entry becomes a message.
+- **The consumer**, for a well-formed envelope whose task message is not one we can run: no
+  ``task`` header, an unknown task, a body that is not ``[args, kwargs, embed]``, keyword
+  arguments that are not a mapping, a content type we do not accept (pickle). ``Consumer``
+  overrides Celery's handlers for these (which otherwise reject the message, dropping it) and
+  guards the task handler itself (whose uncaught errors otherwise stop the worker).
+
+Each becomes one row in ``dead_letters`` with the raw bytes and one log line, and the message
+is acknowledged so that it is not redelivered.
+"""
+
+from __future__ import annotations
+
+import json
+from queue import Empty
+from typing import Any
+
+from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.transport import redis as kombu_redis
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
+from vine import promise
+
+from worker import deadletter
+from worker.db.session import get_engine
+
+# kombu's channels are only partly typed, and we override their private methods: typed as Any.
+_CeleryConsumer: Any = CeleryConsumer
+_RedisChannelBase: Any = kombu_redis.Channel
+_RedisTransportBase: Any = kombu_redis.Transport
+_SqlChannelBase: Any = kombu_sqlalchemy.Channel
+_SqlTransportBase: Any = kombu_sqlalchemy.Transport
+
+
+def _engine() -> Any:
+    from worker.settings import get_settings
+
+    return get_engine(get_settings().effective_database_url)
+
+
+def _raw_of(message: Any) -> bytes:
+    """The bytes of a kombu message as they came (its body and its envelope)."""
+    try:
+        envelope = {
+            "headers": message.headers,
+            "properties": message.properties,
+            "content-type": message.content_type,
+            "content-encoding": message.content_encoding,
+            "body": message.body.decode("utf-8", "backslashreplace")
+            if isinstance(message.body, bytes)
+            else message.body,
+        }
+        return json.dumps(envelope, default=repr).encode()
+    except Exception:
+        return repr(message).encode()
+
+
+def _queue_of(message: Any) -> str | None:
+    info = getattr(message, "delivery_info", None) or {}
+    queue = info.get("routing_key") or info.get("queue")
+    return None if queue is None else str(queue)
+
+
+def _task_of(message: Any) -> str | None:
+    headers = getattr(message, "headers", None)
+    if isinstance(headers, dict) and isinstance(headers.get("task"), str):
+        return str(headers["task"])
+    return None
+
+
+def dead_letter_message(message: Any, error: BaseException | str) -> None:
+    """Record a delivered message as a dead letter and acknowledge it."""
+    deadletter.record(
+        _engine(),
+        raw=_raw_of(message),
+        error=error,
+        queue=_queue_of(message),
+        task=_task_of(message),
+    )
+    try:
+        message.ack()
+    except Exception as exc:  # the channel may be gone; then it is redelivered, and ends here
+        deadletter.log.warning("could not acknowledge a dead letter: %s", exc)
+
+
+class Consumer(_CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer, with every unreadable task message made a dead letter."""
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        dead_letter_message(message, "not a task message: no 'task' header")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        dead_letter_message(message, f"unknown task: {exc}")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        dead_letter_message(message, exc)
+
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        dead_letter_message(message, exc)
+
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        handler = super().create_task_handler(promise)
+
+        def guarded(message: Any) -> Any:
+            try:
+                return handler(message)
+            except Exception as exc:
+                # Anything the handler did not expect (a body that is not [args, kwargs,
+                # embed], ...) would stop the worker for good: this message ends here.
+                dead_letter_message(message, exc)
+                return None
+
+        return guarded
+
+
+def _dead_letter_entry(raw: Any, queue: Any, error: BaseException) -> None:
+    """A raw broker entry that never became a message (nothing to acknowledge)."""
+    if isinstance(raw, bytes):
+        data = raw
+    elif isinstance(raw, str):
+        data = raw.encode("utf-8", "backslashreplace")
+    else:
+        data = json.dumps(raw, default=repr).encode()
+    name = queue.decode("utf-8", "replace") if isinstance(queue, bytes) else queue
+    deadletter.record(_engine(), raw=data, error=error, queue=None if name is None else str(name))
+
+
+class _DeliverGuard:
+    """Transport mix-in: an entry that fails to become a message is a dead letter."""
+
+    def _deliver(self, message: Any, queue: Any) -> Any:
+        try:
+            return super()._deliver(message, queue)  # type: ignore[misc]
+        except Exception as exc:
+            _dead_letter_entry(message, queue, exc)
+            return None
+
+
+class RedisChannel(_RedisChannelBase):  # type: ignore[misc]
+    def _brpop_read(self, **options: Any) -> Any:
+        # BRPOP has already taken the entry off the list when kombu parses it: keep the raw
+        # reply, so that an entry that is not JSON can be recorded rather than crash the loop.
+        client = self.client
+        original = client.parse_response
+        seen: dict[str, Any] = {}
+
+        def parse_response(*args: Any, **kwargs: Any) -> Any:
+            seen["reply"] = reply = original(*args, **kwargs)
+            return reply
+
+        client.parse_response = parse_response
+        try:
+            return super()._brpop_read(**options)
+        except self.connection_errors:
+            raise
+        except Empty:
+            raise
+        except Exception as exc:
+            reply = seen.get("reply")
+            if not reply:
+                raise
+            dest, item = reply
+            queue = (dest.decode() if isinstance(dest, bytes) else dest).rsplit(self.sep, 1)[0]
+            _dead_letter_entry(item, queue, exc)
+            return True
+        finally:
+            del client.parse_response
+
+
+class RedisTransport(_DeliverGuard, _RedisTransportBase):  # type: ignore[misc]
+    Channel = RedisChannel
+
+
+class SqlAlchemyChannel(_SqlChannelBase):  # type: ignore[misc]
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        # kombu's _get marks the row taken, then parses it: a row that is not JSON would
+        # raise out of the event loop every poll. Parse it here, and record it if it fails.
+        from sqlalchemy import text
+
+        obj = self._get_or_create(queue)
+        if self.session.bind.name == "sqlite":
+            self.session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
+        try:
+            msg = (
+                self.session.query(self.message_cls)
+                .with_for_update()
+                .filter(self.message_cls.queue_id == obj.id)
+                .filter(self.message_cls.visible != False)  # noqa: E712 - SQL expression
+                .order_by(self.message_cls.sent_at)
+                .order_by(self.message_cls.id)
+                .limit(1)
+                .first()
+            )
+            if msg is None:
+                raise Empty()
+            msg.visible = False
+            payload = msg.payload
+        finally:
+            self.session.commit()
+        try:
+            return json.loads(payload)
+        except Exception as exc:
+            _dead_letter_entry(payload, queue, exc)
+            raise Empty() from None
+
+
+class SqlAlchemyTransport(_DeliverGuard, _SqlTransportBase):  # type: ignore[misc]
+    Channel = SqlAlchemyChannel
+
+
+def transport_for(broker_url: str) -> tuple[str, str | None]:
+    """The broker URL and our guarded transport for it (None: kombu's own, other brokers).
+
+    kombu takes a ``transport+`` prefix of the URL over an explicit transport, so the
+    SQLAlchemy URL loses its ``sqla+`` here: the transport is named instead."""
+    scheme = broker_url.split("://", 1)[0].lower()
+    if scheme in ("redis", "rediss"):
+        return broker_url, "worker.broker:RedisTransport"
+    for prefix in ("sqla+", "sqlalchemy+"):
+        if scheme.startswith(prefix):
+            return broker_url[len(prefix) :], "worker.broker:SqlAlchemyTransport"
+    return broker_url, None
