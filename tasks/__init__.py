@@ -51,10 +51,19 @@ def _runtime(task: Task[Any, Any]) -> Runtime:
     return worker_runtime(CeleryDispatcher(app, callback_expires=expires), actor=task.name)
 
 
-@app.task(name="bmsreboot.request_reboot", queue=INTAKE_QUEUE, **COMMON)
+class IntakeTask(Task):  # type: ignore[type-arg]
+    """Celery calls a task as ``task(*args, **kwargs)`` through a ``__call__(self, ...)``: a
+    producer's keyword argument named ``self`` would fail that call before intake could record
+    it. Here ``self`` is positional-only, so such a keyword reaches intake, which rejects it as
+    an unknown field. (The worker has pushed the task's request already; like Celery's own
+    worker path, this calls ``run`` directly.)"""
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        return self.run(*args, **kwargs)
+
+
+@app.task(name="bmsreboot.request_reboot", queue=INTAKE_QUEUE, base=IntakeTask, **COMMON)
 def request_reboot(self: Task[Any, Any], /, *args: Any, **payload: Any) -> dict[str, Any]:
-    # ``self`` is positional-only: a producer's keyword named "self" lands in ``payload`` (and
-    # is rejected as an unknown field) instead of failing the call before intake sees it.
     # Positional arguments are not part of the message format; they are recorded as a reason
     # for rejection rather than failing the task, so nothing a producer sends is lost.
     return intake.accept_request(payload, _runtime(self), positional=len(args)).as_dict()

@@ -25,6 +25,7 @@ import json
 from queue import Empty
 from typing import Any
 
+from celery import signals
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
@@ -135,13 +136,18 @@ def _dead_letter_entry(raw: Any, queue: Any, error: BaseException) -> None:
 
 
 class _DeliverGuard:
-    """Transport mix-in: an entry that fails to become a message is a dead letter."""
+    """Transport mix-in: an entry that fails to become a message is a dead letter. Our
+    channels leave the entry's raw text in ``raw_entry`` just before delivering it, so that it
+    is kept byte for byte (the event loop is single-threaded)."""
+
+    raw_entry: Any = None
 
     def _deliver(self, message: Any, queue: Any) -> Any:
+        raw, self.raw_entry = self.raw_entry, None
         try:
             return super()._deliver(message, queue)  # type: ignore[misc]
         except Exception as exc:
-            _dead_letter_entry(message, queue, exc)
+            _dead_letter_entry(raw if raw is not None else message, queue, exc)
             return None
 
 
@@ -155,6 +161,8 @@ class RedisChannel(_RedisChannelBase):  # type: ignore[misc]
 
         def parse_response(*args: Any, **kwargs: Any) -> Any:
             seen["reply"] = reply = original(*args, **kwargs)
+            if reply:
+                self.connection.raw_entry = reply[1]
             return reply
 
         client.parse_response = parse_response
@@ -207,7 +215,9 @@ class SqlAlchemyChannel(_SqlChannelBase):  # type: ignore[misc]
         finally:
             self.session.commit()
         try:
-            return json.loads(payload)
+            message = json.loads(payload)
+            self.connection.raw_entry = payload
+            return message
         except Exception as exc:
             _dead_letter_entry(payload, queue, exc)
             raise Empty() from None
@@ -229,3 +239,31 @@ def transport_for(broker_url: str) -> tuple[str, str | None]:
         if scheme.startswith(prefix):
             return broker_url[len(prefix) :], "worker.broker:SqlAlchemyTransport"
     return broker_url, None
+
+
+@signals.task_internal_error.connect
+def _internal_error(
+    sender: Any = None,
+    task_id: str | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    request: Any = None,
+    exception: BaseException | None = None,
+    **_: Any,
+) -> None:
+    """A message whose task cannot even start (its keyword arguments are not a mapping, ...)
+    fails in the pool, outside our code; Celery then acknowledges it. Record it first."""
+    name = getattr(sender, "name", None)
+    info = getattr(request, "delivery_info", None) or {}
+    if isinstance(request, dict):
+        info = request.get("delivery_info") or {}
+    raw = json.dumps(
+        {"task": name, "id": task_id, "args": args, "kwargs": kwargs}, default=repr
+    ).encode()
+    deadletter.record(
+        _engine(),
+        raw=raw,
+        error=exception or "the task could not start",
+        queue=info.get("routing_key") or info.get("queue"),
+        task=name,
+    )

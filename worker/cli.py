@@ -10,6 +10,7 @@ import click
 from worker import __version__
 from worker.bms.cli import api
 from worker.db.cli import db
+from worker.deadletter import dead_letters
 from worker.pipeline.cli import status, submit
 from worker.pipeline.demo import demo
 from worker.simulator.cli import simulator
@@ -21,7 +22,7 @@ def cli() -> None:
     """Reboot Huawei Cloud bare-metal servers at fleet scale, with an audit trail."""
 
 
-for command in (api, db, simulator, submit, status, demo):
+for command in (api, db, simulator, submit, status, demo, dead_letters):
     cli.add_command(command)
 
 

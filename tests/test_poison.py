@@ -1,0 +1,253 @@
+"""The corpus: every malformed input, sent as a real task message or written raw into the
+broker, through a real worker on Redis and on the embedded broker. Each ends as a ``rejected``
+row with its reason or as a dead letter; nothing reaches the API; a valid request sent right
+after each is processed, so the worker is still consuming at the end."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.fixtures.pipeline import PROJECT, Pipeline, new_ids
+from worker.celery import INTAKE_QUEUE
+from worker.db.models import DeadLetter
+from worker.db.session import unit_of_work
+
+pytestmark = pytest.mark.slow
+
+TASK = "bmsreboot.request_reboot"
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def pipe(request: pytest.FixtureRequest) -> Pipeline:
+    name = "pipeline_redis_pg" if request.param == "redis" else "pipeline_embedded"
+    pipeline: Pipeline = request.getfixturevalue(name)
+    pipeline.configure()
+    return pipeline
+
+
+# --- raw broker entries -----------------------------------------------------------------------
+
+
+def _headers(task: str | None = TASK) -> dict[str, Any]:
+    task_id = str(uuid.uuid4())
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "timelimit": [None, None],
+        "argsrepr": "()",
+        "kwargsrepr": "{}",
+        "origin": "test@poison",
+        "ignore_result": True,
+    }
+    if task is not None:
+        headers["task"] = task
+    return headers
+
+
+def _envelope(
+    body: bytes | str,
+    *,
+    headers: dict[str, Any] | None = None,
+    content_type: str = "application/json",
+) -> str:
+    encoded = body if isinstance(body, str) else base64.b64encode(body).decode()
+    return json.dumps(
+        {
+            "body": encoded,
+            "content-encoding": "utf-8" if content_type == "application/json" else "binary",
+            "content-type": content_type,
+            "headers": headers if headers is not None else _headers(),
+            "properties": {
+                "correlation_id": str(uuid.uuid4()),
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": INTAKE_QUEUE},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
+
+
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+A_REQUEST = {"project_id": PROJECT, "server_ids": ["616fb98f-46ca-475e-917e-2563e5a8cd19"]}
+
+RAW: dict[str, Callable[[], str]] = {
+    "a JSON object body instead of [args, kwargs, embed]": lambda: _envelope(
+        json.dumps(A_REQUEST).encode()
+    ),
+    "a body that is not valid base64": lambda: _envelope("!!! not base64 ***"),
+    "an entry that is not JSON": lambda: "garbage{{{",
+    "an entry that is a JSON list": lambda: "[1,2,3]",
+    "a pickle body": lambda: _envelope(
+        pickle.dumps(((), A_REQUEST, EMBED)), content_type="application/x-python-serialize"
+    ),
+    "no task header": lambda: _envelope(
+        json.dumps([[], A_REQUEST, EMBED]).encode(), headers=_headers(task=None)
+    ),
+    "keyword arguments that are not a mapping": lambda: _envelope(
+        json.dumps([[], [1, 2], EMBED]).encode()
+    ),
+    "an unknown task": lambda: _envelope(
+        json.dumps([[], A_REQUEST, EMBED]).encode(), headers=_headers(task="nobody.serves_this")
+    ),
+}
+
+
+def _push_raw(pipe: Pipeline, entry: str) -> None:
+    if pipe.settings.broker_url:
+        import redis
+
+        redis.Redis.from_url(pipe.settings.broker_url).lpush(INTAKE_QUEUE, entry)
+        return
+    database = pipe.settings.data_dir / "broker.db"
+    with sqlite3.connect(database, timeout=30) as conn:
+        (queue_id,) = conn.execute(
+            "SELECT id FROM kombu_queue WHERE name = ?", (INTAKE_QUEUE,)
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id)"
+            " VALUES (1, ?, ?, 1, ?)",
+            (datetime.now(UTC).replace(tzinfo=None), entry, queue_id),
+        )
+
+
+def _dead_letters(pipe: Pipeline) -> int:
+    with unit_of_work(pipe.engine) as session:
+        return int(session.scalar(select(func.count()).select_from(DeadLetter)) or 0)
+
+
+def _still_consuming(pipe: Pipeline) -> None:
+    """A valid request sent now is processed to its end."""
+    servers = new_ids(2)
+    status = pipe.wait(pipe.send(server_ids=servers), timeout=60)
+    assert status["status"] == "succeeded"
+    pipe.check_alive()
+
+
+@pytest.mark.parametrize("case", sorted(RAW))
+def test_a_malformed_broker_entry_becomes_a_dead_letter_and_the_worker_goes_on(
+    pipe: Pipeline, case: str
+) -> None:
+    before = _dead_letters(pipe)
+    entry = RAW[case]()
+    _push_raw(pipe, entry)
+    deadline = time.monotonic() + 30
+    while _dead_letters(pipe) == before:
+        pipe.check_alive()
+        assert time.monotonic() < deadline, f"no dead letter for {case}\n{pipe.log_tail()}"
+        time.sleep(0.2)
+    with unit_of_work(pipe.engine) as session:
+        letter = session.scalars(select(DeadLetter).order_by(DeadLetter.id.desc())).first()
+        assert letter is not None
+        assert letter.error
+        assert letter.size > 0
+        assert letter.queue == INTAKE_QUEUE
+        raw = letter.raw
+    if case in ("an entry that is not JSON", "an entry that is a JSON list"):
+        assert raw == entry.encode()  # kept byte for byte
+    # Logged once
+    assert pipe.log_tail(400).count(f"dead letter {letter.id} ") == 1
+    _still_consuming(pipe)
+    # Nothing of it reached the API: only the valid request's two servers were rebooted
+    assert sum(pipe.stats()["reboots"].values()) == 2
+
+
+# --- task messages a producer can send --------------------------------------------------------
+
+GOOD = ["616fb98f-46ca-475e-917e-2563e5a8cd19", "726fb98f-46ca-475e-917e-2563e5a8cd20"]
+
+REJECTED: dict[str, tuple[dict[str, Any], tuple[Any, ...], str]] = {
+    "NUL in project_id": ({"project_id": "0123\x00", "server_ids": GOOD}, (), "project_id"),
+    "NUL in source": ({"source": "app\x00"}, (), "source must not contain NUL"),
+    "NUL in idempotency_key": ({"idempotency_key": "k\x00"}, (), "idempotency_key must not"),
+    "NUL in a keyword name": ({"bad\x00name": 1}, (), "unknown field(s): bad\\x00name"),
+    "a keyword named self": ({"self": "x"}, (), "unknown field(s): self"),
+    "positional arguments": ({}, (PROJECT, GOOD), "positional argument"),
+    "no project": ({"project_id": None}, (), "project_id is missing"),
+    "a bad project": ({"project_id": "nope"}, (), "32 hexadecimal"),
+    "no servers": ({"server_ids": []}, (), "server_ids is empty"),
+    "servers not a list": ({"server_ids": "a,b"}, (), "must be a list"),
+    "ids that are not UUIDs": ({"server_ids": ["x", 1]}, (), "not UUIDs"),
+    "a bad type": ({"type": "WARM"}, (), "HARD or SOFT"),
+    "a bad batch size": ({"batch_size": 1001}, (), "batch_size"),
+    "a bad threshold": ({"failure_threshold": 101}, (), "failure_threshold"),
+    "a bad request id": ({"request_id": "no"}, (), "request_id must be a UUID"),
+    "an unknown field": ({"reboot_now": True}, (), "unknown field"),
+    "a bad callback name": ({"notify_task": "a b"}, (), "notify_task"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED))
+def test_a_malformed_request_is_recorded_as_rejected_and_the_worker_goes_on(
+    pipe: Pipeline, case: str
+) -> None:
+    changes, args, reason = REJECTED[case]
+    request_id = str(uuid.uuid4())
+    kwargs: dict[str, Any] = {} if args else {"project_id": PROJECT, "server_ids": GOOD}
+    if "request_id" not in changes:
+        kwargs["request_id"] = request_id
+    kwargs.update({k: v for k, v in changes.items() if v is not None})
+    for k, v in changes.items():
+        if v is None:
+            kwargs.pop(k, None)
+    pipe.app.send_task(TASK, args=args, kwargs=kwargs, queue=INTAKE_QUEUE)
+    if "request_id" in changes:
+        # No usable id: recorded under a new one; find it by what it was rejected for
+        _still_consuming(pipe)
+        from worker.db.models import RebootRequest
+
+        with unit_of_work(pipe.engine) as session:
+            reasons = session.scalars(
+                select(RebootRequest.rejection_reasons)
+                .where(RebootRequest.status == "rejected")
+                .order_by(RebootRequest.created_at.desc())
+                .limit(5)
+            ).all()
+        assert any(reason in r for rs in reasons for r in rs or [])
+        return
+    status = pipe.wait(request_id, timeout=60)
+    assert status["status"] == "rejected"
+    assert any(reason in r for r in status["rejection_reasons"]), status["rejection_reasons"]
+    assert "\x00" not in json.dumps(status)
+    _still_consuming(pipe)
+    assert sum(pipe.stats()["reboots"].values()) == 2
+
+
+def test_an_operator_lists_the_dead_letters(pipe: Pipeline) -> None:
+    from tests.test_pipeline_cli import bmsreboot
+
+    entry = "garbage{{{" + uuid.uuid4().hex
+    before = _dead_letters(pipe)
+    _push_raw(pipe, entry)
+    deadline = time.monotonic() + 30
+    while _dead_letters(pipe) == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    run = bmsreboot(pipe, "dead-letters", "--json", "--raw", "--limit", "5")
+    assert run.returncode == 0, run.stderr
+    (newest, *_rest) = json.loads(run.stdout)
+    assert newest["queue"] == INTAKE_QUEUE
+    assert "JSONDecodeError" in newest["error"]
+    assert base64.b64decode(newest["raw_base64"]) == entry.encode()
+    human = bmsreboot(pipe, "dead-letters")
+    assert human.returncode == 0
+    assert entry[:40] in human.stdout
