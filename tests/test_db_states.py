@@ -29,7 +29,7 @@ def test_every_state_has_a_row_in_its_table(table: dict, enum: type) -> None:
     assert all(isinstance(targets, frozenset) for targets in table.values())
 
 
-def test_terminal_states_are_those_with_no_way_out() -> None:
+def test_terminal_states_are_where_the_pipelines_work_ends() -> None:
     assert {
         B.SUCCEEDED,
         B.FAILED,
@@ -43,13 +43,24 @@ def test_terminal_states_are_those_with_no_way_out() -> None:
         R.SUCCEEDED,
         R.PARTIALLY_FAILED,
         R.FAILED,
+        R.HALTED,
         R.CANCELLED,
         R.REJECTED,
     } == TERMINAL_REQUEST_STATES
+    # Nothing leaves these at all; the others only by an operator's decision on unknowns
+    for states, table in ((TERMINAL_BATCH_STATES, BATCH_TRANSITIONS),):
+        closed = {s for s in states if not table[s]}
+        assert closed == {B.SUCCEEDED, B.FAILED, B.PARTIALLY_FAILED, B.REJECTED, B.CANCELLED}
+    assert REQUEST_TRANSITIONS[R.SUCCEEDED] == frozenset()
+    assert REQUEST_TRANSITIONS[R.REJECTED] == frozenset()
 
 
-def test_an_unknown_batch_is_never_resubmitted() -> None:
-    assert BATCH_TRANSITIONS[B.UNKNOWN] == frozenset()
+def test_an_unknown_batch_goes_on_only_by_an_operators_decision() -> None:
+    # What the operator found, or resubmit (back to pending, through the release step)
+    assert BATCH_TRANSITIONS[B.UNKNOWN] == {B.SUCCEEDED, B.FAILED, B.PENDING}
+    assert BATCH_TRANSITIONS[B.TIMED_OUT] == {B.SUCCEEDED, B.FAILED, B.PENDING}
+    assert SERVER_TRANSITIONS[S.UNKNOWN] == {S.SUCCEEDED, S.FAILED, S.PENDING}
+    # The pipeline itself never sends a submitted batch back
     assert B.PENDING not in BATCH_TRANSITIONS[B.SUBMITTED]
 
 

@@ -73,6 +73,20 @@ class Settings(BaseSettings):
     )
     default_batch_size: int = Field(1000, ge=1, le=1000, description="Servers per API call.")
 
+    # --- the default rollout policy (a producer's own fields win) ---------------------------
+    default_max_in_flight: int | None = Field(
+        None, ge=1, description="Batches of one request submitted or in flight at once."
+    )
+    default_canary_size: int | None = Field(
+        None, ge=1, le=1000, description="Servers of the first batch, which must all succeed."
+    )
+    default_failure_threshold: float | None = Field(
+        None, ge=0, le=100, description="Percent of servers failed or unknown that halts."
+    )
+    default_not_after: str | None = Field(
+        None, description="A window from intake (2h, 90m): no batch is released after it."
+    )
+
     # --- submission and polling (seconds) ----------------------------------------------------
     submit_retry_base: float = Field(5.0, gt=0, description="First retry delay of a submit.")
     submit_retry_max: float = Field(300.0, gt=0, description="Cap of the submit retry delay.")
@@ -137,6 +151,17 @@ class Settings(BaseSettings):
         return v.rstrip("/") if v else v
 
     # --- derived values ----------------------------------------------------------------------
+    @property
+    def policy_defaults(self) -> dict[str, object]:
+        """The rollout policy's defaults, by intake field name (unset ones left out)."""
+        values = {
+            "max_in_flight": self.default_max_in_flight,
+            "canary_size": self.default_canary_size,
+            "failure_threshold": self.default_failure_threshold,
+            "not_after": self.default_not_after,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
     @property
     def effective_bms_endpoint(self) -> str:
         return self.bms_endpoint or f"https://bms.{self.region}.myhuaweicloud.com"

@@ -50,6 +50,7 @@ def create_request(
     failure_threshold: float | None = None,
     notify_task: str | None = None,
     notify_queue: str | None = None,
+    not_after: dt.datetime | None = None,
     duplicates_removed: int = 0,
     actor: str,
 ) -> RebootRequest:
@@ -78,6 +79,7 @@ def create_request(
         failure_threshold=failure_threshold,
         notify_task=notify_task,
         notify_queue=notify_queue,
+        not_after=not_after,
         status=RequestStatus.ACCEPTED,
         servers_total=len(server_ids),
         servers_succeeded=0,
@@ -90,7 +92,8 @@ def create_request(
     session.add(request)
     session.flush()  # the duplicate check happens here, before any bulk work
 
-    batch_ids = [uuid.uuid4() for _ in range(0, len(server_ids), batch_size)]
+    sizes = batch_sizes(len(server_ids), batch_size, canary_size)
+    batch_ids = [uuid.uuid4() for _ in sizes]
     session.execute(
         insert(_BATCHES),
         [
@@ -101,7 +104,7 @@ def create_request(
                 "next_attempt_at": now,
                 "index": index,
                 "status": BatchStatus.PENDING,
-                "size": min(batch_size, len(server_ids) - index * batch_size),
+                "size": sizes[index],
                 "submit_attempts": 0,
                 "poll_count": 0,
                 "created_at": now,
@@ -110,7 +113,10 @@ def create_request(
             for index, batch_id in enumerate(batch_ids)
         ],
     )
-    _insert_servers(session, request_id, batch_ids, server_ids, batch_size, now)
+    owners = [
+        batch_id for batch_id, size in zip(batch_ids, sizes, strict=True) for _ in range(size)
+    ]
+    _insert_servers(session, request_id, owners, server_ids, now)
     add_event(
         session,
         EventEntity.REQUEST,
@@ -124,14 +130,25 @@ def create_request(
     return request
 
 
+def batch_sizes(servers: int, batch_size: int, canary_size: int | None = None) -> list[int]:
+    """The sizes of a request's batches in order: the canary first when there is one, then
+    ``batch_size`` at a time."""
+    sizes: list[int] = []
+    if canary_size:
+        sizes.append(min(canary_size, servers))
+    rest = servers - sum(sizes)
+    sizes.extend(min(batch_size, rest - start) for start in range(0, rest, batch_size))
+    return sizes
+
+
 def _insert_servers(
     session: Session,
     request_id: uuid.UUID,
-    batch_ids: Sequence[uuid.UUID],
+    owners: Sequence[uuid.UUID],
     server_ids: Sequence[str],
-    batch_size: int,
     now: dt.datetime,
 ) -> None:
+    """Insert the server rows; ``owners[i]`` is the batch of ``server_ids[i]``."""
     connection = session.connection()
     if connection.dialect.name == "postgresql" and PG_COPY:
         # COPY is several times faster than multi-row INSERTs for a million rows (see
@@ -145,8 +162,7 @@ def _insert_servers(
                 " FROM STDIN"
             ) as copy,
         ):
-            for position, server_id in enumerate(server_ids):
-                batch_id = batch_ids[position // batch_size]
+            for batch_id, server_id in zip(owners, server_ids, strict=True):
                 copy.write_row((request_id, batch_id, server_id, pending, now))
         return
     table = _SERVERS
@@ -155,12 +171,12 @@ def _insert_servers(
         [
             {
                 "request_id": request_id,
-                "batch_id": batch_ids[position // batch_size],
+                "batch_id": batch_id,
                 "server_id": server_id,
                 "status": ServerStatus.PENDING,
                 "updated_at": now,
             }
-            for position, server_id in enumerate(server_ids)
+            for batch_id, server_id in zip(owners, server_ids, strict=True)
         ],
     )
 

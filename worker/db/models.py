@@ -145,6 +145,13 @@ class RebootRequest(Base):
     max_in_flight: Mapped[int | None]
     canary_size: Mapped[int | None]
     failure_threshold: Mapped[float | None] = mapped_column(Float())
+    #: No batch is released after this time (a maintenance window's end).
+    not_after: Mapped[timestamp | None]
+    #: Set when a rollout control stopped the request (``halted``: failure brake, failed canary,
+    #: cut-off; ``cancelled``: cancel): nothing more is released, pending batches are cancelled,
+    #: and the request ends in this state once its batches in flight have ended. ``reason``
+    #: says why.
+    stop: Mapped[RequestStatus | None] = mapped_column(_enum(RequestStatus, "stop_request_status"))
     notify_task: Mapped[str255 | None]
     #: The queue the completion callback goes to (None: Celery's default queue, ``celery``).
     notify_queue: Mapped[str255 | None]

@@ -17,8 +17,8 @@ import statistics
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from worker.db.models import Batch, RebootRequest
 from worker.db.states import TERMINAL_BATCH_STATES, BatchStatus, RequestStatus
@@ -27,14 +27,48 @@ from worker.db.states import TERMINAL_BATCH_STATES, BatchStatus, RequestStatus
 ACTIVE_REQUESTS = (RequestStatus.ACCEPTED, RequestStatus.RUNNING)
 
 
-def release_conditions(project_id: str) -> list[ColumnElement[bool]]:
-    """What makes a batch releasable, besides being due: every rollout limit is one more
-    condition here (the one place the release decision is made)."""
+def release_conditions(project_id: str, now: dt.datetime) -> list[ColumnElement[bool]]:
+    """What makes a batch releasable, besides being due: the one place the release decision
+    is made, every rollout control one condition.
+
+    - the request is active and no control stopped it (brake, canary, cut-off, cancel);
+    - ``not_after``: no batch is released after the cut-off time;
+    - ``max_in_flight``: fewer than that many of the request's batches are released,
+      ``submitting`` or ``submitted``;
+    - ``canary_size``: batch 0 goes first; the others only once it has ``succeeded``.
+    """
+    other = aliased(Batch)
+    in_flight = (
+        select(func.count())
+        .select_from(other)
+        .where(
+            other.request_id == Batch.request_id,
+            or_(
+                other.status.in_((BatchStatus.SUBMITTING, BatchStatus.SUBMITTED)),
+                and_(other.status == BatchStatus.PENDING, other.released_at.is_not(None)),
+            ),
+        )
+        .correlate(Batch)
+        .scalar_subquery()
+    )
+    canary_passed = (
+        exists()
+        .where(
+            other.request_id == Batch.request_id,
+            other.index == 0,
+            other.status == BatchStatus.SUCCEEDED,
+        )
+        .correlate(Batch)
+    )
     return [
         Batch.project_id == project_id,
         Batch.status == BatchStatus.PENDING,
         Batch.released_at.is_(None),
         RebootRequest.status.in_(ACTIVE_REQUESTS),
+        RebootRequest.stop.is_(None),
+        or_(RebootRequest.not_after.is_(None), RebootRequest.not_after > now),
+        or_(RebootRequest.max_in_flight.is_(None), in_flight < RebootRequest.max_in_flight),
+        or_(RebootRequest.canary_size.is_(None), Batch.index == 0, canary_passed),
     ]
 
 
@@ -43,18 +77,19 @@ def next_releasable(session: Session, project_id: str, now: dt.datetime) -> uuid
     return session.scalar(
         select(Batch.id)
         .join(RebootRequest, RebootRequest.id == Batch.request_id)
-        .where(*release_conditions(project_id), Batch.next_attempt_at <= now)
+        .where(*release_conditions(project_id, now), Batch.next_attempt_at <= now)
         .order_by(Batch.index, RebootRequest.created_at, Batch.id)
         .limit(1)
     )
 
 
-def next_due_at(session: Session, project_id: str) -> dt.datetime | None:
-    """When the project's next unreleased batch falls due (retries wait for their backoff)."""
+def next_due_at(session: Session, project_id: str, now: dt.datetime) -> dt.datetime | None:
+    """When the project's next releasable batch falls due (retries wait for their backoff).
+    Batches held back by a rollout limit are not due: the end of a batch re-runs the step."""
     return session.scalar(
         select(func.min(Batch.next_attempt_at))
         .join(RebootRequest, RebootRequest.id == Batch.request_id)
-        .where(*release_conditions(project_id))
+        .where(*release_conditions(project_id, now))
     )
 
 

@@ -8,7 +8,11 @@ Batch life, in words: a batch is ``pending`` until a worker claims it (``submitt
 *before* the POST), then ``submitted`` once the API answered with a job id. A POST that was not
 accepted sends it back to ``pending`` for a retry, or to ``failed`` after the last attempt. A POST
 whose fate is unknown (timeout after sending) makes it ``unknown``: it is never resubmitted
-automatically, because the servers may already be rebooting.
+automatically, because the servers may already be rebooting: only an operator's decision
+(``bmsreboot resolve-unknown``) moves it on, to what the operator found or back to ``pending``.
+
+A request that a rollout control stopped (failure brake, failed canary, cut-off, cancel) ends
+``halted`` or ``cancelled`` once its batches in flight have ended.
 """
 
 from __future__ import annotations
@@ -70,25 +74,29 @@ BATCH_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
     _B.PENDING: frozenset({_B.SUBMITTING, _B.CANCELLED}),
     _B.SUBMITTING: frozenset({_B.SUBMITTED, _B.PENDING, _B.UNKNOWN, _B.REJECTED, _B.FAILED}),
     _B.SUBMITTED: frozenset({_B.SUCCEEDED, _B.FAILED, _B.PARTIALLY_FAILED, _B.TIMED_OUT}),
-    # Terminal. ``unknown`` stays terminal until operators get a way to decide (a later issue).
     _B.SUCCEEDED: frozenset(),
     _B.FAILED: frozenset(),
     _B.PARTIALLY_FAILED: frozenset(),
-    _B.UNKNOWN: frozenset(),
+    # An operator's decision only (``bmsreboot resolve-unknown``): what happened, or resubmit.
+    # The pipeline itself never leaves these states: a resubmit could be a second reboot.
+    _B.UNKNOWN: frozenset({_B.SUCCEEDED, _B.FAILED, _B.PENDING}),
+    _B.TIMED_OUT: frozenset({_B.SUCCEEDED, _B.FAILED, _B.PENDING}),
     _B.REJECTED: frozenset(),
     _B.CANCELLED: frozenset(),
-    _B.TIMED_OUT: frozenset(),
 }
 
 _R = RequestStatus
+#: Final states that an operator's decision on an unknown batch may change: recomputed to
+#: another final state, or back to ``running`` when a batch is resubmitted.
+_REOPENABLE = frozenset({_R.RUNNING, _R.SUCCEEDED, _R.PARTIALLY_FAILED, _R.FAILED, _R.HALTED})
 REQUEST_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
-    _R.ACCEPTED: frozenset({_R.RUNNING, _R.REJECTED, _R.CANCELLED}),
+    _R.ACCEPTED: frozenset({_R.RUNNING, _R.REJECTED, _R.CANCELLED, _R.HALTED}),
     _R.RUNNING: frozenset({_R.SUCCEEDED, _R.PARTIALLY_FAILED, _R.FAILED, _R.HALTED, _R.CANCELLED}),
-    _R.HALTED: frozenset({_R.RUNNING, _R.CANCELLED}),
+    _R.HALTED: _REOPENABLE - {_R.HALTED} | {_R.CANCELLED},
+    _R.PARTIALLY_FAILED: _REOPENABLE - {_R.PARTIALLY_FAILED},
+    _R.FAILED: _REOPENABLE - {_R.FAILED},
+    _R.CANCELLED: _REOPENABLE,
     _R.SUCCEEDED: frozenset(),
-    _R.PARTIALLY_FAILED: frozenset(),
-    _R.FAILED: frozenset(),
-    _R.CANCELLED: frozenset(),
     _R.REJECTED: frozenset(),
 }
 
@@ -97,19 +105,32 @@ SERVER_TRANSITIONS: dict[ServerStatus, frozenset[ServerStatus]] = {
     _S.PENDING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.UNKNOWN, _S.CANCELLED}),
     _S.SUCCEEDED: frozenset(),
     _S.FAILED: frozenset(),
-    _S.UNKNOWN: frozenset(),
+    # An operator's decision only, as for unknown batches.
+    _S.UNKNOWN: frozenset({_S.SUCCEEDED, _S.FAILED, _S.PENDING}),
     _S.CANCELLED: frozenset(),
 }
 
+#: Where the pipeline's work on an entity ends. Named, not derived from the tables: an
+#: operator's decision may still move an ``unknown`` batch (and its request) on.
 TERMINAL_BATCH_STATES: frozenset[BatchStatus] = frozenset(
-    s for s, targets in BATCH_TRANSITIONS.items() if not targets
+    {
+        _B.SUCCEEDED,
+        _B.FAILED,
+        _B.PARTIALLY_FAILED,
+        _B.UNKNOWN,
+        _B.REJECTED,
+        _B.CANCELLED,
+        _B.TIMED_OUT,
+    }
 )
 TERMINAL_REQUEST_STATES: frozenset[RequestStatus] = frozenset(
-    s for s, targets in REQUEST_TRANSITIONS.items() if not targets
+    {_R.SUCCEEDED, _R.PARTIALLY_FAILED, _R.FAILED, _R.HALTED, _R.CANCELLED, _R.REJECTED}
 )
 TERMINAL_SERVER_STATES: frozenset[ServerStatus] = frozenset(
-    s for s, targets in SERVER_TRANSITIONS.items() if not targets
+    {_S.SUCCEEDED, _S.FAILED, _S.UNKNOWN, _S.CANCELLED}
 )
+#: Batches an operator decides on: the reboot may or may not have happened.
+UNDECIDED_BATCH_STATES: frozenset[BatchStatus] = frozenset({_B.UNKNOWN, _B.TIMED_OUT})
 
 
 S = TypeVar("S", bound=StrEnum)

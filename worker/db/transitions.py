@@ -380,8 +380,10 @@ def finalize_request_if_done(
     Call it in the same transaction as the change that may have finished the last batch. The
     request row is locked first, so of two concurrent callers exactly one sees every batch
     terminal *and* the request still open: only that call gets the request back (and fires the
-    completion callback). Counts come from ``server_results``; the status from
-    ``derive_request_status``. An ``accepted`` request is first moved to ``running``.
+    completion callback). Counts come from ``server_results``; the status from the request's
+    ``stop`` when a rollout control stopped it (``halted``, ``cancelled``), else from
+    ``derive_request_status``. An ``accepted`` request is first moved to ``running`` when the
+    final state cannot be reached from ``accepted``.
     """
     request = session.scalar(
         select(RebootRequest)
@@ -397,7 +399,7 @@ def finalize_request_if_done(
     if not batch_statuses or any(s not in TERMINAL_BATCH_STATES for s in batch_statuses):
         return None
     counts = server_counts(session, request_id)
-    final = derive_request_status(batch_statuses, counts)
+    final = request.stop or derive_request_status(batch_statuses, counts)
     if final not in REQUEST_TRANSITIONS[request.status]:
         transition_request(session, request_id, RequestStatus.RUNNING, actor=actor)
     return transition_request(

@@ -53,6 +53,7 @@ def accept_request(payload: Mapping[str, Any], rt: Runtime, *, positional: int =
         max_servers=rt.settings.max_request_servers,
         default_batch_size=rt.settings.default_batch_size,
         positional=positional,
+        policy_defaults=rt.settings.policy_defaults,
     )
     for warning in checked.warnings:
         log.warning("request %s: %s", checked.request_id, warning)
@@ -114,6 +115,7 @@ def _create(session: Any, checked: ValidatedRequest, rt: Runtime) -> RebootReque
         failure_threshold=checked.failure_threshold,
         notify_task=checked.notify_task,
         notify_queue=checked.notify_queue,
+        not_after=checked.not_after,
         duplicates_removed=checked.duplicates_removed,
         region=rt.settings.region,
         endpoint=rt.settings.effective_bms_endpoint,

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from worker.db.models import RebootRequest
+from worker.db.rollout import check_brakes
 from worker.db.schedule import mark_notified
 from worker.db.session import unit_of_work
 from worker.db.status import request_status
@@ -43,6 +44,11 @@ def notification_for(session: Session, request_id: uuid.UUID) -> Notification | 
 
 
 def finalize(session: Session, request_id: uuid.UUID, rt: Runtime) -> Notification | None:
+    """After a batch of the request ended, in that transaction: trip the rollout brakes if
+    due (``worker.db.rollout``), then close the request if it is done."""
+    stopped = check_brakes(session, request_id, actor=rt.actor)
+    if stopped:
+        log.warning("request %s halted: %s", request_id, stopped)
     request = finalize_request_if_done(session, request_id, actor=rt.actor)
     if request is None:
         return None

@@ -110,6 +110,8 @@ def poll_batch(
     with unit_of_work(rt.engine) as session:
         notification = _settle_job(session, batch_id, this, job, rt)
     send(notification, rt)
+    # A batch that ended may open the way for the next (max_in_flight, the canary).
+    rt.dispatcher.release(this.project_id)
     return "finished"
 
 
@@ -210,6 +212,7 @@ def _again(
             notification = finalize(session, batch.request_id, rt)
         log.error("batch %s timed out after %d polls", batch_id, polls)
         send(notification, rt)
+        rt.dispatcher.release(this.project_id)
         return "timed_out"
     with unit_of_work(rt.engine) as session:
         learned = learned_job_duration(session, this.project_id, rt.settings.poll_history)

@@ -47,6 +47,7 @@ def build_payload(
     failure_threshold: float | None = None,
     notify_task: str | None = None,
     notify_queue: str | None = None,
+    not_after: str | None = None,
 ) -> dict[str, Any]:
     """The intake task's JSON keyword arguments (unset fields are left out).
 
@@ -70,6 +71,7 @@ def build_payload(
         "failure_threshold": failure_threshold,
         "notify_task": notify_task,
         "notify_queue": notify_queue,
+        "not_after": not_after,
     }
     return {k: v for k, v in payload.items() if v is not None}
 
@@ -78,7 +80,12 @@ def checked(payload: dict[str, Any], settings: Settings) -> ValidatedRequest:
     """Validate ``payload`` as the worker will; when invalid, a request id derived from the
     idempotency key is replaced by a random one (in ``payload``), so that the rejection does
     not take the id of the corrected retry."""
-    result = validate_request(payload, max_servers=settings.max_request_servers)
+    result = validate_request(
+        payload,
+        max_servers=settings.max_request_servers,
+        default_batch_size=settings.default_batch_size,
+        policy_defaults=settings.policy_defaults,
+    )
     key = payload.get("idempotency_key")
     derived = (
         isinstance(key, str)

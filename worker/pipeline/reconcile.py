@@ -14,7 +14,8 @@ run looks for work overdue by more than ``BMSREBOOT_RECONCILE_GRACE`` seconds:
 - ``submitted`` batches whose next poll is overdue: polled again (the ``seq`` of the new
   message makes it the only live poll chain of the batch);
 - requests whose batches have all ended but which were never finalized: finalized;
-- finished requests whose completion callback was not handed to the broker: sent.
+- finished requests whose completion callback was not handed to the broker: sent;
+- requests past their ``not_after`` with batches not yet sent: cut off (``halted``).
 
 Two runs at once (two beats, a slow run overlapping the next) are safe: every change is
 compare-and-set, and a lease held for most of an interval makes the second run skip, so no work
@@ -27,6 +28,7 @@ from collections import Counter
 from datetime import timedelta
 
 from worker.db.models import Batch
+from worker.db.rollout import cut_off_due
 from worker.db.schedule import (
     overdue_polls,
     projects_with_overdue_releases,
@@ -55,6 +57,13 @@ def reconcile(rt: Runtime) -> dict[str, int]:
     done: Counter[str] = Counter()
     now = utcnow()
     overdue = now - timedelta(seconds=rt.settings.reconcile_grace)
+
+    with unit_of_work(rt.engine) as session:
+        cut = cut_off_due(session, now, actor=rt.actor)
+        notifications = [finalize(session, request_id, rt) for request_id in cut]
+    for notification in notifications:
+        send(notification, rt)
+    done["cut_off"] = len(cut)
 
     with unit_of_work(rt.engine) as session:
         unreleased = unrelease_lost(session, overdue, PER_RUN)

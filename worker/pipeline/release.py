@@ -20,8 +20,10 @@ import time
 from datetime import UTC, datetime
 
 from worker.budget import ACTION
+from worker.db.rollout import cut_off_due
 from worker.db.schedule import mark_released, next_due_at, next_releasable
 from worker.db.session import unit_of_work
+from worker.pipeline.notify import finalize, send
 from worker.pipeline.runtime import Runtime, log, utcnow
 
 #: Farthest ahead a slot is reserved (seconds): the submit message's longest countdown.
@@ -49,6 +51,17 @@ def schedule_release(rt: Runtime, project_id: str, delay: float) -> None:
         rt.dispatcher.release(project_id, countdown=delay)
 
 
+def _cut_off(project_id: str, rt: Runtime) -> None:
+    """Requests of the project past their ``not_after`` stop releasing (then end ``halted``)."""
+    with unit_of_work(rt.engine) as session:
+        stopped = cut_off_due(session, utcnow(), actor=rt.actor, project_id=project_id)
+        notifications = [finalize(session, request_id, rt) for request_id in stopped]
+    for request_id in stopped:
+        log.warning("request %s cut off: its not_after has passed", request_id)
+    for notification in notifications:
+        send(notification, rt)
+
+
 def release_project(project_id: str, rt: Runtime) -> int:
     """Release the project's due batches that the action budget allows now; return how many."""
     budget = rt.budgets
@@ -64,6 +77,7 @@ def release_project(project_id: str, rt: Runtime) -> int:
     released = 0
     wake: float | None = None
     try:
+        _cut_off(project_id, rt)
         while True:
             if released >= PER_RUN or time.monotonic() - started > LEASE_SECONDS / 2:
                 wake = 0.0
@@ -71,7 +85,7 @@ def release_project(project_id: str, rt: Runtime) -> int:
             now = utcnow()
             with unit_of_work(rt.engine) as session:
                 batch_id = next_releasable(session, project_id, now)
-                due = None if batch_id is not None else next_due_at(session, project_id)
+                due = None if batch_id is not None else next_due_at(session, project_id, now)
             if batch_id is None:
                 if due is not None:
                     wake = max((due - utcnow()).total_seconds(), 0.0)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -334,7 +335,11 @@ def _settle(
         outcome, notification = _settle_in(
             session, batch_id, to, rt, reason=reason, error=error, why=why
         )
+        project_id = session.scalar(select(Batch.project_id).where(Batch.id == batch_id))
     send(notification, rt)
+    # A batch that ended may open the way for the next (max_in_flight, the canary).
+    if project_id is not None:
+        rt.dispatcher.release(project_id)
     return outcome
 
 

@@ -6,6 +6,7 @@ an invalid request can be recorded as ``rejected`` with all of them at once.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from collections.abc import Mapping
@@ -39,8 +40,12 @@ KNOWN_FIELDS = frozenset(
         "failure_threshold",
         "notify_task",
         "notify_queue",
+        "not_after",
     }
 )
+#: The rollout policy's fields; their defaults come from the settings (``policy_defaults``).
+POLICY_FIELDS = ("max_in_flight", "canary_size", "failure_threshold", "not_after")
+_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 #: A Celery queue or task name a producer may name for its callback.
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,255}$")
 
@@ -61,6 +66,7 @@ class ValidatedRequest:
     failure_threshold: float | None
     notify_task: str | None
     notify_queue: str | None
+    not_after: dt.datetime | None
     servers_given: int
     duplicates_removed: int
     reasons: list[str] = field(default_factory=list)
@@ -120,6 +126,43 @@ def _text_field(payload: Mapping[str, Any], name: str, reasons: list[str]) -> st
     return value.strip()
 
 
+def parse_duration(text: str) -> dt.timedelta | None:
+    """``90s``, ``30m``, ``2h``, ``1d``, ``1h30m`` (or a number of seconds); None if not one."""
+    text = text.strip().lower()
+    if text.isdigit():
+        return dt.timedelta(seconds=int(text))
+    match = _DURATION_RE.match(text)
+    if not text or match is None:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def parse_not_after(value: Any, now: dt.datetime) -> tuple[dt.datetime | None, str | None]:
+    """A cut-off time from an ISO 8601 time with a zone (``2026-11-28T03:00:00Z``) or a
+    duration from ``now`` (``2h``); returns (the time in UTC, None) or (None, the reason)."""
+    if not isinstance(value, str) or not value.strip():
+        return None, f"not_after must be an ISO 8601 time or a duration, got {_short(value)}"
+    duration = parse_duration(value)
+    if duration is not None:
+        if duration <= dt.timedelta(0):
+            return None, f"not_after must be a positive duration, got {_short(value)}"
+        return now + duration, None
+    try:
+        moment = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None, (
+            "not_after must be an ISO 8601 time with a zone (2026-11-28T03:00:00Z) or a "
+            f"duration (90m, 2h, 1d), got {_short(value)}"
+        )
+    if moment.tzinfo is None:
+        return None, f"not_after needs a time zone (Z or +08:00), got {_short(value)}"
+    moment = moment.astimezone(dt.UTC)
+    if moment <= now:
+        return None, f"not_after is already past: {moment.isoformat()}"
+    return moment, None
+
+
 def _name_field(payload: Mapping[str, Any], name: str, reasons: list[str]) -> str | None:
     """A Celery task or queue name (letters, digits and ``_ . : @ -``)."""
     value = _text_field(payload, name, reasons)
@@ -169,9 +212,19 @@ def validate_request(
     max_servers: int,
     default_batch_size: int = MAX_BATCH_SIZE,
     positional: int = 0,
+    policy_defaults: Mapping[str, Any] | None = None,
+    now: dt.datetime | None = None,
 ) -> ValidatedRequest:
     """Check and normalise a request payload (the intake task's keyword arguments).
-    ``positional`` counts arguments a producer sent without names (never accepted)."""
+    ``positional`` counts arguments a producer sent without names (never accepted).
+    ``policy_defaults`` fills the rollout policy's fields the payload leaves out (the
+    operator's settings); ``not_after`` durations count from ``now``."""
+    now = now or dt.datetime.now(dt.UTC)
+    if policy_defaults:
+        payload = {
+            **{k: v for k, v in policy_defaults.items() if v is not None},
+            **{k: v for k, v in payload.items() if v is not None or k not in policy_defaults},
+        }
     reasons: list[str] = []
     warnings: list[str] = []
     if positional:
@@ -227,6 +280,12 @@ def validate_request(
         )
         failure_threshold = None
 
+    not_after = None
+    if payload.get("not_after") is not None:
+        not_after, problem = parse_not_after(payload["not_after"], now)
+        if problem:
+            reasons.append(problem)
+
     return ValidatedRequest(
         request_id=request_id,
         project_id=project_id,
@@ -240,6 +299,7 @@ def validate_request(
         failure_threshold=float(failure_threshold) if failure_threshold is not None else None,
         notify_task=_name_field(payload, "notify_task", reasons),
         notify_queue=_name_field(payload, "notify_queue", reasons),
+        not_after=not_after,
         servers_given=given,
         duplicates_removed=duplicates,
         reasons=reasons,
