@@ -11,6 +11,7 @@ must never break a message already queued. Policy sits on each declaration:
   ``seq`` (optional) keeps one live poll chain per batch.
 - ``bmsreboot.release`` (queue ``bmsreboot.submit``): the release step of one project; safe to
   run twice (a lease, and compare-and-set on each batch).
+- ``bmsreboot.cancel_request`` (queue ``bmsreboot.intake``): cancel a request; idempotent.
 - ``bmsreboot.reconcile`` and ``bmsreboot.purge`` (queue ``bmsreboot.intake``), sent by beat:
   re-drive lost work from the audit database; delete finished requests past retention.
 
@@ -29,9 +30,10 @@ from sqlalchemy.exc import OperationalError
 from worker.celery import INTAKE_QUEUE, POLL_QUEUE, SUBMIT_QUEUE, app
 from worker.db.retention import purge_finished
 from worker.db.session import unit_of_work
-from worker.pipeline import intake, poll, reconcile, release, submit
+from worker.pipeline import control, intake, poll, reconcile, release, submit
 from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.tasking import CeleryDispatcher, worker_runtime
+from worker.pipeline.validation import safe_text
 from worker.settings import get_settings
 
 COMMON: dict[str, Any] = {
@@ -84,6 +86,20 @@ def poll_batch(
 @app.task(name="bmsreboot.release", queue=SUBMIT_QUEUE, **COMMON)
 def release_project(self: Task[Any, Any], project_id: str) -> int:
     return release.release_project(project_id, _runtime(self))
+
+
+@app.task(name="bmsreboot.cancel_request", queue=INTAKE_QUEUE, **COMMON)
+def cancel_request(
+    self: Task[Any, Any], request_id: str, reason: str | None = None, actor: str | None = None
+) -> dict[str, Any]:
+    """Cancel a request (idempotent): what other applications send; ``actor`` says who."""
+    try:
+        rid = uuid.UUID(str(request_id))
+    except ValueError:
+        log.error("cancel_request: not a request id: %r", request_id)
+        return {"request_id": str(request_id), "changed": False, "message": "not a request id"}
+    who = safe_text(actor or "app:unknown", 255)
+    return control.cancel(rid, _runtime(self), reason=safe_text(reason or "", 1000), actor=who)
 
 
 # Beat's tasks: a lost or expired run is simply the next tick's work, so no acks-late here.

@@ -79,6 +79,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [Queue(name) for name in QUEUES],
         "task_routes": {
             "bmsreboot.request_reboot": {"queue": INTAKE_QUEUE},
+            "bmsreboot.cancel_request": {"queue": INTAKE_QUEUE},
             "bmsreboot.submit_batch": {"queue": SUBMIT_QUEUE},
             "bmsreboot.release": {"queue": SUBMIT_QUEUE},
             "bmsreboot.poll_batch": {"queue": POLL_QUEUE},

@@ -11,7 +11,7 @@ from worker import __version__
 from worker.bms.cli import api
 from worker.db.cli import db
 from worker.deadletter import dead_letters
-from worker.pipeline.cli import status, submit
+from worker.pipeline.cli import cancel, resolve_unknown, status, submit
 from worker.pipeline.demo import demo
 from worker.simulator.cli import simulator
 
@@ -22,7 +22,7 @@ def cli() -> None:
     """Reboot Huawei Cloud bare-metal servers at fleet scale, with an audit trail."""
 
 
-for command in (api, db, simulator, submit, status, demo, dead_letters):
+for command in (api, db, simulator, submit, status, cancel, resolve_unknown, demo, dead_letters):
     cli.add_command(command)
 
 

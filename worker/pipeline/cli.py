@@ -117,6 +117,21 @@ def wait_for_end(request_id: str, timeout: float | None, interval: float = 1.0) 
 @click.option("--batch-size", type=int, help="Servers per API call (at most 1000).")
 @click.option("--source", help="Who asks (default cli:<user>).")
 @click.option("--notify-task", help="Celery task to receive the final status dict.")
+@click.option("--notify-queue", help="Queue of that task (default: celery).")
+@click.option("--max-in-flight", type=int, help="At most N batches submitted at once.")
+@click.option("--canary-size", type=int, help="Batch 0 holds N servers; all must succeed first.")
+@click.option(
+    "--failure-threshold",
+    type=float,
+    metavar="PCT",
+    help="Halt when more than PCT percent of the servers fail or are unknown.",
+)
+@click.option(
+    "--not-after",
+    metavar="TIME|DURATION",
+    help="No batch is released after this (2026-11-28T03:00:00Z, or 2h from now).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan; record and send nothing.")
 @click.option("--wait", is_flag=True, help="Follow the request to its end.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -129,6 +144,12 @@ def submit(
     batch_size: int | None,
     source: str | None,
     notify_task: str | None,
+    notify_queue: str | None,
+    max_in_flight: int | None,
+    canary_size: int | None,
+    failure_threshold: float | None,
+    not_after: str | None,
+    dry_run: bool,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -150,8 +171,16 @@ def submit(
         source=source or f"cli:{getpass.getuser()}",
         batch_size=batch_size,
         notify_task=notify_task,
+        notify_queue=notify_queue,
+        max_in_flight=max_in_flight,
+        canary_size=canary_size,
+        failure_threshold=failure_threshold,
+        not_after=_absolute(not_after),
     )
     checked = checked_payload(payload, settings)
+    if dry_run:
+        _print_plan(checked, settings, as_json)
+        sys.exit(0 if checked.valid else EXIT_INVALID)
     if not checked.valid:
         click.echo("The request is invalid and will be recorded as rejected:", err=True)
         for reason in checked.reasons:
@@ -192,6 +221,61 @@ def submit(
         sys.exit(EXIT_NOT_ALL_SUCCEEDED)
 
 
+def _absolute(not_after: str | None) -> str | None:
+    """A duration (2h) becomes a time now, so the request carries when it was meant."""
+    from datetime import UTC, datetime
+
+    from worker.pipeline.validation import parse_duration
+
+    if not_after is None:
+        return None
+    duration = parse_duration(not_after)
+    if duration is None or duration.total_seconds() <= 0:
+        return not_after  # validation says what is wrong with it
+    return (datetime.now(UTC) + duration).isoformat()
+
+
+def _print_plan(checked: Any, settings: Any, as_json: bool) -> None:
+    from worker.pipeline.control import learned_for, plan
+
+    learned = learned_for(checked.project_id, settings) if checked.valid else None
+    data = plan(checked, settings, learned=learned)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"dry run: nothing recorded, nothing sent (request {data['request_id']})")
+    if not checked.valid:
+        click.echo("the request is invalid:")
+        for reason in checked.reasons:
+            click.echo(f"  - {reason}")
+        return
+    click.echo(
+        f"{data['servers']} servers in {data['batch_count']} batches"
+        + (
+            f" ({data['duplicates_removed']} duplicates removed)"
+            if data["duplicates_removed"]
+            else ""
+        )
+    )
+    if data["canary"]:
+        click.echo(f"canary: batch 0 of {data['canary']['size']} servers, all must succeed")
+    policy = ", ".join(f"{k} {v}" for k, v in data["policy"].items() if v is not None)
+    click.echo(f"policy: {policy}")
+    estimate = data["estimate"]
+    click.echo(
+        f"estimate: POSTs over {estimate['submission_span_s']} s at "
+        f"{estimate['action_budget_per_minute']}/min"
+        + (
+            f"; about {estimate['total_s']} s in all (jobs of {estimate['job_duration_s']:.1f} s"
+            " learned from the project's recent jobs)"
+            if estimate["total_s"] is not None
+            else "; job duration unknown (no history for this project)"
+        )
+    )
+    if estimate["batches_cut_off"]:
+        click.echo(f"warning: {estimate['batches_cut_off']} batches would come after not_after")
+
+
 def _emit(data: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data))
@@ -212,3 +296,103 @@ def status(request_id: str, as_json: bool, servers: bool) -> None:
         click.echo(json.dumps(data, indent=2))
     else:
         _print_status(data)
+
+
+def _cli_runtime(actor: str) -> Any:
+    """A runtime for a command that changes state: the configured database and broker."""
+    from worker.celery import make_celery_app
+    from worker.db.session import get_engine
+    from worker.pipeline.runtime import Runtime
+    from worker.pipeline.tasking import CeleryDispatcher, _budget
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    app = make_celery_app(settings)
+
+    def no_client() -> Any:
+        raise RuntimeError("this command makes no API call")
+
+    return Runtime(
+        settings=settings,
+        engine=get_engine(settings.effective_database_url),
+        client=no_client,
+        dispatcher=CeleryDispatcher(app, callback_expires=settings.callback_expires),
+        actor=actor,
+        budget=_budget(),
+    )
+
+
+def _request_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise click.BadParameter(f"not a request id (UUID): {value!r}") from None
+
+
+def _actor(actor: str | None) -> str:
+    return actor or f"cli:{getpass.getuser()}"
+
+
+@click.command()
+@click.argument("request_id")
+@click.option("--reason", help="Why (recorded with who asked).")
+@click.option("--actor", help="Who asks (default cli:<user>).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cancel(request_id: str, reason: str | None, actor: str | None, as_json: bool) -> None:
+    """Cancel a request: pending batches are cancelled, submitted ones followed to their end.
+    Idempotent: a finished request says so and nothing changes."""
+    from worker.pipeline.control import cancel as cancel_request
+
+    rid = _request_id(request_id)
+    result = cancel_request(rid, _cli_runtime(_actor(actor)), reason=reason, actor=_actor(actor))
+    if result["status"] is None:
+        raise click.ClickException(result["message"])
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"request {request_id}: {result['message']}")
+
+
+@click.command("resolve-unknown")
+@click.argument("request_id")
+@click.option("--batch", "batch_index", type=int, help="Only this batch (its index).")
+@click.option(
+    "--as",
+    "decision",
+    required=True,
+    type=click.Choice(["succeeded", "failed", "resubmit"]),
+    help="What you found, or send the batch again (the only way it is ever resent).",
+)
+@click.option("--reason", required=True, help="What you checked (recorded).")
+@click.option("--actor", help="Who decides (default cli:<user>).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def resolve_unknown(
+    request_id: str,
+    batch_index: int | None,
+    decision: str,
+    reason: str,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Record what happened to a request's unknown (or timed out) batches."""
+    from worker.pipeline.control import NothingToResolve, resolve
+
+    rid = _request_id(request_id)
+    try:
+        result = resolve(
+            rid,
+            _cli_runtime(_actor(actor)),
+            decision=decision,
+            reason=reason,
+            actor=_actor(actor),
+            batch_index=batch_index,
+        )
+    except NothingToResolve as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(
+            f"request {request_id}: batches {result['batches']} recorded as {decision}; "
+            f"request {result['status']}"
+        )

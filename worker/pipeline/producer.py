@@ -20,6 +20,7 @@ from worker.pipeline.validation import ValidatedRequest, validate_request
 from worker.settings import Settings, get_settings
 
 TASK_NAME = "bmsreboot.request_reboot"
+CANCEL_TASK = "bmsreboot.cancel_request"
 #: Request ids derived from idempotency keys live in this UUID namespace.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0e7c8a-3f7e-4c59-9f65-6a1d2b7e4a10")
 
@@ -104,17 +105,60 @@ def send_payload(app: Celery, payload: dict[str, Any]) -> None:
     app.send_task(TASK_NAME, kwargs=payload, queue=INTAKE_QUEUE, kwargsrepr=repr(summary))
 
 
+def cancel_request(
+    request_id: str | uuid.UUID,
+    *,
+    reason: str | None = None,
+    actor: str | None = None,
+    app: Celery | None = None,
+    settings: Settings | None = None,
+) -> None:
+    """Ask the worker to cancel a request (task ``bmsreboot.cancel_request``): pending batches
+    are cancelled, submitted ones followed to their end. Idempotent; ``actor`` says who asks
+    (recorded with the reason)."""
+    if app is None:
+        from worker.celery import make_celery_app
+
+        app = make_celery_app(settings or get_settings())
+    app.send_task(
+        CANCEL_TASK,
+        kwargs={"request_id": str(request_id), "reason": reason, "actor": actor},
+        queue=INTAKE_QUEUE,
+    )
+
+
+def plan_request(
+    project_id: str,
+    server_ids: Sequence[str],
+    *,
+    settings: Settings | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The dry run: validate and plan a request without recording or sending anything."""
+    from worker.pipeline.control import learned_for, plan
+
+    settings = settings or get_settings()
+    payload = build_payload(project_id, server_ids, **fields)
+    result = checked(payload, settings)
+    learned = learned_for(project_id, settings) if result.valid else None
+    return plan(result, settings, learned=learned)
+
+
 def request_reboot(
     project_id: str,
     server_ids: Sequence[str],
     *,
     app: Celery | None = None,
     settings: Settings | None = None,
+    dry_run: bool = False,
     **fields: Any,
-) -> str:
+) -> str | dict[str, Any]:
     """Enqueue a reboot request and return its id. Raises :class:`InvalidRequest` (after
-    sending, so the rejection is recorded) when the request cannot be accepted."""
+    sending, so the rejection is recorded) when the request cannot be accepted. With
+    ``dry_run=True`` nothing is recorded or sent: the plan is returned (:func:`plan_request`)."""
     settings = settings or get_settings()
+    if dry_run:
+        return plan_request(project_id, server_ids, settings=settings, **fields)
     payload = build_payload(project_id, server_ids, **fields)
     result = checked(payload, settings)
     if app is None:

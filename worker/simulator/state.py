@@ -180,7 +180,13 @@ class SimulatorState:
         with self.lock:
             self._purge_if_due(now)
             jobs = {
-                job_id: {"servers": len(job.server_ids), "status": job.status(now)}
+                job_id: {
+                    "servers": len(job.server_ids),
+                    "status": job.status(now),
+                    # Epoch seconds on the simulator's clock: for overlaps between jobs.
+                    "created": job.created,
+                    "ends": None if job.duration == float("inf") else job.finished_at,
+                }
                 for job_id, job in self.jobs.items()
             }
             return self.stats.to_json(jobs)
