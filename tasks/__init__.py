@@ -88,6 +88,10 @@ def release_project(self: Task[Any, Any], project_id: str) -> int:
     return release.release_project(project_id, _runtime(self))
 
 
+#: Times a cancel for a request not yet recorded waits 2 s for intake before giving up.
+CANCEL_WAITS = 30
+
+
 @app.task(name="bmsreboot.cancel_request", queue=INTAKE_QUEUE, **COMMON)
 def cancel_request(
     self: Task[Any, Any], request_id: str, reason: str | None = None, actor: str | None = None
@@ -99,7 +103,14 @@ def cancel_request(
         log.error("cancel_request: not a request id: %r", request_id)
         return {"request_id": str(request_id), "changed": False, "message": "not a request id"}
     who = safe_text(actor or "app:unknown", 255)
-    return control.cancel(rid, _runtime(self), reason=safe_text(reason or "", 1000), actor=who)
+    result = control.cancel(rid, _runtime(self), reason=safe_text(reason or "", 1000), actor=who)
+    if result["status"] is None and self.request.retries < CANCEL_WAITS:
+        # The request may still be queued behind this cancel on the intake queue: wait for
+        # intake to record it (for about a minute) rather than drop the cancel.
+        raise self.retry(countdown=2.0, max_retries=CANCEL_WAITS)
+    if result["status"] is None:
+        log.error("cancel_request: %s (gave up waiting for it)", result["message"])
+    return result
 
 
 # Beat's tasks: a lost or expired run is simply the next tick's work, so no acks-late here.

@@ -402,3 +402,52 @@ def test_two_reconcilers_at_once_do_the_work_once(make_rt: Callable[..., Runtime
     assert second == {"skipped": 1}
     assert sent(rt, "release") == [PROJECT]
     drain_releases(rt)
+
+
+# --- rollout limits in the release decision, on both engines ----------------------------------
+
+
+def test_max_in_flight_and_the_canary_gate_hold_releases_back(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    simulator.configure(job_duration=0.1)
+    rt = make_rt()
+    from worker.pipeline import intake
+
+    limited = intake.accept_request(
+        {"project_id": PROJECT, "server_ids": ids(50), "batch_size": 10, "max_in_flight": 2},
+        rt,
+    ).request_id
+    canary = intake.accept_request(
+        {"project_id": PROJECT, "server_ids": ids(12), "batch_size": 5, "canary_size": 2}, rt
+    ).request_id
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    rt.dispatcher.sent.clear()
+    release.release_project(PROJECT, rt)
+    where = _index_of(rt)
+    released = sorted(where[b] for b in sent(rt, "submit"))
+    # Two of the limited request's batches, and only the canary of the other
+    assert released == sorted([(limited, 0), (limited, 1), (canary, 0)])
+    assert [b.size for b in _batches(rt, canary)] == [2, 5, 5]
+    # Once they end, the next ones go
+    status = run_to_end(rt, limited)
+    assert status["status"] == "succeeded"
+    assert run_to_end(rt, canary)["status"] == "succeeded"
+
+
+def test_a_request_past_its_cut_off_releases_nothing_and_ends_halted(
+    make_rt: Callable[..., Runtime],
+) -> None:
+    rt = make_rt()
+    request_id = rt2_request(rt, 3)
+    with unit_of_work(rt.engine) as session:
+        session.execute(
+            update(RebootRequest).where(RebootRequest.id == request_id).values(not_after=_ago(1))
+        )
+    assert release.release_project(PROJECT, rt) == 0
+    with unit_of_work(rt.engine) as session:
+        status = request_status(session, request_id)
+    assert status is not None
+    assert status["status"] == "halted"
+    assert status["reason"].startswith("cut off at ")
+    assert {b["status"] for b in status["batches"]} == {"cancelled"}
