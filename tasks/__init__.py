@@ -12,6 +12,8 @@ must never break a message already queued. Policy sits on each declaration:
 - ``bmsreboot.release`` (queue ``bmsreboot.submit``): the release step of one project; safe to
   run twice (a lease, and compare-and-set on each batch).
 - ``bmsreboot.cancel_request`` (queue ``bmsreboot.intake``): cancel a request; idempotent.
+- ``bmsreboot.run_schedules`` (beat) and ``bmsreboot.schedule_tick`` (queue
+  ``bmsreboot.intake``): the scheduled reboots (``worker.schedules``).
 - ``bmsreboot.reconcile`` and ``bmsreboot.purge`` (queue ``bmsreboot.intake``), sent by beat:
   re-drive lost work from the audit database; delete finished requests past retention.
 
@@ -30,7 +32,7 @@ from sqlalchemy.exc import OperationalError
 from worker.celery import INTAKE_QUEUE, POLL_QUEUE, SUBMIT_QUEUE, app
 from worker.db.retention import purge_finished
 from worker.db.session import unit_of_work
-from worker.pipeline import control, intake, poll, reconcile, release, submit
+from worker.pipeline import control, intake, poll, reconcile, release, scheduling, submit
 from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.tasking import CeleryDispatcher, worker_runtime
 from worker.pipeline.validation import safe_text
@@ -113,10 +115,24 @@ def cancel_request(
     return result
 
 
+@app.task(name="bmsreboot.schedule_tick", queue=INTAKE_QUEUE, **COMMON)
+def schedule_tick(self: Task[Any, Any], name: str, tick: str) -> str:
+    """One tick of a schedule entry (Flower shows the entry's name and the tick)."""
+    return scheduling.schedule_tick(name, tick, _runtime(self))
+
+
 # Beat's tasks: a lost or expired run is simply the next tick's work, so no acks-late here.
 @app.task(name="bmsreboot.reconcile", bind=True, queue=INTAKE_QUEUE, acks_late=False)
 def reconcile_task(self: Task[Any, Any]) -> dict[str, int]:
     return reconcile.reconcile(_runtime(self))
+
+
+@app.task(name="bmsreboot.run_schedules", bind=True, queue=INTAKE_QUEUE, acks_late=False)
+def run_schedules(self: Task[Any, Any]) -> dict[str, int]:
+    def send_tick(name: str, tick: str) -> None:
+        schedule_tick.apply_async(args=(name, tick))
+
+    return scheduling.run_schedules(_runtime(self), send_tick)
 
 
 @app.task(name="bmsreboot.purge", bind=True, queue=INTAKE_QUEUE, acks_late=False)

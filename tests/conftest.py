@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.pipeline",
     "tests.fixtures.steps",
+    "tests.fixtures.fleet",
 ]

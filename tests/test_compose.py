@@ -42,13 +42,21 @@ def test_the_file_follows_the_compose_specification(config: dict[str, Any]) -> N
     )
 
 
-def test_beat_sends_the_reconciler_and_keeps_its_schedule_on_a_volume(
-    config: dict[str, Any],
-) -> None:
+def test_beat_and_the_worker_read_the_example_schedule_file(config: dict[str, Any]) -> None:
+    from worker.schedules import load
+
     beat = config["services"]["beat"]
     assert beat["command"][:4] == ["celery", "-A", "worker", "beat"]
-    data_dir = beat["environment"]["BMSREBOOT_DATA_DIR"]
-    assert any(v["target"] == data_dir for v in beat["volumes"])
+    for name in ("beat", "worker"):
+        service = config["services"][name]
+        target = Path(service["environment"]["BMSREBOOT_SCHEDULE_FILE"]).parent
+        (mount,) = [v for v in service["volumes"] if v["target"] == str(target)]
+        assert mount["read_only"] is True
+        source = Path(mount["source"])
+    # The example file the mount carries is valid
+    entries, problems = load(source / "schedules.toml")
+    assert problems == []
+    assert [e.name for e in entries] == ["kernel-patch-group-a", "canary-group-b"]
 
 
 def test_every_setting_it_passes_is_one_the_project_reads(config: dict[str, Any]) -> None:

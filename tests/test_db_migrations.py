@@ -15,7 +15,15 @@ from worker.db.session import (
     upgrade_database,
 )
 
-TABLES = {"reboot_requests", "batches", "server_results", "events", "api_budgets", "dead_letters"}
+TABLES = {
+    "reboot_requests",
+    "batches",
+    "server_results",
+    "events",
+    "api_budgets",
+    "dead_letters",
+    "schedule_ticks",
+}
 
 
 def _tables(url: str) -> set[str]:

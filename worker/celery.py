@@ -80,6 +80,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "bmsreboot.request_reboot": {"queue": INTAKE_QUEUE},
             "bmsreboot.cancel_request": {"queue": INTAKE_QUEUE},
+            "bmsreboot.schedule_tick": {"queue": INTAKE_QUEUE},
+            "bmsreboot.run_schedules": {"queue": INTAKE_QUEUE},
             "bmsreboot.submit_batch": {"queue": SUBMIT_QUEUE},
             "bmsreboot.release": {"queue": SUBMIT_QUEUE},
             "bmsreboot.poll_batch": {"queue": POLL_QUEUE},
@@ -91,6 +93,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # rather than piling up: the next tick does the same work.
         "beat_schedule": beat_schedule(settings),
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
+        **beat_scheduler(settings, broker_url),
         "task_default_queue": "celery",
         "task_create_missing_queues": True,
         # One message at a time per process: a prefetched message is a message a dying worker
@@ -121,8 +124,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
+    from worker.schedules import SCHEDULE_CHECK_INTERVAL
+
     interval = settings.reconcile_interval
-    return {
+    entries: dict[str, Any] = {}
+    if settings.schedule_file is not None:
+        # Reads the file each time: entries and ids files change without a restart.
+        entries["bmsreboot.schedules"] = {
+            "task": "bmsreboot.run_schedules",
+            "schedule": SCHEDULE_CHECK_INTERVAL,
+            "options": {"expires": SCHEDULE_CHECK_INTERVAL * 0.9},
+        }
+    return entries | {
         "bmsreboot.reconcile": {
             "task": "bmsreboot.reconcile",
             "schedule": interval,
@@ -133,6 +146,26 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "schedule": 86400.0,
             "options": {"expires": 3600.0},
         },
+    }
+
+
+def beat_scheduler(settings: Settings, broker_url: str) -> dict[str, Any]:
+    """With Redis, beat runs celery-redbeat (``worker.beat``, which also survives a flushed
+    Redis): its schedule lives in Redis and a lock makes one of several beat processes the
+    leader (``celery -A worker beat`` needs no extra flag); the
+    others wait and take over within ``BMSREBOOT_BEAT_LOCK_TIMEOUT`` of the leader's end.
+    Otherwise Celery's own persistent scheduler keeps its file in the data dir."""
+    if broker_url.split("://", 1)[0].lower() not in ("redis", "rediss"):
+        return {}
+    lock = settings.beat_lock_timeout
+    return {
+        "beat_scheduler": "worker.beat:Scheduler",
+        "redbeat_redis_url": broker_url,
+        "redbeat_key_prefix": "bmsreboot:beat:",
+        "redbeat_lock_key": "bmsreboot:beat:lock",
+        "redbeat_lock_timeout": int(lock),
+        # The leader renews its lock each loop: loop well within the lock's timeout.
+        "beat_max_loop_interval": max(1.0, min(5.0, lock / 4)),
     }
 
 
@@ -167,8 +200,22 @@ def _prepare_database(**_: Any) -> None:
 
 @signals.beat_init.connect
 def _prepare_beat(**_: Any) -> None:
-    """Beat keeps its schedule file in the data dir."""
-    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    """Beat keeps its schedule file in the data dir, and says at once what is wrong with the
+    schedule file (the valid entries run all the same)."""
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.schedule_file is not None:
+        from worker.schedules import load
+
+        entries, problems = load(settings.schedule_file)
+        for problem in problems:
+            log.error("schedule file: %s (this entry is not run; the others are)", problem)
+        log.info(
+            "schedules: %d entries from %s (%d enabled)",
+            len(entries),
+            settings.schedule_file,
+            sum(e.enabled for e in entries),
+        )
 
 
 @signals.worker_process_init.connect

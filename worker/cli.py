@@ -13,6 +13,7 @@ from worker.db.cli import db
 from worker.deadletter import dead_letters
 from worker.pipeline.cli import cancel, resolve_unknown, status, submit
 from worker.pipeline.demo import demo
+from worker.schedules import schedules_cli
 from worker.simulator.cli import simulator
 
 
@@ -22,7 +23,18 @@ def cli() -> None:
     """Reboot Huawei Cloud bare-metal servers at fleet scale, with an audit trail."""
 
 
-for command in (api, db, simulator, submit, status, cancel, resolve_unknown, demo, dead_letters):
+for command in (
+    api,
+    db,
+    simulator,
+    submit,
+    status,
+    cancel,
+    resolve_unknown,
+    schedules_cli,
+    demo,
+    dead_letters,
+):
     cli.add_command(command)
 
 

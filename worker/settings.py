@@ -128,6 +128,17 @@ class Settings(BaseSettings):
         description="Split a batch the API refused for an unknown server to find that server.",
     )
 
+    # --- schedules (beat) -------------------------------------------------------------------
+    schedule_file: Path | None = Field(
+        None, description="The TOML file of scheduled reboots (see worker.schedules)."
+    )
+    schedule_grace: float = Field(
+        600.0, ge=0, description="A tick missed by more than this is skipped, not fired late."
+    )
+    beat_lock_timeout: float = Field(
+        60.0, gt=5, description="With Redis: a beat that stops renewing its lock is replaced."
+    )
+
     # --- the reconciler (beat) -------------------------------------------------------------
     reconcile_interval: float = Field(
         30.0, gt=0, description="Seconds between runs of bmsreboot.reconcile."

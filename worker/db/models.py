@@ -263,6 +263,26 @@ class DeadLetter(Base):
     __table_args__ = (Index(None, "received_at"),)
 
 
+class ScheduleTick(Base):
+    """One tick of a schedule entry: the request it created, or why it was skipped.
+
+    ``(name, tick_at)`` is unique: of two beats (or a late duplicate) one records the tick."""
+
+    __tablename__ = "schedule_ticks"
+
+    id: Mapped[bigint_pk]
+    name: Mapped[str255]
+    tick_at: Mapped[timestamp]
+    #: ``fired`` (a request was created or found), ``rejected`` (intake refused it: see
+    #: ``detail``) or ``skipped`` (missed beyond the grace, or the entry is gone).
+    status: Mapped[str] = mapped_column(String(16))
+    request_id: Mapped[uuid.UUID | None] = mapped_column(Uuid())
+    detail: Mapped[str | None] = mapped_column(Text())
+    recorded_at: Mapped[timestamp_now]
+
+    __table_args__ = (UniqueConstraint("name", "tick_at"),)
+
+
 class ServerResult(Base):
     """One server of one request: its batch and its outcome."""
 
