@@ -13,6 +13,7 @@ from worker.db.cli import db
 from worker.deadletter import dead_letters
 from worker.pipeline.cli import cancel, resolve_unknown, status, submit
 from worker.pipeline.demo import demo
+from worker.pipeline.reading import history, list_requests
 from worker.schedules import schedules_cli
 from worker.simulator.cli import simulator
 
@@ -29,6 +30,8 @@ for command in (
     simulator,
     submit,
     status,
+    list_requests,
+    history,
     cancel,
     resolve_unknown,
     schedules_cli,

@@ -4,7 +4,7 @@ The client attaches :class:`AkSkAuth` to each request; the simulator verifies wi
 :func:`signature`. Both sides share the canonical-request code below, and the tests hold it
 byte for byte against the official SDK's ``huaweicloudsdkcore.signer.Signer`` (the oracle).
 
-Rules (see ``shared/reference/bms-api.md`` §6.2): the canonical URI is the path with each segment
+Rules (``docs/bms-api.md``, section 6): the canonical URI is the path with each segment
 percent-encoded and a trailing ``/`` appended; the query pairs are sorted and encoded; every signed
 header is ``name:value.strip()``; the payload hash is the SHA-256 of the body bytes; the key is the
 SK itself (no derivation).

@@ -1,6 +1,6 @@
 """Who may call: SDK-HMAC-SHA256 signatures (AK/SK) and the AK lockout of the API gateway.
 
-Verification follows ``shared/reference/bms-api.md`` §6.2 with the shared code of
+Verification follows ``docs/bms-api.md`` (section 6) with the shared code of
 ``worker.bms.signing``: the signed header names come from the ``Authorization`` header, their
 values from the request as received (``Host`` with its port), the payload hash from the body
 bytes; ``X-Sdk-Date`` must be present, signed, and within 15 minutes of the simulator's clock.

@@ -1,6 +1,6 @@
 """Validation of a power-action body, ``POST /v1/{project_id}/baremetalservers/action``.
 
-Rules (``shared/reference/bms-api.md`` §2, §8): the body is a JSON object with exactly one of
+Rules (``docs/bms-api.md``, section 2): the body is a JSON object with exactly one of
 ``reboot`` / ``os-start`` / ``os-stop``; ``servers`` is a list of 1..1000 ``{"id": <UUID>}``
 without duplicates; ``reboot.type`` is required and ``os-stop.type`` optional, both HARD or SOFT
 (SOFT is accepted and behaves like HARD, as the docs say SOFT "does not take effect").

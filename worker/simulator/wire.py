@@ -1,6 +1,6 @@
 """What the simulator puts on the wire: error envelopes, codes and messages, times, replies.
 
-Two envelopes, as the real service (``shared/reference/bms-api.md`` §4.1): the BMS service
+Two envelopes, as the real service (``docs/bms-api.md``, section 4): the BMS service
 answers ``{"error": {"message", "code"}}``; the API gateway (auth, throttling, unknown route)
 answers ``{"error_msg", "error_code", "request_id"}``. Messages are the documented ones verbatim.
 """
