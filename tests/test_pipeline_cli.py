@@ -93,7 +93,8 @@ def test_submit_json_prints_the_request_id_and_status_shows_it(
     )
     assert run.returncode == 0, run.stderr
     sent = json.loads(run.stdout)
-    assert sent["status"] == "accepted"
+    # A worker recorded it within moments: the status it has then, never just "sent"
+    assert sent["status"] in ("accepted", "running", "succeeded")
     pipe.wait(sent["request_id"])
     shown = bmsreboot(pipe, "status", sent["request_id"], "--json", "--servers")
     assert shown.returncode == 0, shown.stderr
@@ -123,3 +124,38 @@ def test_status_of_an_unknown_request_says_so(pipeline_redis_pg: Pipeline) -> No
     run = bmsreboot(pipeline_redis_pg, "status", str(uuid.uuid4()))
     assert run.returncode == 1
     assert "no request" in run.stderr
+
+
+def test_submit_says_sent_and_how_to_start_a_worker_when_none_records_it(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    import redis
+
+    pipe = pipeline_redis_pg
+    # A broker database no worker consumes
+    idle = pipe.env["BMSREBOOT_BROKER_URL"].rsplit("/", 1)[0] + "/9"
+    env = dict(pipe.env, BMSREBOOT_BROKER_URL=idle)
+    try:
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "submit",
+                "--project-id",
+                PROJECT,
+                *new_ids(2),
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        redis.Redis.from_url(idle).flushdb()
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["status"] == "sent"
+    assert "no worker has recorded request" in run.stderr
+    assert "celery -A worker worker -B" in run.stderr

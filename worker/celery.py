@@ -188,6 +188,13 @@ def _prepare_database(**_: Any) -> None:
 
     settings = get_settings()
     url = settings.effective_database_url
+    if not (settings.ak and settings.sk) and not (settings.iam_user and settings.iam_password):
+        log.error(
+            "NO CREDENTIALS: every batch this worker submits will fail. Set "
+            "HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK (or BMSREBOOT_IAM_USER, "
+            "BMSREBOOT_IAM_PASSWORD and BMSREBOOT_IAM_DOMAIN) and restart it; for the "
+            "simulator, `bmsreboot simulator` prints the lines to export."
+        )
     # The data dir holds beat's schedule file (worker -B) even when the databases are elsewhere.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.database_url is None:

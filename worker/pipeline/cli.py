@@ -20,6 +20,10 @@ from worker.db.states import TERMINAL_REQUEST_STATES
 EXIT_NOT_ALL_SUCCEEDED = 1
 EXIT_INVALID = 2
 EXIT_WAIT_TIMEOUT = 3
+#: `submit --wait` gives up after this many seconds unless told otherwise.
+WAIT_TIMEOUT = 3600.0
+#: How long `submit` waits for a worker to record what it sent before it says none did.
+NOTICE_WAIT = 5.0
 
 
 def read_ids(stream: TextIO) -> list[str]:
@@ -58,7 +62,8 @@ def _print_status(status: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Redirected output is not cut to 80 columns: ids and reasons stay on one line.
+    console = Console(width=None if sys.stdout.isatty() else 200)
     counts = status["servers"]
     console.print(
         f"[bold]request {status['request_id']}[/bold]  status [bold]{status['status']}[/bold]"
@@ -71,16 +76,24 @@ def _print_status(status: dict[str, Any]) -> None:
             for k in ("total", "succeeded", "failed", "unknown", "pending", "cancelled")
         )
     )
-    for key in ("reason",):
-        if status.get(key):
-            console.print(f"{key}: {status[key]}")
-    for reason in status.get("rejection_reasons") or []:
-        console.print(f"  - {reason}")
+    if status.get("rejection_reasons"):
+        console.print("rejected:")
+        for reason in status["rejection_reasons"]:
+            console.print(f"  - {reason}")
+    elif status.get("reason"):
+        console.print(f"reason: {status['reason']}")
     if status["batches"]:
-        table = Table("batch", "status", "job id", "size", "polls")
+        table = Table("batch", "status", "job id", "size", "polls", "last error")
         for b in status["batches"]:
+            error = b.get("last_error") or {}
+            why = " ".join(str(x) for x in (error.get("code"), error.get("message")) if x)
             table.add_row(
-                str(b["index"]), b["status"], b["job_id"] or "-", str(b["size"]), str(b["polls"])
+                str(b["index"]),
+                b["status"],
+                b["job_id"] or "-",
+                str(b["size"]),
+                str(b["polls"]),
+                why if b["status"] not in ("succeeded", "submitted", "pending") else "",
             )
         console.print(table)
     if status.get("server_results"):
@@ -111,7 +124,9 @@ def wait_for_end(request_id: str, timeout: float | None, interval: float = 1.0) 
     "reboot_type",
     default="HARD",
     show_default=True,
+    metavar="HARD|SOFT",
     type=click.Choice(["HARD", "SOFT"], case_sensitive=False),
+    help="How to reboot (the API documents SOFT as ineffective on BMS).",
 )
 @click.option("--idempotency-key", help="The same key never reboots twice.")
 @click.option("--batch-size", type=int, help="Servers per API call (at most 1000).")
@@ -133,7 +148,13 @@ def wait_for_end(request_id: str, timeout: float | None, interval: float = 1.0) 
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan; record and send nothing.")
 @click.option("--wait", is_flag=True, help="Follow the request to its end.")
-@click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=WAIT_TIMEOUT,
+    show_default=True,
+    help="With --wait: give up after this many seconds (0: never).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def submit(
     project_id: str,
@@ -154,7 +175,13 @@ def submit(
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Submit a reboot request for server IDS (or --ids-file)."""
+    """Submit a reboot request for server IDS (or --ids-file).
+
+    A worker must be running to record and carry out the request (`celery -A worker worker
+    -B`). Exit codes: 0 sent (with --wait: every server succeeded); 1 with --wait, some server
+    did not succeed (failed, unknown, cancelled, or the request was halted); 2 the request is
+    invalid (recorded as rejected); 3 gave up waiting (--timeout).
+    """
     from worker.pipeline.producer import build_payload, send_payload
     from worker.pipeline.producer import checked as checked_payload
     from worker.settings import get_settings
@@ -202,12 +229,27 @@ def submit(
         _emit({"request_id": request_id, "status": "rejected", "reasons": checked.reasons}, as_json)
         sys.exit(EXIT_INVALID)
     if not wait:
-        _emit({"request_id": request_id, "status": "accepted"}, as_json)
+        recorded = _recorded_within(request_id, NOTICE_WAIT)
+        if recorded is None:
+            _emit({"request_id": request_id, "status": "sent"}, as_json)
+            click.echo(
+                f"warning: no worker has recorded request {request_id} within "
+                f"{NOTICE_WAIT:.0f} s; is one running? Start one with: celery -A worker worker -B",
+                err=True,
+            )
+            return
+        _emit({"request_id": request_id, "status": recorded["status"]}, as_json)
         return
     if not as_json:
         click.echo(f"request {request_id} sent; waiting for it to finish...", err=True)
+    if _recorded_within(request_id, NOTICE_WAIT) is None:
+        click.echo(
+            f"no worker has recorded the request within {NOTICE_WAIT:.0f} s; is one running? "
+            "Start one with: celery -A worker worker -B (still waiting)",
+            err=True,
+        )
     try:
-        final = wait_for_end(request_id, timeout)
+        final = wait_for_end(request_id, timeout or None)
     except TimeoutError:
         click.echo(f"gave up waiting for request {request_id}", err=True)
         sys.exit(EXIT_WAIT_TIMEOUT)
@@ -219,6 +261,19 @@ def submit(
         sys.exit(EXIT_INVALID)
     if final["status"] != "succeeded":
         sys.exit(EXIT_NOT_ALL_SUCCEEDED)
+
+
+def _recorded_within(request_id: str, seconds: float) -> dict[str, Any] | None:
+    """The request's status once a worker has recorded it, or None after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            status = _load_status(request_id)
+        except click.ClickException:
+            status = None
+        if status is not None or time.monotonic() >= deadline:
+            return status
+        time.sleep(0.2)
 
 
 def _absolute(not_after: str | None) -> str | None:

@@ -10,9 +10,11 @@ With nothing configured it runs on the embedded defaults (SQLite audit database 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import click
@@ -89,6 +91,12 @@ def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
             send_payload(app, payload)
             request_id = payload["request_id"]
             click.echo(f"request {request_id}: {servers} servers sent to the intake queue")
+            if fail_fraction:
+                click.echo(
+                    f"the simulator fails about {fail_fraction:.0%} of the reboots on purpose "
+                    "(BMS.0036, as a real server powering off would): those servers will end "
+                    "`failed`, as expected; --fail-fraction 0 turns this off"
+                )
             engine = get_engine(settings.effective_database_url)
             deadline = time.monotonic() + timeout
             status: dict[str, Any] | None = None
@@ -113,11 +121,14 @@ def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
             stats = requests.get(f"{simulator.base_url}/_simulator/stats", timeout=30).json()
             reboots: dict[str, int] = stats["reboots"]
             twice = [s for s, n in reboots.items() if n > 1]
+            injected = status["servers"]["failed"]
             click.echo(
-                f"\nsimulator: {len(reboots)} servers rebooted, "
-                f"{len(twice)} more than once; "
-                f"see `bmsreboot status {request_id} --servers` "
-                f"(with BMSREBOOT_DATA_DIR={data_dir})"
+                f"\nsimulator: {len(reboots)} servers rebooted, {len(twice)} more than once"
+                + (f"; {injected} failed as injected (expected)" if injected else "")
+            )
+            command = shutil.which("bmsreboot") or str(Path(sys.argv[0]).resolve())
+            click.echo(
+                f"see: BMSREBOOT_DATA_DIR={data_dir} {command} status {request_id} --servers"
             )
             app.close()
             return 0 if not twice and len(reboots) == servers else 1

@@ -18,7 +18,14 @@ from typing import Any
 
 import click
 
-from worker.simulator.config import FIELD_NAMES, SimulatorConfig, patched
+from worker.simulator.config import (
+    DEFAULT_AK,
+    DEFAULT_PROJECT_ID,
+    DEFAULT_SK,
+    FIELD_NAMES,
+    SimulatorConfig,
+    patched,
+)
 from worker.simulator.server import SimulatorServer
 
 #: Knobs that hold several values: the option repeats.
@@ -83,6 +90,14 @@ def simulator(host: str, port: int, no_rate_limit: bool, verbose: bool, **knobs:
     server = SimulatorServer(config, host, port, verbose=verbose).start()
     try:
         click.echo(f"bmsreboot simulator listening on {server.base_url}")
+        ak = next(iter(config.credentials), DEFAULT_AK)
+        click.echo(
+            "point a worker at it (in the worker's shell):\n"
+            f"  export BMSREBOOT_BMS_ENDPOINT={server.base_url}\n"
+            f"  export HUAWEICLOUD_SDK_AK={ak}\n"
+            f"  export HUAWEICLOUD_SDK_SK={config.credentials.get(ak, DEFAULT_SK)}\n"
+            f"project id: {DEFAULT_PROJECT_ID} (these are the simulator's demo credentials)"
+        )
         sys.stdout.flush()
         stop.wait()
     finally:
