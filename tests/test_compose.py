@@ -37,9 +37,16 @@ def ours(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_the_file_follows_the_compose_specification(config: dict[str, Any]) -> None:
-    assert {"redis", "postgres", "migrate", "simulator", "worker", "beat", "flower"} <= set(
-        config["services"]
-    )
+    assert {
+        "redis",
+        "postgres",
+        "migrate",
+        "simulator",
+        "worker",
+        "beat",
+        "metrics",
+        "flower",
+    } <= set(config["services"])
 
 
 def test_beat_and_the_worker_read_the_example_schedule_file(config: dict[str, Any]) -> None:

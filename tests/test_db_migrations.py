@@ -23,6 +23,7 @@ TABLES = {
     "api_budgets",
     "dead_letters",
     "schedule_ticks",
+    "metric_counters",
 }
 
 

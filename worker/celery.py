@@ -205,6 +205,16 @@ def _prepare_database(**_: Any) -> None:
         )
 
 
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _json_logs(logger: logging.Logger | None = None, **_: Any) -> None:
+    """``BMSREBOOT_LOG_FORMAT=json``: one JSON object a line (``worker.logs``)."""
+    if logger is not None and get_settings().log_format == "json":
+        from worker.logs import use_json
+
+        use_json(logger)
+
+
 @signals.beat_init.connect
 def _prepare_beat(**_: Any) -> None:
     """Beat keeps its schedule file in the data dir, and says at once what is wrong with the

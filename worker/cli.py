@@ -11,6 +11,7 @@ from worker import __version__
 from worker.bms.cli import api
 from worker.db.cli import db
 from worker.deadletter import dead_letters
+from worker.metrics import metrics_cli
 from worker.pipeline.cli import cancel, resolve_unknown, status, submit
 from worker.pipeline.demo import demo
 from worker.pipeline.reading import history, list_requests
@@ -37,6 +38,7 @@ for command in (
     schedules_cli,
     demo,
     dead_letters,
+    metrics_cli,
 ):
     cli.add_command(command)
 

@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     )
     task_time_limit: int = Field(300, gt=0, description="Hard time limit of one task run.")
 
+    # --- logs -------------------------------------------------------------------------------
+    log_format: str = Field(
+        "text", pattern="^(text|json)$", description="text, or json: one JSON object a line."
+    )
+
     # --- housekeeping ------------------------------------------------------------------------
     retention_days: int = Field(90, ge=1, description="Finished requests older than this purge.")
 

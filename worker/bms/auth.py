@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -103,6 +104,9 @@ class TokenAuth(requests.auth.AuthBase):
         """Forget the project's token: the API refused it (revoked, or expired early)."""
         with self._lock:
             self._tokens.pop(project_id, None)
+
+    def add_response_hook(self, hook: Any) -> None:
+        self._session.hooks["response"].append(hook)
 
     def close(self) -> None:
         if self._owns_session:

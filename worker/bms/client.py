@@ -142,6 +142,12 @@ class BmsClient:
     def __repr__(self) -> str:
         return f"BmsClient(endpoint={self.endpoint!r}, auth={self.auth!r})"
 
+    def add_response_hook(self, hook: Any) -> None:
+        """Call ``hook(response)`` for every HTTP answer, IAM token answers included (metrics)."""
+        self._session.hooks["response"].append(hook)
+        if self._owned_auth is not None:
+            self._owned_auth.add_response_hook(hook)
+
     def close(self) -> None:
         if self._owns_session:
             self._session.close()

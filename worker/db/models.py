@@ -283,6 +283,16 @@ class ScheduleTick(Base):
     __table_args__ = (UniqueConstraint("name", "tick_at"),)
 
 
+class MetricCounter(Base):
+    """The workers' shared counters when the broker is not Redis (``worker.metrics``): one row
+    per metric and label set (``key`` is the JSON of both)."""
+
+    __tablename__ = "metric_counters"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[float] = mapped_column(Float())
+
+
 class ServerResult(Base):
     """One server of one request: its batch and its outcome."""
 

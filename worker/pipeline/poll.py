@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.bms.errors import BmsError, ThrottledError
@@ -80,6 +81,7 @@ def poll_batch(
 
     if not reserved:
         slot = rt.budgets.reserve(rt.budget_key(this.project_id, JOB), rt.rate(JOB))
+        rt.metrics.observe("bmsreboot_budget_wait_seconds", slot.wait)
         if slot.wait > MAX_SLEEP:
             # The slot is ours; come back for it instead of holding a worker process.
             with unit_of_work(rt.engine) as session:
@@ -97,6 +99,8 @@ def poll_batch(
     try:
         job = rt.client().get_job(this.project_id, this.job_id)
     except BmsError as exc:
+        if exc.status is None:
+            rt.metrics.api_call("job", None)  # no answer came: the response hook saw nothing
         retry_after = exc.retry_after if isinstance(exc, ThrottledError) else None
         if isinstance(exc, ThrottledError):
             cooldown = retry_after if retry_after is not None else rt.settings.throttle_cooldown
@@ -109,6 +113,13 @@ def poll_batch(
 
     with unit_of_work(rt.engine) as session:
         notification = _settle_job(session, batch_id, this, job, rt)
+        ended = session.execute(
+            select(Batch.job_ended_at, Batch.detected_at).where(Batch.id == batch_id)
+        ).one_or_none()
+    rt.metrics.observe("bmsreboot_polls_per_job", float(this.polls + 1))
+    if ended is not None and ended[0] is not None and ended[1] is not None:
+        delay = max((ended[1] - ended[0]).total_seconds(), 0.0)
+        rt.metrics.observe("bmsreboot_detection_delay_seconds", delay)
     send(notification, rt)
     # A batch that ended may open the way for the next (max_in_flight, the canary).
     rt.dispatcher.release(this.project_id)

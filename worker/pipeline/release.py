@@ -102,6 +102,7 @@ def release_project(project_id: str, rt: Runtime) -> int:
                 taken = mark_released(session, batch_id, now=utcnow(), slot=at)
             if not taken:
                 continue  # released by another run meanwhile (the slot goes unused)
+            rt.metrics.observe("bmsreboot_budget_wait_seconds", slot.wait)
             rt.dispatcher.submit(batch_id, countdown=slot.wait)
             released += 1
     finally:

@@ -21,6 +21,7 @@ from worker.bms.client import BmsClient
 from worker.bms.errors import BmsError
 from worker.budget import ACTION, JOB, Budget, DatabaseBudget, Rate, budget_key
 from worker.db.transitions import ErrorInfo
+from worker.metrics import Metrics
 from worker.settings import Settings
 
 log = logging.getLogger("bmsreboot.pipeline")
@@ -52,6 +53,8 @@ class Runtime:
     actor: str = "bmsreboot"
     #: Shared API budgets; None builds one on the audit database (tests, scripts).
     budget: Budget | None = None
+    #: Shared counters for the metrics exporter (none recorded by default).
+    metrics: Metrics = field(default_factory=lambda: Metrics(None))
 
     def __post_init__(self) -> None:
         if self.budget is None:

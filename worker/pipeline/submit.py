@@ -199,6 +199,8 @@ def settle_lost_submit(
 
 def _failed(batch_id: uuid.UUID, claim: Claim, exc: Exception, rt: Runtime) -> str:
     attempt = claim.attempt
+    if not isinstance(exc, BmsError) or exc.status is None:
+        rt.metrics.api_call("action", None)  # no answer came: the response hook saw nothing
     what = decide(exc, attempt, rt.settings.submit_max_attempts)
     if not isinstance(exc, BmsError):
         # Not a classified client error: we cannot tell whether the POST went out.

@@ -13,6 +13,7 @@ from celery import Celery
 from worker.bms.client import BmsClient
 from worker.budget import Budget, budget_for
 from worker.db.session import get_engine
+from worker.metrics import Metrics, counters_for, response_hook
 from worker.pipeline.runtime import Runtime
 from worker.settings import get_settings
 
@@ -83,7 +84,15 @@ class CeleryDispatcher:
 
 @lru_cache(maxsize=1)
 def _client() -> BmsClient:
-    return BmsClient.from_settings(get_settings())
+    client = BmsClient.from_settings(get_settings())
+    client.add_response_hook(response_hook(_metrics()))
+    return client
+
+
+@lru_cache(maxsize=1)
+def _metrics() -> Metrics:
+    settings = get_settings()
+    return Metrics(counters_for(settings.broker_url, get_engine(settings.effective_database_url)))
 
 
 @lru_cache(maxsize=1)
@@ -101,4 +110,5 @@ def worker_runtime(dispatcher: CeleryDispatcher, *, actor: str) -> Runtime:
         dispatcher=dispatcher,
         actor=actor,
         budget=_budget(),
+        metrics=_metrics(),
     )

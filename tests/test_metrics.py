@@ -1,0 +1,121 @@
+"""The metrics exporter during and after a real run: every documented name, parsed with the
+Prometheus client's own parser; counters that add up across the worker's processes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fixtures.pipeline import Pipeline, new_ids
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
+
+NAMES = {
+    "bmsreboot_requests",
+    "bmsreboot_servers",
+    "bmsreboot_batches_in_flight",
+    "bmsreboot_api_calls",
+    "bmsreboot_api_throttled",
+    "bmsreboot_budget_wait_seconds",
+    "bmsreboot_polls_per_job",
+    "bmsreboot_detection_delay_seconds",
+    "bmsreboot_oldest_unfinished_batch_seconds",
+    "bmsreboot_dead_letters",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def exporter(pipeline_redis_pg: Pipeline) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "metrics", "--port", str(port)],
+        env=pipeline_redis_pg.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(url, timeout=2)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def scrape(url: str) -> dict[str, Any]:
+    text = requests.get(url, timeout=10).text
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def sample(families: dict[str, Any], name: str, sample_name: str, **labels: str) -> float:
+    for s in families[name].samples:
+        if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()):
+            return float(s.value)
+    return 0.0
+
+
+def test_the_exporter_serves_every_metric_during_and_after_a_run(
+    pipeline_redis_pg: Pipeline, exporter: str
+) -> None:
+    pipe = pipeline_redis_pg
+    pipe.configure(job_duration=1.0)
+    before = scrape(exporter)
+    assert set(before) >= NAMES
+    calls_before = sample(
+        before, "bmsreboot_api_calls", "bmsreboot_api_calls_total", route="action", code="200"
+    )
+    request_id = pipe.send(server_ids=new_ids(30), batch_size=10)
+    # During the run: batches in flight are seen
+    deadline = time.monotonic() + 30
+    seen_in_flight = 0.0
+    while time.monotonic() < deadline and not seen_in_flight:
+        seen_in_flight = sample(
+            scrape(exporter), "bmsreboot_batches_in_flight", "bmsreboot_batches_in_flight"
+        )
+        time.sleep(0.1)
+    assert seen_in_flight >= 1
+    pipe.wait(request_id)
+    after = scrape(exporter)
+    calls = sample(
+        after, "bmsreboot_api_calls", "bmsreboot_api_calls_total", route="action", code="200"
+    )
+    assert calls - calls_before == 3  # one POST per batch, counted in the worker's processes
+    assert (
+        sample(after, "bmsreboot_api_calls", "bmsreboot_api_calls_total", route="job", code="200")
+        >= 3
+    )
+    polls = sample(after, "bmsreboot_polls_per_job", "bmsreboot_polls_per_job_count")
+    assert polls >= 3
+    assert (
+        sample(
+            after, "bmsreboot_detection_delay_seconds", "bmsreboot_detection_delay_seconds_count"
+        )
+        >= 3
+    )
+    assert (
+        sample(after, "bmsreboot_budget_wait_seconds", "bmsreboot_budget_wait_seconds_count") >= 3
+    )
+    assert sample(after, "bmsreboot_requests", "bmsreboot_requests", status="succeeded") >= 1
+    assert sample(after, "bmsreboot_servers", "bmsreboot_servers", status="succeeded") >= 30

@@ -1,0 +1,353 @@
+"""Prometheus metrics: counters shared by every worker process, an exporter that reads them and
+the audit database.
+
+Workers count into one store (a Redis hash when the broker is Redis, else the audit database's
+``metric_counters``), so the counters add up across every worker process and machine and
+survive a restart of the exporter. ``bmsreboot metrics --port PORT`` serves them, with gauges
+read from the audit database at each scrape. The names are fixed, for dashboards and alerts:
+
+- ``bmsreboot_requests{status}``, ``bmsreboot_servers{status}`` (gauges);
+- ``bmsreboot_batches_in_flight`` (gauge: ``submitting`` or ``submitted``);
+- ``bmsreboot_api_calls_total{route,code}`` (``route`` = action | job | token, ``code`` = the
+  HTTP status, or ``none`` when no answer came);
+- ``bmsreboot_api_throttled_total{route}``;
+- ``bmsreboot_budget_wait_seconds`` (histogram: how long a call waited for its budget slot);
+- ``bmsreboot_polls_per_job`` and ``bmsreboot_detection_delay_seconds`` (histograms, observed
+  when a job ends: its GETs, and the time from its own end to the audit database knowing it);
+- ``bmsreboot_oldest_unfinished_batch_seconds`` (gauge), ``bmsreboot_dead_letters`` (gauge).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger("bmsreboot.metrics")
+
+BUDGET_WAIT_BUCKETS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+POLLS_BUCKETS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
+DELAY_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+HISTOGRAMS = {
+    "bmsreboot_budget_wait_seconds": BUDGET_WAIT_BUCKETS,
+    "bmsreboot_polls_per_job": POLLS_BUCKETS,
+    "bmsreboot_detection_delay_seconds": DELAY_BUCKETS,
+}
+HASH_KEY = "bmsreboot:metrics"
+
+
+def _field(name: str, labels: Mapping[str, str]) -> str:
+    return json.dumps([name, sorted(labels.items())], separators=(",", ":"))
+
+
+def _parse(field: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    name, labels = json.loads(field)
+    return name, tuple((k, v) for k, v in labels)
+
+
+class CounterStore(Protocol):
+    def incr(self, increments: Mapping[str, float]) -> None: ...
+
+    def read(self) -> dict[str, float]: ...
+
+
+class RedisCounters:
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+    def incr(self, increments: Mapping[str, float]) -> None:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for field, by in increments.items():
+                pipe.hincrbyfloat(HASH_KEY, field, by)
+            pipe.execute()
+
+    def read(self) -> dict[str, float]:
+        raw: dict[Any, Any] = self._redis.hgetall(HASH_KEY)
+        return {(k.decode() if isinstance(k, bytes) else str(k)): float(v) for k, v in raw.items()}
+
+
+class DatabaseCounters:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def incr(self, increments: Mapping[str, float]) -> None:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        from worker.db.models import MetricCounter
+        from worker.db.session import unit_of_work
+
+        dialect = self._engine.dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        with unit_of_work(self._engine) as session:
+            for field, by in sorted(increments.items()):
+                stmt = insert(MetricCounter).values(key=field, value=by)
+                session.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[MetricCounter.key],
+                        set_={"value": MetricCounter.value + stmt.excluded.value},
+                    )
+                )
+
+    def read(self) -> dict[str, float]:
+        from worker.db.models import MetricCounter
+        from worker.db.session import unit_of_work
+
+        with unit_of_work(self._engine) as session:
+            rows = session.execute(select(MetricCounter.key, MetricCounter.value)).all()
+            return {key: float(value) for key, value in rows}
+
+
+def counters_for(broker_url: str | None, engine: Engine) -> CounterStore:
+    if broker_url and broker_url.split(":", 1)[0] in ("redis", "rediss"):
+        return RedisCounters(broker_url)
+    return DatabaseCounters(engine)
+
+
+class Metrics:
+    """What the pipeline records. Never fails the work it measures: a store that cannot be
+    written loses the increment and logs it."""
+
+    def __init__(self, store: CounterStore | None) -> None:
+        self._store = store
+
+    def _incr(self, increments: Mapping[str, float]) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.incr(increments)
+        except Exception as exc:
+            log.warning("metrics not recorded (%s: %s)", type(exc).__name__, exc)
+
+    def api_call(self, route: str, code: int | None) -> None:
+        increments = {
+            _field("bmsreboot_api_calls_total", {"route": route, "code": str(code or "none")}): 1.0
+        }
+        if code == 429:
+            increments[_field("bmsreboot_api_throttled_total", {"route": route})] = 1.0
+        self._incr(increments)
+
+    def observe(self, name: str, value: float) -> None:
+        buckets = HISTOGRAMS[name]
+        increments = {
+            _field(f"{name}_bucket", {"le": _le(bound)}): 1.0
+            for bound in (*buckets, math.inf)
+            if value <= bound
+        }
+        increments[_field(f"{name}_sum", {})] = value
+        increments[_field(f"{name}_count", {})] = 1.0
+        self._incr(increments)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+def route_of(url: str) -> str | None:
+    if "/baremetalservers/action" in url:
+        return "action"
+    if "/jobs/" in url:
+        return "job"
+    if "/auth/tokens" in url:
+        return "token"
+    return None
+
+
+def response_hook(metrics: Metrics) -> Any:
+    """A ``requests`` response hook that counts every API answer by route and status."""
+
+    def hook(response: Any, *args: Any, **kwargs: Any) -> None:
+        route = route_of(getattr(response, "url", "") or "")
+        if route is not None:
+            metrics.api_call(route, response.status_code)
+
+    return hook
+
+
+# --- the exporter ----------------------------------------------------------------------------
+
+
+class Collector:
+    """Builds every metric family at scrape: counters and histograms from the shared store,
+    gauges from the audit database."""
+
+    def __init__(self, store: CounterStore, engine: Engine) -> None:
+        self._store = store
+        self._engine = engine
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for field, value in self._store.read().items():
+            try:
+                values[_parse(field)] = value
+            except (ValueError, TypeError):
+                continue
+        calls = CounterMetricFamily(
+            "bmsreboot_api_calls",
+            "BMS API calls by route and HTTP status",
+            labels=["route", "code"],
+        )
+        throttled = CounterMetricFamily(
+            "bmsreboot_api_throttled", "429 answers by route", labels=["route"]
+        )
+        for route in ("action", "job", "token"):
+            throttled.add_metric([route], 0.0)
+        for (name, labels), value in sorted(values.items()):
+            label = dict(labels)
+            if name == "bmsreboot_api_calls_total":
+                calls.add_metric([label.get("route", ""), label.get("code", "")], value)
+            elif name == "bmsreboot_api_throttled_total":
+                throttled.add_metric([label.get("route", "")], value)
+        yield calls
+        yield throttled
+        for name, buckets in HISTOGRAMS.items():
+            counts = [
+                (_le(bound), values.get((f"{name}_bucket", (("le", _le(bound)),)), 0.0))
+                for bound in (*buckets, math.inf)
+            ]
+            total = values.get((f"{name}_sum", ()), 0.0)
+            yield HistogramMetricFamily(name, _HELP[name], buckets=counts, sum_value=total)
+        yield from self._gauges(GaugeMetricFamily)
+
+    def _gauges(self, family: Any) -> Iterator[Any]:
+        from worker.db.models import Batch, DeadLetter, RebootRequest, ServerResult
+        from worker.db.session import unit_of_work
+        from worker.db.states import (
+            TERMINAL_BATCH_STATES,
+            BatchStatus,
+            RequestStatus,
+            ServerStatus,
+        )
+        from worker.pipeline.runtime import utcnow
+
+        with unit_of_work(self._engine) as session:
+            requests = dict(
+                session.execute(
+                    select(RebootRequest.status, func.count()).group_by(RebootRequest.status)
+                ).all()
+            )
+            finished = session.execute(
+                select(
+                    func.coalesce(func.sum(RebootRequest.servers_succeeded), 0),
+                    func.coalesce(func.sum(RebootRequest.servers_failed), 0),
+                    func.coalesce(func.sum(RebootRequest.servers_unknown), 0),
+                    func.coalesce(func.sum(RebootRequest.servers_cancelled), 0),
+                ).where(
+                    RebootRequest.status.not_in((RequestStatus.ACCEPTED, RequestStatus.RUNNING))
+                )
+            ).one()
+            active = dict(
+                session.execute(
+                    select(ServerResult.status, func.count())
+                    .join(RebootRequest, RebootRequest.id == ServerResult.request_id)
+                    .where(
+                        RebootRequest.status.in_((RequestStatus.ACCEPTED, RequestStatus.RUNNING))
+                    )
+                    .group_by(ServerResult.status)
+                ).all()
+            )
+            in_flight = session.scalar(
+                select(func.count())
+                .select_from(Batch)
+                .where(Batch.status.in_((BatchStatus.SUBMITTING, BatchStatus.SUBMITTED)))
+            )
+            oldest = session.scalar(
+                select(func.min(Batch.created_at)).where(Batch.status.not_in(TERMINAL_BATCH_STATES))
+            )
+            dead = session.scalar(select(func.count()).select_from(DeadLetter))
+        by_request = family("bmsreboot_requests", "Requests by status", labels=["status"])
+        for request_status in RequestStatus:
+            by_request.add_metric([request_status.value], float(requests.get(request_status, 0)))
+        yield by_request
+        servers = family("bmsreboot_servers", "Servers by status", labels=["status"])
+        done = dict(
+            zip(
+                (
+                    ServerStatus.SUCCEEDED,
+                    ServerStatus.FAILED,
+                    ServerStatus.UNKNOWN,
+                    ServerStatus.CANCELLED,
+                ),
+                finished,
+                strict=True,
+            )
+        )
+        for status in ServerStatus:
+            servers.add_metric(
+                [status.value], float(done.get(status, 0)) + float(active.get(status, 0))
+            )
+        yield servers
+        yield family(
+            "bmsreboot_batches_in_flight", "Batches submitting or submitted", value=in_flight or 0
+        )
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        yield family(
+            "bmsreboot_oldest_unfinished_batch_seconds",
+            "Age of the oldest batch not yet finished",
+            value=age,
+        )
+        yield family(
+            "bmsreboot_dead_letters", "Messages moved aside as dead letters", value=dead or 0
+        )
+
+
+_HELP = {
+    "bmsreboot_budget_wait_seconds": "Seconds a call waited for its API budget slot",
+    "bmsreboot_polls_per_job": "GETs per job, observed when the job ends",
+    "bmsreboot_detection_delay_seconds": "Seconds from a job's end to the audit DB knowing it",
+}
+
+
+def serve(host: str, port: int, store: CounterStore, engine: Engine) -> Sequence[Any]:
+    """Start the exporter's HTTP server (a thread); returns what ``start_http_server`` gives."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(store, engine))
+    result = start_http_server(port, addr=host, registry=registry)
+    return result if isinstance(result, tuple) else (result,)
+
+
+def _metrics_command() -> Any:
+    import click
+
+    @click.command("metrics")
+    @click.option("--port", type=int, default=9808, show_default=True, help="Port to serve on.")
+    @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+    def metrics(port: int, host: str) -> None:
+        """Serve Prometheus metrics at http://HOST:PORT/metrics (counters shared by every
+        worker, gauges from the audit database)."""
+        import signal
+        import threading
+
+        from worker.db.session import get_engine
+        from worker.settings import get_settings
+
+        settings = get_settings()
+        engine = get_engine(settings.effective_database_url)
+        serve(host, port, counters_for(settings.broker_url, engine), engine)
+        click.echo(f"bmsreboot metrics on http://{host}:{port}/metrics")
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        stop.wait()
+
+    return metrics
+
+
+metrics_cli = _metrics_command()
