@@ -12,7 +12,8 @@ def test_no_tracked_file_points_into_a_shared_folder_outside_the_repository() ->
     files = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    marker = "shared" + "/reference"  # spelled apart so that this file does not match itself
+    # Spelled apart, so that this file does not match itself.
+    markers = ("shared" + "/reference", ".." + "/shared")
     offenders = [
         name
         for name in files

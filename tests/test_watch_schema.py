@@ -1,0 +1,54 @@
+"""bmsreboot watch (live progress to the end, exit codes as submit --wait) and bmsreboot schema
+(the intake message's JSON Schema, from the one model whose fields validation uses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.fixtures.pipeline import PROJECT, Pipeline, new_ids
+from tests.test_pipeline_cli import bmsreboot
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("failing", "code", "final"), [(0, 0, "succeeded"), (1, 1, "partially_failed")]
+)
+def test_watch_follows_a_request_to_its_end(
+    pipeline_redis_pg: Pipeline, failing: int, code: int, final: str
+) -> None:
+    pipe = pipeline_redis_pg
+    servers = new_ids(20)
+    pipe.configure(job_duration=0.5, fail_servers=servers[:failing])
+    request_id = pipe.send(server_ids=servers, batch_size=5)
+    run = bmsreboot(pipe, "watch", request_id, "--interval", "0.2", "--timeout", "60")
+    assert run.returncode == code, run.stderr
+    assert final in run.stdout
+    assert pipe.status(request_id)["status"] == final  # type: ignore[index]
+
+
+def test_schema_is_the_json_schema_of_the_intake_message() -> None:
+    from worker.pipeline.message import RebootRequestMessage
+    from worker.pipeline.producer import build_payload
+    from worker.pipeline.validation import KNOWN_FIELDS
+
+    run = subprocess.run(
+        [sys.executable, "-m", "worker", "schema"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    schema = json.loads(run.stdout)
+    assert set(schema["properties"]) == KNOWN_FIELDS
+    assert schema["required"] == ["project_id", "server_ids"]
+    assert schema["additionalProperties"] is False
+    # What the producer API builds is a valid message
+    payload = build_payload(PROJECT, new_ids(2), batch_size=10, max_in_flight=2, not_after="2h")
+    RebootRequestMessage.model_validate(payload)

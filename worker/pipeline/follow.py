@@ -1,0 +1,71 @@
+"""Following a request to its end: the one loop that ``submit --wait``, ``watch`` and the demo
+share (the tests' harness calls it too)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from worker.db.states import TERMINAL_REQUEST_STATES
+
+#: Exit codes of ``submit --wait`` and ``watch``.
+EXIT_ALL_SUCCEEDED = 0
+EXIT_NOT_ALL_SUCCEEDED = 1
+EXIT_INVALID = 2
+EXIT_WAIT_TIMEOUT = 3
+
+
+def follow(
+    load: Callable[[], dict[str, Any] | None],
+    *,
+    timeout: float | None,
+    interval: float = 1.0,
+    on_status: Callable[[dict[str, Any] | None], None] | None = None,
+) -> dict[str, Any]:
+    """Call ``load`` every ``interval`` seconds until the request it returns is final; return
+    that status. ``on_status`` sees every status read (None: not recorded yet). Raises
+    TimeoutError after ``timeout`` seconds (None: never)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = load()
+        if on_status is not None:
+            on_status(status)
+        if status is not None and status["status"] in TERMINAL_REQUEST_STATES:
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError("the request did not finish in time")
+        time.sleep(interval)
+
+
+def exit_code(status: dict[str, Any]) -> int:
+    """0 when every server succeeded; 2 for a rejected request; 1 otherwise."""
+    if status["status"] == "rejected":
+        return EXIT_INVALID
+    return EXIT_ALL_SUCCEEDED if status["status"] == "succeeded" else EXIT_NOT_ALL_SUCCEEDED
+
+
+def summary(status: dict[str, Any]) -> dict[str, int]:
+    """Batches and servers by state, and the API calls made so far (POSTs, GETs)."""
+    batches: dict[str, int] = {}
+    for batch in status["batches"]:
+        batches[batch["status"]] = batches.get(batch["status"], 0) + 1
+    posts = sum(b["submit_attempts"] for b in status["batches"])
+    gets = sum(b["polls"] for b in status["batches"])
+    throttled = sum(
+        1 for b in status["batches"] if (b.get("last_error") or {}).get("status") == 429
+    )
+    return {
+        "batches_total": len(status["batches"]),
+        "batches_done": sum(
+            n
+            for state, n in batches.items()
+            if state not in ("pending", "submitting", "submitted")
+        ),
+        "batches_in_flight": batches.get("submitting", 0) + batches.get("submitted", 0),
+        "servers_total": status["servers"]["total"],
+        "servers_done": status["servers"]["total"] - status["servers"]["pending"],
+        "posts": posts,
+        "gets": gets,
+        "throttled_batches": throttled,
+    }

@@ -1,0 +1,80 @@
+"""The intake message, as one pydantic model: the contract producers in any language write to.
+
+``bmsreboot schema`` prints its JSON Schema. The task ``bmsreboot.request_reboot`` on the queue
+``bmsreboot.intake`` takes these fields as JSON keyword arguments. The field names here are the
+only list of them: validation (``worker.pipeline.validation.KNOWN_FIELDS``) takes them from this
+model. Validation itself stays a function that never raises and collects every reason in an
+operator's words, so that an invalid request is recorded as ``rejected`` with all of them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_BATCH_SIZE = 1000  # the BMS API reboots at most 1000 servers per call
+
+
+class RebootRequestMessage(BaseModel):
+    """A request to reboot BMS servers (keyword arguments of ``bmsreboot.request_reboot``)."""
+
+    model_config = ConfigDict(extra="forbid", title="bmsreboot.request_reboot")
+
+    project_id: str = Field(
+        pattern=r"^[0-9a-fA-F]{32}$", description="Huawei Cloud project id (32 hex characters)."
+    )
+    server_ids: list[str] = Field(
+        min_length=1,
+        description="BMS ids (UUIDs); duplicates are removed and reported.",
+        json_schema_extra={
+            "items": {
+                "type": "string",
+                "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                "[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+            }
+        },
+    )
+    request_id: uuid.UUID | None = Field(
+        None, description="Chosen by the producer; the same id is never recorded twice."
+    )
+    type: Literal["HARD", "SOFT"] = Field(
+        "HARD", description="HARD (default) or SOFT (documented as ineffective on BMS)."
+    )
+    idempotency_key: str | None = Field(
+        None, max_length=255, description="The same key returns the existing request."
+    )
+    source: str | None = Field(
+        None, max_length=255, description="Who asks: an application, schedule:<name>, cli:<user>."
+    )
+    batch_size: int | None = Field(
+        None, ge=1, le=MAX_BATCH_SIZE, description="Servers per API call (default 1000)."
+    )
+    max_in_flight: int | None = Field(
+        None, ge=1, description="At most this many batches submitted at once."
+    )
+    canary_size: int | None = Field(
+        None, ge=1, le=MAX_BATCH_SIZE, description="Batch 0 holds this many servers, first."
+    )
+    failure_threshold: float | None = Field(
+        None, ge=0, le=100, description="Halt when more than this percent fail or are unknown."
+    )
+    not_after: str | None = Field(
+        None, description="No batch released after: ISO 8601 with a zone, or a duration (2h)."
+    )
+    notify_task: str | None = Field(
+        None, max_length=255, description="Celery task sent the final status dict."
+    )
+    notify_queue: str | None = Field(
+        None, max_length=255, description="The queue of notify_task (default: celery)."
+    )
+
+
+def json_schema() -> dict[str, Any]:
+    schema = RebootRequestMessage.model_json_schema()
+    schema["$comment"] = (
+        "Send as keyword arguments of the Celery task bmsreboot.request_reboot on the queue "
+        "bmsreboot.intake (JSON serializer)."
+    )
+    return schema
