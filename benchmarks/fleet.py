@@ -65,10 +65,10 @@ from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkcore.http.http_config import HttpConfig
 
 from worker.celery import make_celery_app
+from worker.cli.localworker import kill_worker, start_worker, stop_worker
 from worker.db.session import make_engine, unit_of_work, upgrade_database
 from worker.db.states import TERMINAL_REQUEST_STATES
 from worker.db.status import request_status
-from worker.pipeline.localworker import kill_worker, start_worker, stop_worker
 from worker.pipeline.producer import build_payload, send_payload
 from worker.settings import Settings
 from worker.simulator.config import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK, SimulatorConfig

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.fixtures.simulator import SimulatorHandle
-from worker.bms.cli import api
 from worker.bms.client import BmsClient
 from worker.bms.signing import AkSkAuth
+from worker.cli.api import api
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 #: Everything Settings reads for the client; unset unless a test sets it.

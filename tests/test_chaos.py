@@ -19,7 +19,7 @@ import pytest
 
 from tests.fixtures.fleet import Fleet
 from tests.fixtures.pipeline import new_ids
-from worker.pipeline.localworker import kill_worker
+from worker.cli.localworker import kill_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 from sqlalchemy import inspect
 
-from worker.db.cli import db
+from worker.cli.db import db
 from worker.db.session import (
     current_revision,
     downgrade_database,

@@ -204,7 +204,7 @@ def test_two_beats_fire_each_tick_once_and_the_other_takes_over(fleet: Any, tmp_
     import time
 
     from tests.test_chaos import Fleet
-    from worker.pipeline.localworker import kill_worker
+    from worker.cli.localworker import kill_worker
 
     assert isinstance(fleet, Fleet)
     servers = ids(20)

@@ -16,12 +16,10 @@ nothing vanishes without a trace.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-import click
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
@@ -95,36 +93,3 @@ def as_dict(letter: DeadLetter, *, with_raw: bool = False) -> dict[str, Any]:
 def recent(engine: Engine, limit: int = 100) -> Sequence[DeadLetter]:
     with unit_of_work(engine) as session:
         return list(session.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)))
-
-
-@click.command("dead-letters")
-@click.option("--limit", type=int, default=50, show_default=True, help="How many, newest first.")
-@click.option("--raw", "with_raw", is_flag=True, help="With --json: each message's bytes, base64.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def dead_letters(limit: int, with_raw: bool, as_json: bool) -> None:
-    """List broker messages the worker could not read (moved aside, never lost)."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
-    from worker.db.session import get_engine
-    from worker.settings import get_settings
-
-    try:
-        letters = recent(get_engine(get_settings().effective_database_url), limit)
-    except (OperationalError, ProgrammingError) as exc:
-        raise click.ClickException(
-            f"cannot read the audit database ({type(exc).__name__}); "
-            "is it migrated (`bmsreboot db upgrade`)?"
-        ) from None
-    rows = [as_dict(letter, with_raw=with_raw) for letter in letters]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no dead letters")
-        return
-    for row in rows:
-        click.echo(
-            f"{row['id']:>6}  {row['received_at']}  queue {row['queue'] or '-'}  "
-            f"task {row['task'] or '-'}  {row['size']} bytes\n"
-            f"        error: {row['error']}\n        raw:   {row['excerpt']!r}"
-        )

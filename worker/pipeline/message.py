@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_BATCH_SIZE = 1000  # the BMS API reboots at most 1000 servers per call
+from worker.bms.client import MAX_SERVERS_PER_CALL as MAX_BATCH_SIZE
 
 
 class RebootRequestMessage(BaseModel):

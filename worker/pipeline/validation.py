@@ -13,8 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-MAX_BATCH_SIZE = 1000  # the BMS API reboots at most 1000 servers per call
-REBOOT_TYPES = ("HARD", "SOFT")
+from worker.bms.client import MAX_SERVERS_PER_CALL, POWER_TYPES
+from worker.pipeline.message import RebootRequestMessage
+
+MAX_BATCH_SIZE = MAX_SERVERS_PER_CALL
+REBOOT_TYPES = POWER_TYPES
 SOFT_WARNING = (
     "type SOFT is documented by the BMS API as ineffective (不生效): BMS reboots are always hard"
 )
@@ -25,24 +28,8 @@ UUID_RE = re.compile(
 )
 MAX_TEXT = 255
 
-#: Every keyword argument the intake task understands.
-KNOWN_FIELDS = frozenset(
-    {
-        "request_id",
-        "project_id",
-        "server_ids",
-        "type",
-        "idempotency_key",
-        "source",
-        "batch_size",
-        "max_in_flight",
-        "canary_size",
-        "failure_threshold",
-        "notify_task",
-        "notify_queue",
-        "not_after",
-    }
-)
+#: Every keyword argument the intake task understands: the fields of the one message model.
+KNOWN_FIELDS = frozenset(RebootRequestMessage.model_fields)
 #: The rollout policy's fields; their defaults come from the settings (``policy_defaults``).
 POLICY_FIELDS = ("max_in_flight", "canary_size", "failure_threshold", "not_after")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")

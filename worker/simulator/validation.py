@@ -14,11 +14,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from worker.bms.client import MAX_SERVERS_PER_CALL, POWER_TYPES
 from worker.simulator.wire import BMS_INVALID, BMS_OUT_OF_RANGE, BMS_PARSE, MESSAGES
 
 ACTIONS = ("reboot", "os-start", "os-stop")
-MAX_SERVERS = 1000
-TYPES = frozenset({"HARD", "SOFT"})
+MAX_SERVERS = MAX_SERVERS_PER_CALL
+TYPES = frozenset(POWER_TYPES)
 #: Whether ``type`` must be present, per action; os-start takes no type and ignores one.
 TYPE_REQUIRED = {"reboot": True, "os-stop": False}
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")

@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import click
 
-from worker.pipeline.localworker import WorkerDidNotStart, start_worker, stop_worker
+from worker.cli.localworker import WorkerDidNotStart, start_worker, stop_worker
 from worker.simulator.config import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK, SimulatorConfig
 
 #: Clocks for a demo that ends in a minute: the simulator's jobs take a few seconds.
@@ -46,10 +45,10 @@ def _line(status: dict[str, Any]) -> str:
 
 def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
     from worker.celery import make_celery_app
+    from worker.cli.follow import follow
+    from worker.cli.reboots import _print_status
     from worker.db.session import get_engine, unit_of_work, upgrade_database
-    from worker.db.states import TERMINAL_REQUEST_STATES
     from worker.db.status import request_status
-    from worker.pipeline.cli import _print_status
     from worker.pipeline.producer import build_payload, send_payload
     from worker.settings import Settings
     from worker.simulator.server import SimulatorServer
@@ -98,22 +97,25 @@ def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
                     "`failed`, as expected; --fail-fraction 0 turns this off"
                 )
             engine = get_engine(settings.effective_database_url)
-            deadline = time.monotonic() + timeout
-            status: dict[str, Any] | None = None
             last = ""
-            while time.monotonic() < deadline:
+
+            def load() -> dict[str, Any] | None:
                 with unit_of_work(engine) as session:
-                    status = request_status(session, uuid.UUID(request_id))
-                if status is not None:
-                    line = _line(status)
-                    if line != last:
-                        click.echo(line)
-                        last = line
-                    if status["status"] in TERMINAL_REQUEST_STATES:
-                        break
-                time.sleep(0.5)
-            if status is None or status["status"] not in TERMINAL_REQUEST_STATES:
-                raise click.ClickException(f"the request did not finish in {timeout:.0f} s")
+                    return request_status(session, uuid.UUID(request_id))
+
+            def show(current: dict[str, Any] | None) -> None:
+                nonlocal last
+                line = _line(current) if current is not None else ""
+                if line and line != last:
+                    click.echo(line)
+                    last = line
+
+            try:
+                status = follow(load, timeout=timeout, interval=0.5, on_status=show)
+            except TimeoutError:
+                raise click.ClickException(
+                    f"the request did not finish in {timeout:.0f} s"
+                ) from None
             click.echo("")
             _print_status(status)
             import requests

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from worker.pipeline.follow import EXIT_WAIT_TIMEOUT, exit_code, follow, summary
+from worker.cli.follow import EXIT_WAIT_TIMEOUT, exit_code, follow, summary
 
 
 def eta_seconds(status: dict[str, Any], action_per_minute: int, learned: float | None) -> float:
@@ -23,7 +23,9 @@ def eta_seconds(status: dict[str, Any], action_per_minute: int, learned: float |
 
 @click.command()
 @click.argument("request_id")
-@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between reads.")
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="Seconds between reads."
+)
 @click.option(
     "--timeout", type=float, default=0.0, show_default=True, help="Give up after (0: never)."
 )
@@ -34,7 +36,7 @@ def watch(request_id: str, interval: float, timeout: float) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from worker.pipeline.cli import _load_status, _print_status, _request_id
+    from worker.cli.reboots import _load_status, _print_status, _request_id
     from worker.pipeline.control import learned_for
     from worker.settings import get_settings
 

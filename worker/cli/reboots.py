@@ -15,11 +15,9 @@ from typing import Any, TextIO
 
 import click
 
-from worker.db.states import TERMINAL_REQUEST_STATES
+from worker.bms.client import POWER_TYPES
+from worker.cli.follow import EXIT_INVALID, EXIT_WAIT_TIMEOUT, exit_code, follow
 
-EXIT_NOT_ALL_SUCCEEDED = 1
-EXIT_INVALID = 2
-EXIT_WAIT_TIMEOUT = 3
 #: `submit --wait` gives up after this many seconds unless told otherwise.
 WAIT_TIMEOUT = 3600.0
 #: How long `submit` waits for a worker to record what it sent before it says none did.
@@ -105,14 +103,7 @@ def _print_status(status: dict[str, Any]) -> None:
 
 def wait_for_end(request_id: str, timeout: float | None, interval: float = 1.0) -> dict[str, Any]:
     """Follow a request in the audit database until it reaches a final state."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        status = _load_status(request_id)
-        if status is not None and status["status"] in TERMINAL_REQUEST_STATES:
-            return status
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(request_id)
-        time.sleep(interval)
+    return follow(lambda: _load_status(request_id), timeout=timeout, interval=interval)
 
 
 @click.command()
@@ -125,7 +116,7 @@ def wait_for_end(request_id: str, timeout: float | None, interval: float = 1.0) 
     default="HARD",
     show_default=True,
     metavar="HARD|SOFT",
-    type=click.Choice(["HARD", "SOFT"], case_sensitive=False),
+    type=click.Choice(POWER_TYPES, case_sensitive=False),
     help="How to reboot (the API documents SOFT as ineffective on BMS).",
 )
 @click.option("--idempotency-key", help="The same key never reboots twice.")
@@ -257,10 +248,7 @@ def submit(
         click.echo(json.dumps(final, indent=2))
     else:
         _print_status(final)
-    if final["status"] == "rejected":
-        sys.exit(EXIT_INVALID)
-    if final["status"] != "succeeded":
-        sys.exit(EXIT_NOT_ALL_SUCCEEDED)
+    sys.exit(exit_code(final))
 
 
 def _recorded_within(request_id: str, seconds: float) -> dict[str, Any] | None:

@@ -58,9 +58,7 @@ def summary(status: dict[str, Any]) -> dict[str, int]:
     return {
         "batches_total": len(status["batches"]),
         "batches_done": sum(
-            n
-            for state, n in batches.items()
-            if state not in ("pending", "submitting", "submitted")
+            n for state, n in batches.items() if state not in ("pending", "submitting", "submitted")
         ),
         "batches_in_flight": batches.get("submitting", 0) + batches.get("submitted", 0),
         "servers_total": status["servers"]["total"],

@@ -1,0 +1,37 @@
+"""``bmsreboot metrics``: the Prometheus exporter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.metrics import counters_for, serve
+
+
+def _metrics_command() -> Any:
+    import click
+
+    @click.command("metrics")
+    @click.option("--port", type=int, default=9808, show_default=True, help="Port to serve on.")
+    @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+    def metrics(port: int, host: str) -> None:
+        """Serve Prometheus metrics at http://HOST:PORT/metrics (counters shared by every
+        worker, gauges from the audit database)."""
+        import signal
+        import threading
+
+        from worker.db.session import get_engine
+        from worker.settings import get_settings
+
+        settings = get_settings()
+        engine = get_engine(settings.effective_database_url)
+        serve(host, port, counters_for(settings.broker_url, engine), engine)
+        click.echo(f"bmsreboot metrics on http://{host}:{port}/metrics")
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        stop.wait()
+
+    return metrics
+
+
+metrics_cli = _metrics_command()
