@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from worker.db.models import RebootRequest
 from worker.db.states import RequestStatus
@@ -53,7 +54,7 @@ def _since(value: str | None) -> dt.datetime | None:
 
 
 def recent_requests(
-    session: Any,
+    session: Session,
     *,
     status: str | None = None,
     project: str | None = None,

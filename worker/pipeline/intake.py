@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from worker.db.create import create_rejected_request, create_request, find_existing
 from worker.db.models import Batch, RebootRequest
@@ -100,7 +101,7 @@ def accept_request(payload: Mapping[str, Any], rt: Runtime, *, positional: int =
     return IntakeResult(checked.request_id, status, True, checked.reasons, checked.warnings)
 
 
-def _create(session: Any, checked: ValidatedRequest, rt: Runtime) -> RebootRequest:
+def _create(session: Session, checked: ValidatedRequest, rt: Runtime) -> RebootRequest:
     return create_request(
         session,
         request_id=checked.request_id,

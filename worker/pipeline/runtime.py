@@ -12,7 +12,6 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
@@ -20,6 +19,7 @@ from sqlalchemy.engine import Engine
 from worker.bms.client import BmsClient
 from worker.bms.errors import BmsError
 from worker.budget import ACTION, JOB, Budget, DatabaseBudget, Rate, budget_key
+from worker.db.models import utcnow as utcnow  # the one utcnow, re-exported for the pipeline
 from worker.db.transitions import ErrorInfo
 from worker.metrics import Metrics
 from worker.settings import Settings
@@ -99,10 +99,6 @@ class RecordingDispatcher:
     def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
         self.sent.append(("notify", (task_name, status, queue), 0.0))
         return True
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def error_info(exc: BmsError) -> ErrorInfo:
