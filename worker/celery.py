@@ -7,6 +7,7 @@ Per-task policy (acks, retries, time limits) sits on the task declarations in ``
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import Celery, signals
@@ -178,6 +179,15 @@ def make_celery_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_celery_app()
+
+if "flower" in sys.argv[1:] and get_settings().broker_url is None:
+    # Flower needs events and broadcasts, which Celery's SQLAlchemy transport does not carry.
+    print(
+        "bmsreboot: Flower on the embedded broker shows no worker and no task (its transport "
+        "carries no events); use `bmsreboot list` and `bmsreboot watch`, or Redis "
+        "(BMSREBOOT_BROKER_URL) to see them here.",
+        file=sys.stderr,
+    )
 
 
 @signals.worker_init.connect

@@ -44,8 +44,11 @@ def _line(status: dict[str, Any]) -> str:
 
 
 def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     from worker.celery import make_celery_app
-    from worker.cli.follow import follow
+    from worker.cli.follow import follow, summary
     from worker.cli.reboots import _print_status
     from worker.db.session import get_engine, unit_of_work, upgrade_database
     from worker.db.status import request_status
@@ -103,15 +106,46 @@ def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
                 with unit_of_work(engine) as session:
                     return request_status(session, uuid.UUID(request_id))
 
+            console = Console()
+            # A terminal gets live bars; a log or a pipe gets a line per change.
+            bars = Progress(
+                TextColumn("{task.description:>8}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"),
+                console=console,
+                disable=not console.is_terminal,
+            )
+            batches_bar = bars.add_task("batches", total=None, detail="")
+            servers_bar = bars.add_task("servers", total=None, detail="")
+
             def show(current: dict[str, Any] | None) -> None:
                 nonlocal last
-                line = _line(current) if current is not None else ""
-                if line and line != last:
+                if current is None:
+                    return
+                counts = summary(current)
+                states = current["servers"]
+                bars.update(
+                    batches_bar,
+                    total=counts["batches_total"],
+                    completed=counts["batches_done"],
+                    detail=f"{counts['batches_in_flight']} in flight",
+                )
+                bars.update(
+                    servers_bar,
+                    total=counts["servers_total"],
+                    completed=counts["servers_done"],
+                    detail=f"{states['succeeded']} succeeded, {states['failed']} failed, "
+                    f"{states['unknown']} unknown",
+                )
+                line = _line(current)
+                if not console.is_terminal and line != last:
                     click.echo(line)
                     last = line
 
             try:
-                status = follow(load, timeout=timeout, interval=0.5, on_status=show)
+                with bars:
+                    status = follow(load, timeout=timeout, interval=0.5, on_status=show)
             except TimeoutError:
                 raise click.ClickException(
                     f"the request did not finish in {timeout:.0f} s"

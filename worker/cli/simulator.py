@@ -25,6 +25,7 @@ from worker.simulator.config import (
     FIELD_NAMES,
     SimulatorConfig,
     patched,
+    to_json,
 )
 from worker.simulator.server import SimulatorServer
 
@@ -57,13 +58,57 @@ _HELP = {
     "ak_lockout_seconds": "Seconds an AK stays locked.",
 }
 assert set(_HELP) == set(FIELD_NAMES), "every knob needs a CLI option"
+#: What each knob takes, for --help (every option is parsed by the knob's own converter).
+_METAVAR = {
+    "job_duration": "SECONDS",
+    "job_jitter": "SECONDS",
+    "fail_fraction": "FRACTION",
+    "fail_servers": "ID",
+    "fail_code": "CODE",
+    "unknown_servers": "ID",
+    "stuck_servers": "ID",
+    "action_rate_limit": "N|none",
+    "job_rate_limit": "N|none",
+    "rate_limit_scale": "FACTOR",
+    "retry_after": "SECONDS|none",
+    "fault_5xx": "PROBABILITY",
+    "drop_after_accept": "PROBABILITY",
+    "latency": "SECONDS",
+    "seed": "N|none",
+    "credentials": "AK=SK",
+    "iam_users": "DOMAIN/USER=PASSWORD",
+    "projects": "NAME=ID",
+    "token_ttl": "SECONDS",
+    "job_ttl": "SECONDS",
+    "ak_lockout_failures": "N|none",
+    "ak_lockout_seconds": "SECONDS",
+}
+assert set(_METAVAR) == set(FIELD_NAMES)
+
+
+def _default(name: str) -> str:
+    """The knob's default as --help shows it (secrets masked, sets and maps as lists)."""
+    value = to_json(SimulatorConfig())[name]
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value)) or "(none)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "(none)"
+    return str(value)
 
 
 def _knob_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for name in reversed(FIELD_NAMES):
         flag = "--" + name.replace("_", "-")
+        repeat = " (repeat the option for several)" if name in _MULTIPLE else ""
         option = click.option(
-            flag, name, multiple=name in _MULTIPLE, default=None, help=_HELP[name]
+            flag,
+            name,
+            multiple=name in _MULTIPLE,
+            default=None,
+            metavar=_METAVAR[name],
+            help=f"{_HELP[name]}{repeat}  [default: {_default(name)}]",
         )
         command = option(command)
     return command
