@@ -213,6 +213,7 @@ def bmsreboot_worker(
             "BMSREBOOT_BMS_ENDPOINT": base_url,
             "HUAWEICLOUD_SDK_AK": DEFAULT_AK,
             "HUAWEICLOUD_SDK_SK": DEFAULT_SK,
+            **getattr(args, "worker_env", {}),
         }
     )
     (tmp / "data").mkdir(exist_ok=True)
