@@ -24,7 +24,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.bms.errors import BmsError, ThrottledError
@@ -112,14 +111,12 @@ def poll_batch(
         return _again(batch_id, this, rt, job_status=job.status)
 
     with unit_of_work(rt.engine) as session:
-        notification = _settle_job(session, batch_id, this, job, rt)
-        ended = session.execute(
-            select(Batch.job_ended_at, Batch.detected_at).where(Batch.id == batch_id)
-        ).one_or_none()
+        settled = _settle_job(session, batch_id, this, job, rt)
+    if settled is None:
+        return "stale"  # another message of this chain settled it
+    notification, detection_delay = settled
     rt.metrics.observe("bmsreboot_polls_per_job", float(this.polls + 1))
-    if ended is not None and ended[0] is not None and ended[1] is not None:
-        delay = max((ended[1] - ended[0]).total_seconds(), 0.0)
-        rt.metrics.observe("bmsreboot_detection_delay_seconds", delay)
+    rt.metrics.observe("bmsreboot_detection_delay_seconds", detection_delay)
     send(notification, rt)
     # A batch that ended may open the way for the next (max_in_flight, the canary).
     rt.dispatcher.release(this.project_id)
@@ -166,12 +163,17 @@ def outcomes_from(job: Job) -> dict[str, ServerOutcome]:
 
 def _settle_job(
     session: Session, batch_id: uuid.UUID, this: _Poll, job: Job, rt: Runtime
-) -> Notification | None:
+) -> tuple[Notification | None, float] | None:
+    """Write the ended job's outcomes; returns the completion callback to send and the
+    detection delay, or None when another message of this poll chain got there first."""
     outcomes = outcomes_from(job)
     to = batch_status_from(outcomes, batch_server_ids(session, batch_id))
     if not record_poll(session, batch_id, next_poll_at=None, seq=this.polls):
-        return None  # another message of this chain got there first
+        return None
     now = utcnow()
+    # The job's own end time teaches the project's job duration; without one (or one from a
+    # clock ahead of ours) the moment we learned it stands in.
+    ended = min(job.end_time, now) if job.end_time else now
     batch = settle_batch(
         session,
         batch_id,
@@ -185,13 +187,11 @@ def _settle_job(
             "sub_jobs": len(job.sub_jobs),
             "job_error_code": job.error_code,
         },
-        # The job's own end time teaches the project's job duration; without one (or one
-        # from a clock ahead of ours) the moment we learned it stands in.
-        job_ended_at=min(job.end_time, now) if job.end_time else now,
+        job_ended_at=ended,
         detected_at=now,
     )
     log.info("batch %s finished: job %s is %s, batch %s", batch_id, job.job_id, job.status, to)
-    return finalize(session, batch.request_id, rt)
+    return finalize(session, batch.request_id, rt), (now - ended).total_seconds()
 
 
 def _again(
@@ -227,16 +227,15 @@ def _again(
         return "timed_out"
     with unit_of_work(rt.engine) as session:
         learned = learned_job_duration(session, this.project_id, rt.settings.poll_history)
-    delay = poll_delay(
-        polls,
-        learned=learned,
-        first=rt.settings.poll_first_delay,
-        cap=rt.settings.poll_max_interval,
-    )
-    if at_least is not None:
-        delay = min(max(delay, at_least), rt.settings.poll_max_interval)
-    delay = min(with_jitter(delay, rt.settings.poll_jitter), countdown_ceiling(rt.settings))
-    with unit_of_work(rt.engine) as session:
+        delay = poll_delay(
+            polls,
+            learned=learned,
+            first=rt.settings.poll_first_delay,
+            cap=rt.settings.poll_max_interval,
+        )
+        if at_least is not None:
+            delay = min(max(delay, at_least), rt.settings.poll_max_interval)
+        delay = min(with_jitter(delay, rt.settings.poll_jitter), countdown_ceiling(rt.settings))
         booked = record_poll(
             session,
             batch_id,

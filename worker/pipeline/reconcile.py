@@ -28,7 +28,6 @@ from collections import Counter
 from datetime import timedelta
 
 from worker.db.models import Batch
-from worker.db.rollout import cut_off_due
 from worker.db.schedule import (
     overdue_polls,
     projects_with_overdue_releases,
@@ -40,6 +39,7 @@ from worker.db.schedule import (
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition
 from worker.pipeline.notify import finalize, notification_for, send
+from worker.pipeline.release import cut_off
 from worker.pipeline.runtime import Runtime, log, utcnow
 from worker.pipeline.submit import settle_lost_submit, stale_after
 
@@ -58,12 +58,7 @@ def reconcile(rt: Runtime) -> dict[str, int]:
     now = utcnow()
     overdue = now - timedelta(seconds=rt.settings.reconcile_grace)
 
-    with unit_of_work(rt.engine) as session:
-        cut = cut_off_due(session, now, actor=rt.actor)
-        notifications = [finalize(session, request_id, rt) for request_id in cut]
-    for notification in notifications:
-        send(notification, rt)
-    done["cut_off"] = len(cut)
+    done["cut_off"] = cut_off(rt)
 
     with unit_of_work(rt.engine) as session:
         unreleased = unrelease_lost(session, overdue, PER_RUN)

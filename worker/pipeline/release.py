@@ -51,8 +51,9 @@ def schedule_release(rt: Runtime, project_id: str, delay: float) -> None:
         rt.dispatcher.release(project_id, countdown=delay)
 
 
-def _cut_off(project_id: str, rt: Runtime) -> None:
-    """Requests of the project past their ``not_after`` stop releasing (then end ``halted``)."""
+def cut_off(rt: Runtime, project_id: str | None = None) -> int:
+    """Requests (of the project, or all) past their ``not_after`` stop releasing and end
+    ``halted`` once their batches in flight end; returns how many were cut off."""
     with unit_of_work(rt.engine) as session:
         stopped = cut_off_due(session, utcnow(), actor=rt.actor, project_id=project_id)
         notifications = [finalize(session, request_id, rt) for request_id in stopped]
@@ -60,6 +61,7 @@ def _cut_off(project_id: str, rt: Runtime) -> None:
         log.warning("request %s cut off: its not_after has passed", request_id)
     for notification in notifications:
         send(notification, rt)
+    return len(stopped)
 
 
 def release_project(project_id: str, rt: Runtime) -> int:
@@ -77,7 +79,7 @@ def release_project(project_id: str, rt: Runtime) -> int:
     released = 0
     wake: float | None = None
     try:
-        _cut_off(project_id, rt)
+        cut_off(rt, project_id)
         while True:
             if released >= PER_RUN or time.monotonic() - started > LEASE_SECONDS / 2:
                 wake = 0.0

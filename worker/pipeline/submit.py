@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -205,10 +204,12 @@ def _failed(batch_id: uuid.UUID, claim: Claim, exc: Exception, rt: Runtime) -> s
     if not isinstance(exc, BmsError):
         # Not a classified client error: we cannot tell whether the POST went out.
         log.exception("batch %s: unexpected error around the POST", batch_id)
-        return _settle(batch_id, BatchStatus.UNKNOWN, rt, reason=describe(exc))
+        return _settle(batch_id, claim.project_id, BatchStatus.UNKNOWN, rt, reason=describe(exc))
     if what is Next.UNKNOWN:
         log.error("batch %s: POST may have been accepted (%s): unknown", batch_id, describe(exc))
-        return _settle(batch_id, BatchStatus.UNKNOWN, rt, reason=describe(exc), error=exc)
+        return _settle(
+            batch_id, claim.project_id, BatchStatus.UNKNOWN, rt, reason=describe(exc), error=exc
+        )
     if what is Next.REJECTED:
         log.error("batch %s rejected by the API: %s", batch_id, describe(exc))
         if exc.code in ISOLATE_CODES and len(claim.server_ids) > 1:
@@ -219,11 +220,23 @@ def _failed(batch_id: uuid.UUID, claim: Claim, exc: Exception, rt: Runtime) -> s
                 f"servers ({exc.code}: {exc.message}) without naming a server, and isolation "
                 "is off (BMSREBOOT_ISOLATE_UNKNOWN_SERVERS)"
             )
-            return _settle(batch_id, BatchStatus.REJECTED, rt, reason=whole, error=exc, why=whole)
-        return _settle(batch_id, BatchStatus.REJECTED, rt, reason=describe(exc), error=exc)
+            return _settle(
+                batch_id,
+                claim.project_id,
+                BatchStatus.REJECTED,
+                rt,
+                reason=whole,
+                error=exc,
+                why=whole,
+            )
+        return _settle(
+            batch_id, claim.project_id, BatchStatus.REJECTED, rt, reason=describe(exc), error=exc
+        )
     if what is Next.FAILED:
         log.error("batch %s cannot be submitted (attempt %d): %s", batch_id, attempt, describe(exc))
-        return _settle(batch_id, BatchStatus.FAILED, rt, reason=describe(exc), error=exc)
+        return _settle(
+            batch_id, claim.project_id, BatchStatus.FAILED, rt, reason=describe(exc), error=exc
+        )
     if what is Next.THROTTLED:
         assert isinstance(exc, ThrottledError)
         # The whole project's budget pauses, not only this batch: every worker waits.
@@ -326,6 +339,7 @@ def _submitted(batch_id: uuid.UUID, project_id: str, job_id: str, rt: Runtime) -
 
 def _settle(
     batch_id: uuid.UUID,
+    project_id: str,
     to: BatchStatus,
     rt: Runtime,
     *,
@@ -337,11 +351,9 @@ def _settle(
         outcome, notification = _settle_in(
             session, batch_id, to, rt, reason=reason, error=error, why=why
         )
-        project_id = session.scalar(select(Batch.project_id).where(Batch.id == batch_id))
     send(notification, rt)
     # A batch that ended may open the way for the next (max_in_flight, the canary).
-    if project_id is not None:
-        rt.dispatcher.release(project_id)
+    rt.dispatcher.release(project_id)
     return outcome
 
 
