@@ -10,8 +10,8 @@ from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
-from tests.fixtures.db import new_request, server_names
-from worker.db.create import create_rejected_request, find_existing
+from tests.fixtures.db import new_request, server_names, sid
+from worker.db.create import create_rejected_request, find_existing, record_servers
 from worker.db.models import Base, Batch, Event, RebootRequest, ServerResult
 from worker.db.queries import batch_server_ids, batches_due_for_poll, pending_batches
 from worker.db.session import make_engine, session_factory, unit_of_work
@@ -23,14 +23,18 @@ B = BatchStatus
 
 
 def test_servers_are_split_in_order_into_batches(session: Session) -> None:
-    request = new_request(session, ["e", "d", "c", "b", "a"], batch_size=2, idempotency_key="k1")
+    request = new_request(session, [sid(x) for x in "edcba"], batch_size=2, idempotency_key="k1")
     batches = pending_batches(session, request.id)
     assert [(b.index, b.size, b.status) for b in batches] == [
         (0, 2, B.PENDING),
         (1, 2, B.PENDING),
         (2, 1, B.PENDING),
     ]
-    assert [batch_server_ids(session, b.id) for b in batches] == [["e", "d"], ["c", "b"], ["a"]]
+    assert [batch_server_ids(session, b.id) for b in batches] == [
+        [sid("e"), sid("d")],
+        [sid("c"), sid("b")],
+        [sid("a")],
+    ]
     assert (request.status, request.servers_total) == (RequestStatus.ACCEPTED, 5)
     events = session.scalars(select(Event)).all()
     assert [(e.entity.value, e.to_state) for e in events] == [("request", "accepted")]
@@ -203,3 +207,35 @@ def test_times_come_back_timezone_aware_utc(session: Session) -> None:
     assert stored.tzinfo is dt.UTC
     assert stored.hour == 4
     assert session.scalar(select(ServerResult.status)) is ServerStatus.PENDING
+
+
+def test_intake_writes_one_row_per_batch_and_server_rows_when_a_batch_is_claimed(
+    session: Session,
+) -> None:
+    # Given a request of 5 servers in batches of 2
+    servers = server_names(5)
+    request = new_request(session, servers, batch_size=2)
+    first, second, third = pending_batches(session, request.id)
+    # Then no server row is written yet: the batches hold the ids, all pending
+    assert session.scalar(select(func.count()).select_from(ServerResult)) == 0
+    assert request_status(session, request.id)["servers"]["pending"] == 5  # type: ignore[index]
+    assert batch_server_ids(session, second.id) == servers[2:4]
+    # When one batch is claimed for submission and another cancelled
+    transition_batch(session, first.id, BatchStatus.SUBMITTING, actor="t")
+    transition_batch(session, third.id, BatchStatus.CANCELLED, actor="t")
+    # Then exactly their rows exist, pending, and their packed ids are gone
+    rows = session.execute(
+        select(ServerResult.server_id, ServerResult.batch_id).order_by(ServerResult.id)
+    ).all()
+    assert rows == [(servers[0], first.id), (servers[1], first.id), (servers[4], third.id)]
+    held = dict(session.execute(select(Batch.index, Batch.pending_ids)).all())
+    assert (held[0], held[2]) == (None, None)
+    assert held[1] is not None
+    # And every reader still sees all five servers, in order
+    status = request_status(session, request.id, include_servers=True)
+    assert status is not None
+    assert status["servers"]["total"] == 5
+    assert [s["id"] for s in status["server_results"]] == [*servers[:2], servers[4], *servers[2:4]]
+    assert batch_server_ids(session, first.id) == servers[:2]
+    # And a second write of a batch's rows writes nothing
+    assert record_servers(session, first.id) == 0

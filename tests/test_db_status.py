@@ -7,7 +7,7 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from tests.fixtures.db import new_request
+from tests.fixtures.db import new_request, sid
 from worker.db.queries import pending_batches
 from worker.db.states import BatchStatus, ServerStatus
 from worker.db.status import request_status, server_history
@@ -24,7 +24,9 @@ B, S = BatchStatus, ServerStatus
 
 def test_request_status_has_the_documented_shape(session: Session) -> None:
     # Given a request with one batch settled, one still pending
-    request = new_request(session, ["a", "b", "c"], batch_size=2, idempotency_key="k")
+    request = new_request(
+        session, [sid("a"), sid("b"), sid("c")], batch_size=2, idempotency_key="k"
+    )
     first = pending_batches(session, request.id)[0]
     transition_batch(session, first.id, B.SUBMITTING, actor="t")
     transition_batch(session, first.id, B.SUBMITTED, actor="t", job_id="job-1")
@@ -34,7 +36,7 @@ def test_request_status_has_the_documented_shape(session: Session) -> None:
         first.id,
         B.PARTIALLY_FAILED,
         actor="t",
-        outcomes={"a": ServerOutcome(S.SUCCEEDED)},
+        outcomes={sid("a"): ServerOutcome(S.SUCCEEDED)},
         default_status=S.FAILED,
         default_error_code="BMS.9",
         default_fail_reason="power",
@@ -79,9 +81,9 @@ def test_request_status_has_the_documented_shape(session: Session) -> None:
         None,
     )
     assert status["server_results"] == [
-        {"id": "a", "status": "succeeded", "error_code": None, "fail_reason": None},
-        {"id": "b", "status": "failed", "error_code": "BMS.9", "fail_reason": "power"},
-        {"id": "c", "status": "pending", "error_code": None, "fail_reason": None},
+        {"id": sid("a"), "status": "succeeded", "error_code": None, "fail_reason": None},
+        {"id": sid("b"), "status": "failed", "error_code": "BMS.9", "fail_reason": "power"},
+        {"id": sid("c"), "status": "pending", "error_code": None, "fail_reason": None},
     ]
     assert "server_results" not in (request_status(session, request.id) or {})
 
@@ -93,18 +95,18 @@ def test_request_status_of_an_unknown_request_is_none(session: Session) -> None:
 def test_server_history_answers_was_it_rebooted_by_whom_and_did_it_work(session: Session) -> None:
     # Given two requests that both included server "x", the later one failing it
     for source, outcome in (("app:first", S.SUCCEEDED), ("schedule:nightly", S.FAILED)):
-        request = new_request(session, ["x", "y"], batch_size=2, source=source)
+        request = new_request(session, [sid("x"), sid("y")], batch_size=2, source=source)
         batch = pending_batches(session, request.id)[0]
         transition_batch(session, batch.id, B.SUBMITTING, actor="t")
         transition_batch(session, batch.id, B.SUBMITTED, actor="t", job_id=f"job-{source}")
         settle_batch(session, batch.id, B.SUCCEEDED, actor="t", default_status=outcome)
     # When an operator asks about "x"
-    history = server_history(session, "x")
+    history = server_history(session, sid("x"))
     # Then both show, newest first, with who asked and the outcome
     assert [(h["source"], h["status"], h["job_id"]) for h in history] == [
         ("schedule:nightly", "failed", "job-schedule:nightly"),
         ("app:first", "succeeded", "job-app:first"),
     ]
     json.dumps(history)
-    assert server_history(session, "x", limit=1)[0]["source"] == "schedule:nightly"
+    assert server_history(session, sid("x"), limit=1)[0]["source"] == "schedule:nightly"
     assert server_history(session, "nobody") == []

@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
-from tests.fixtures.db import new_request
+from tests.fixtures.db import new_request, server_names, sid
+from worker.db.create import record_servers
 from worker.db.models import Batch, Event, RebootRequest, ServerResult
 from worker.db.queries import batch_server_ids, pending_batches
 from worker.db.session import session_factory, unit_of_work
@@ -39,6 +40,7 @@ from worker.db.transitions import (
 )
 
 B, R, S = BatchStatus, RequestStatus, ServerStatus
+SA, SB, SC, SD = (sid(x) for x in "abcd")
 
 
 def _pairs(table: dict[Any, frozenset[Any]]) -> list[Any]:
@@ -124,9 +126,10 @@ def test_server_transition_follows_the_table(
     with session_factory(shared_engine)() as session:
         try:
             # Given a submitted batch whose one server is in `current`
-            request = new_request(session, ["only"], batch_size=1)
+            request = new_request(session, [sid("only")], batch_size=1)
             batch_id = pending_batches(session, request.id)[0].id
             session.execute(update(Batch).where(Batch.id == batch_id).values(status=B.SUBMITTED))
+            record_servers(session, batch_id)
             session.execute(update(ServerResult).values(status=current))
             allowed = target in SERVER_TRANSITIONS[S.PENDING]
             if not allowed:
@@ -281,15 +284,15 @@ def _submitted_batch(session: Session, servers: list[str]) -> tuple[uuid.UUID, u
 
 def test_settle_batch_applies_outcomes_then_defaults(session: Session) -> None:
     # Given a submitted batch of four servers, one of them already settled
-    request_id, batch_id = _submitted_batch(session, ["a", "b", "c", "d"])
+    request_id, batch_id = _submitted_batch(session, [SA, SB, SC, SD])
     session.execute(
-        update(ServerResult).where(ServerResult.server_id == "d").values(status=S.SUCCEEDED)
+        update(ServerResult).where(ServerResult.server_id == SD).values(status=S.SUCCEEDED)
     )
     begin = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     outcomes = {
-        "a": ServerOutcome(S.SUCCEEDED, sub_job_id="sub-a", begin_time=begin, end_time=begin),
-        "b": ServerOutcome(S.FAILED, error_code="BMS.0001", fail_reason="boom", sub_job_id="sub-b"),
-        "d": ServerOutcome(S.FAILED, error_code="X"),  # already settled: ignored
+        SA: ServerOutcome(S.SUCCEEDED, sub_job_id="sub-a", begin_time=begin, end_time=begin),
+        SB: ServerOutcome(S.FAILED, error_code="BMS.0001", fail_reason="boom", sub_job_id="sub-b"),
+        SD: ServerOutcome(S.FAILED, error_code="X"),  # already settled: ignored
         "zz": ServerOutcome(S.FAILED),  # not in the batch: ignored
     }
     # When the job's result settles the batch
@@ -310,23 +313,23 @@ def test_settle_batch_applies_outcomes_then_defaults(session: Session) -> None:
         for r in session.scalars(select(ServerResult).where(ServerResult.batch_id == batch_id))
     }
     assert {k: r.status for k, r in rows.items()} == {
-        "a": S.SUCCEEDED,
-        "b": S.FAILED,
-        "c": S.UNKNOWN,
-        "d": S.SUCCEEDED,
+        SA: S.SUCCEEDED,
+        SB: S.FAILED,
+        SC: S.UNKNOWN,
+        SD: S.SUCCEEDED,
     }
-    assert (rows["a"].sub_job_id, rows["a"].begin_time, rows["a"].end_time) == (
+    assert (rows[SA].sub_job_id, rows[SA].begin_time, rows[SA].end_time) == (
         "sub-a",
         begin,
         begin,
     )
-    assert (rows["b"].error_code, rows["b"].fail_reason) == ("BMS.0001", "boom")
-    assert (rows["c"].error_code, rows["c"].fail_reason) == (None, "not in job result")
+    assert (rows[SB].error_code, rows[SB].fail_reason) == ("BMS.0001", "boom")
+    assert (rows[SC].error_code, rows[SC].fail_reason) == (None, "not in job result")
     server_events = _events(session, entity=EventEntity.SERVER, request_id=request_id)
     assert [(e.server_id, e.to_state) for e in server_events] == [
-        ("a", "succeeded"),
-        ("b", "failed"),
-        ("c", "unknown"),
+        (SA, "succeeded"),
+        (SB, "failed"),
+        (SC, "unknown"),
     ]
     assert server_events[1].detail == {
         "error_code": "BMS.0001",
@@ -336,7 +339,7 @@ def test_settle_batch_applies_outcomes_then_defaults(session: Session) -> None:
 
 
 def test_settle_batch_refused_leaves_servers_pending(session: Session) -> None:
-    _, batch_id = _submitted_batch(session, ["a", "b"])
+    _, batch_id = _submitted_batch(session, [SA, SB])
     with pytest.raises(IllegalTransition):
         settle_batch(session, batch_id, B.CANCELLED, actor="t", default_status=S.CANCELLED)
     statuses = session.scalars(select(ServerResult.status)).all()
@@ -344,7 +347,7 @@ def test_settle_batch_refused_leaves_servers_pending(session: Session) -> None:
 
 
 def test_transition_sets_extra_columns_and_timestamps(session: Session) -> None:
-    _, batch_id = _submitted_batch(session, ["a"])
+    _, batch_id = _submitted_batch(session, [SA])
     batch = session.get(Batch, batch_id)
     assert batch is not None
     assert batch.job_id == "job-1"
@@ -379,7 +382,7 @@ def test_update_batch_is_guarded_by_the_expected_state(session: Session) -> None
 
 
 def test_record_poll_books_the_poll_and_the_error(session: Session) -> None:
-    _, batch_id = _submitted_batch(session, ["a"])
+    _, batch_id = _submitted_batch(session, [SA])
     nxt = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
     assert record_poll(session, batch_id, next_poll_at=nxt, error=ErrorInfo("E", "m", 503))
     batch = session.get(Batch, batch_id)
@@ -392,7 +395,7 @@ def test_record_poll_books_the_poll_and_the_error(session: Session) -> None:
 
 def test_finalize_waits_for_every_batch_then_counts_servers(session: Session) -> None:
     # Given a running request with two batches, one settled with a failure
-    request = new_request(session, ["a", "b", "c"], batch_size=2)
+    request = new_request(session, [sid("a"), sid("b"), sid("c")], batch_size=2)
     transition_request(session, request.id, R.RUNNING, actor="t")
     first, second = pending_batches(session, request.id)
     for batch in (first, second):
@@ -403,7 +406,7 @@ def test_finalize_waits_for_every_batch_then_counts_servers(session: Session) ->
         first.id,
         B.PARTIALLY_FAILED,
         actor="t",
-        outcomes={"a": ServerOutcome(S.SUCCEEDED)},
+        outcomes={sid("a"): ServerOutcome(S.SUCCEEDED)},
         default_status=S.FAILED,
         default_error_code="E",
     )
@@ -444,4 +447,4 @@ def test_a_batch_cancelled_before_submission_cancels_its_servers(session: Sessio
     assert done.servers_cancelled == 2
     count = session.scalar(select(func.count()).select_from(ServerResult))
     assert count == 2
-    assert batch_server_ids(session, batch.id) == ["srv-0000000", "srv-0000001"]
+    assert batch_server_ids(session, batch.id) == server_names(2)

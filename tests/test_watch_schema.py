@@ -34,7 +34,7 @@ def test_watch_follows_a_request_to_its_end(
 
 def test_schema_is_the_json_schema_of_the_intake_message() -> None:
     from worker.pipeline.message import RebootRequestMessage
-    from worker.pipeline.producer import build_payload
+    from worker.pipeline.producer import PACK_ABOVE, build_payload
     from worker.pipeline.validation import KNOWN_FIELDS
 
     run = subprocess.run(
@@ -47,8 +47,13 @@ def test_schema_is_the_json_schema_of_the_intake_message() -> None:
     assert run.returncode == 0, run.stderr
     schema = json.loads(run.stdout)
     assert set(schema["properties"]) == KNOWN_FIELDS
-    assert schema["required"] == ["project_id", "server_ids"]
+    assert schema["required"] == ["project_id"]
+    assert schema["oneOf"] == [{"required": ["server_ids"]}, {"required": ["server_ids_packed"]}]
     assert schema["additionalProperties"] is False
     # What the producer API builds is a valid message
     payload = build_payload(PROJECT, new_ids(2), batch_size=10, max_in_flight=2, not_after="2h")
     RebootRequestMessage.model_validate(payload)
+    # ... also when it packs the ids of a large request
+    packed = build_payload(PROJECT, new_ids(PACK_ABOVE + 1))
+    assert "server_ids" not in packed
+    RebootRequestMessage.model_validate(packed)

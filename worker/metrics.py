@@ -226,6 +226,7 @@ class Collector:
 
     def _gauges(self, family: Any) -> Iterator[Any]:
         from worker.db.models import Batch, DeadLetter, RebootRequest, ServerResult
+        from worker.db.queries import packed_pending_servers
         from worker.db.session import unit_of_work
         from worker.db.states import (
             TERMINAL_BATCH_STATES,
@@ -260,6 +261,10 @@ class Collector:
                     )
                     .group_by(ServerResult.status)
                 ).all()
+            )
+            # Servers of batches not yet claimed have no rows yet (their ids are packed).
+            active[ServerStatus.PENDING] = active.get(ServerStatus.PENDING, 0) + (
+                session.scalar(select(packed_pending_servers())) or 0
             )
             in_flight = session.scalar(
                 select(func.count())

@@ -26,10 +26,12 @@ def start_worker(
     timeout: float = 90.0,
     cwd: Path | None = None,
     beat: bool = True,
+    queues: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """``celery -A worker worker`` with ``env``, its output in ``log_path``; returns once the
     worker says it is ready. ``beat`` embeds Celery beat (``-B``), which sends the reconciler
     and the retention purge: what a one-machine setup runs instead of a separate beat process.
+    ``queues`` (comma-separated) limits the queues it consumes (``-Q``).
     The worker leads its own process group, so that :func:`kill_worker` reaches its children."""
     start = log_path.stat().st_size if log_path.exists() else 0
     log = log_path.open("ab")
@@ -48,6 +50,7 @@ def start_worker(
             "--without-gossip",
             "--without-mingle",
             *(["-B"] if beat else []),
+            *(["-Q", queues] if queues else []),
         ],
         env=env,
         stdout=log,

@@ -24,14 +24,27 @@ WAIT_TIMEOUT = 3600.0
 NOTICE_WAIT = 5.0
 
 
-def read_ids(stream: TextIO) -> list[str]:
-    """One id per line; blank lines and ``#`` comments are skipped."""
-    ids = []
+def read_ids(stream: TextIO) -> bytes | list[str]:
+    """One id per line; blank lines and ``#`` comments are skipped.
+
+    The ids come back packed (``worker.ids``) when every one is a UUID, so that a file of a
+    million ids never becomes a million strings; else as a list, so that the request is
+    rejected naming the ids that are not UUIDs."""
+    from worker import ids
+
+    packed = bytearray()
+    bad: list[str] = []
     for line in stream:
         text = line.split("#", 1)[0].strip()
-        if text:
-            ids.append(text)
-    return ids
+        if not text:
+            continue
+        if ids.UUID_RE.match(text):
+            packed += bytes.fromhex(text.replace("-", ""))
+        else:
+            bad.append(text)
+    if bad:
+        return ids.unpack(bytes(packed)) + bad
+    return bytes(packed)
 
 
 def _load_status(request_id: str, *, servers: bool = False) -> dict[str, Any] | None:
@@ -179,7 +192,7 @@ def submit(
 
     if bool(ids) == bool(ids_file):
         raise click.UsageError("give server ids either as arguments or with --ids-file")
-    server_ids = list(ids) if ids else read_ids(ids_file)  # type: ignore[arg-type]
+    server_ids: list[str] | bytes = list(ids) if ids else read_ids(ids_file)  # type: ignore[arg-type]
     settings = get_settings()
     payload = build_payload(
         project_id,

@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, Uuid, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from worker import ids
 from worker.db.events import add_event
-from worker.db.models import Batch, RebootRequest, ServerResult, utcnow
+from worker.db.models import Batch, RebootRequest, ServerResult, UTCDateTime, utcnow
 from worker.db.states import (
     BatchStatus,
     EventEntity,
@@ -28,17 +29,13 @@ _BATCHES = cast(Table, Batch.__table__)
 _SERVERS = cast(Table, ServerResult.__table__)
 
 
-#: Server rows go in by COPY on PostgreSQL. False falls back to multi-row INSERTs (kept so that
-#: benchmarks/create_request.py can measure both).
-PG_COPY = True
-
-
 def create_request(
     session: Session,
     *,
     request_id: uuid.UUID,
     project_id: str,
-    server_ids: Sequence[str],
+    server_ids: Sequence[str] | None = None,
+    packed_ids: bytes | None = None,
     type: str,
     source: str,
     batch_size: int,
@@ -54,15 +51,23 @@ def create_request(
     duplicates_removed: int = 0,
     actor: str,
 ) -> RebootRequest:
-    """Record an accepted request, its batches (``server_ids`` split in order) and servers.
+    """Record an accepted request and its batches (the ids split in order).
 
-    Batches and server rows go in with bulk inserts (COPY on PostgreSQL); one ``accepted``
-    event is written, no per-server events. A duplicate ``request_id`` or ``idempotency_key``
-    raises ``sqlalchemy.exc.IntegrityError``: roll back and call ``find_existing``.
+    The ids (UUIDs, unique) come as text (``server_ids``) or packed (``packed_ids``, from
+    ``worker.ids``). Each batch keeps its ids packed in ``pending_ids``; its ``server_results``
+    rows are written when it is first claimed for submission or settled
+    (:func:`record_servers`), so intake writes one row per batch, not one per server
+    (docs/audit-db.md). One ``accepted`` event is written, no per-server events. A duplicate
+    ``request_id`` or ``idempotency_key`` raises ``sqlalchemy.exc.IntegrityError``: roll back
+    and call ``find_existing``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if not server_ids:
+    if (server_ids is None) == (packed_ids is None):
+        raise ValueError("give server_ids or packed_ids")
+    packed = packed_ids if packed_ids is not None else ids.pack(server_ids or ())
+    total = ids.count(packed)
+    if not total:
         raise ValueError("a request needs at least one server")
     now = utcnow()
     request = RebootRequest(
@@ -81,7 +86,7 @@ def create_request(
         notify_queue=notify_queue,
         not_after=not_after,
         status=RequestStatus.ACCEPTED,
-        servers_total=len(server_ids),
+        servers_total=total,
         servers_succeeded=0,
         servers_failed=0,
         servers_unknown=0,
@@ -92,13 +97,12 @@ def create_request(
     session.add(request)
     session.flush()  # the duplicate check happens here, before any bulk work
 
-    sizes = batch_sizes(len(server_ids), batch_size, canary_size)
-    batch_ids = [uuid.uuid4() for _ in sizes]
+    sizes = batch_sizes(total, batch_size, canary_size)
     session.execute(
         insert(_BATCHES),
         [
             {
-                "id": batch_id,
+                "id": uuid.uuid4(),
                 "request_id": request_id,
                 "project_id": project_id,
                 "next_attempt_at": now,
@@ -109,14 +113,11 @@ def create_request(
                 "poll_count": 0,
                 "created_at": now,
                 "updated_at": now,
+                "pending_ids": chunk,
             }
-            for index, batch_id in enumerate(batch_ids)
+            for index, chunk in enumerate(ids.chunks(packed, sizes))
         ],
     )
-    owners = [
-        batch_id for batch_id, size in zip(batch_ids, sizes, strict=True) for _ in range(size)
-    ]
-    _insert_servers(session, request_id, owners, server_ids, now)
     add_event(
         session,
         EventEntity.REQUEST,
@@ -124,7 +125,7 @@ def create_request(
         None,
         RequestStatus.ACCEPTED,
         actor,
-        {"servers": len(server_ids), "batches": len(batch_ids), "source": source},
+        {"servers": total, "batches": len(sizes), "source": source},
         at=now,
     )
     return request
@@ -141,44 +142,78 @@ def batch_sizes(servers: int, batch_size: int, canary_size: int | None = None) -
     return sizes
 
 
-def _insert_servers(
+def record_servers(
     session: Session,
-    request_id: uuid.UUID,
-    owners: Sequence[uuid.UUID],
-    server_ids: Sequence[str],
-    now: dt.datetime,
-) -> None:
-    """Insert the server rows; ``owners[i]`` is the batch of ``server_ids[i]``."""
-    connection = session.connection()
-    if connection.dialect.name == "postgresql" and PG_COPY:
-        # COPY is several times faster than multi-row INSERTs for a million rows (see
-        # docs/audit-db.md); it runs on the session's own connection, so in its transaction.
-        driver_connection: Any = connection.connection.driver_connection
-        pending = ServerStatus.PENDING.value
-        with (
-            driver_connection.cursor() as cursor,
-            cursor.copy(
-                "COPY server_results (request_id, batch_id, server_id, status, updated_at)"
-                " FROM STDIN"
-            ) as copy,
-        ):
-            for batch_id, server_id in zip(owners, server_ids, strict=True):
-                copy.write_row((request_id, batch_id, server_id, pending, now))
-        return
-    table = _SERVERS
+    batch_id: uuid.UUID,
+    status: ServerStatus = ServerStatus.PENDING,
+    *,
+    error_code: str | None = None,
+    fail_reason: str | None = None,
+) -> int:
+    """Write the ``server_results`` rows of a batch whose ids are still packed, with ``status``
+    (and its error), and clear the packed ids; returns the rows written (0 if already done).
+
+    Call it in the transaction that claims or settles the batch: the claim (compare-and-set on
+    the batch's status) makes the caller the only writer; the ``pending_ids IS NOT NULL`` guard
+    makes a second call a no-op.
+    """
+    row = session.execute(
+        select(_BATCHES.c.request_id, _BATCHES.c.pending_ids)
+        .where(_BATCHES.c.id == batch_id, _BATCHES.c.pending_ids.is_not(None))
+        .with_for_update()
+    ).first()
+    if row is None:
+        return 0
+    request_id, packed = row
+    session.execute(update(_BATCHES).where(_BATCHES.c.id == batch_id).values(pending_ids=None))
+    now = utcnow()
+    server_ids = ids.unpack(packed)
+    if session.get_bind().dialect.name == "postgresql":
+        # One statement with one array parameter: psycopg would otherwise send a thousand
+        # INSERTs (several times the CPU and time of this, measured by
+        # benchmarks/create_request.py). WITH ORDINALITY keeps the ids in their order.
+        session.execute(
+            _PG_INSERT_SERVERS,
+            {
+                "request_id": request_id,
+                "batch_id": batch_id,
+                "server_ids": server_ids,
+                "status": ServerStatus(status).value,
+                "error_code": error_code,
+                "fail_reason": fail_reason,
+                "now": now,
+            },
+        )
+        return len(server_ids)
     session.execute(
-        insert(table),
+        insert(_SERVERS),
         [
             {
                 "request_id": request_id,
                 "batch_id": batch_id,
                 "server_id": server_id,
-                "status": ServerStatus.PENDING,
+                "status": status,
+                "error_code": error_code,
+                "fail_reason": fail_reason,
                 "updated_at": now,
             }
-            for batch_id, server_id in zip(owners, server_ids, strict=True)
+            for server_id in server_ids
         ],
     )
+    return len(server_ids)
+
+
+_PG_INSERT_SERVERS = text(
+    "INSERT INTO server_results"
+    " (request_id, batch_id, server_id, status, error_code, fail_reason, updated_at)"
+    " SELECT :request_id, :batch_id, t.server_id, :status, :error_code, :fail_reason, :now"
+    " FROM unnest(CAST(:server_ids AS varchar[])) WITH ORDINALITY AS t(server_id, n)"
+    " ORDER BY t.n"
+).bindparams(
+    bindparam("request_id", type_=Uuid()),
+    bindparam("batch_id", type_=Uuid()),
+    bindparam("now", type_=UTCDateTime()),
+)
 
 
 def create_rejected_request(

@@ -206,6 +206,11 @@ class Batch(Base):
     job_ended_at: Mapped[timestamp | None]
     detected_at: Mapped[timestamp | None]
     size: Mapped[int]
+    #: The batch's server ids packed (16 bytes each, ``worker.ids``) until its
+    #: ``server_results`` rows are written, when it is first claimed or settled; then None.
+    #: Intake thus writes one row per batch, not one per server. Deferred: loaded only when
+    #: asked for.
+    pending_ids: Mapped[bytes | None] = mapped_column(LargeBinary(), deferred=True)
     submit_attempts: Mapped[count]
     submitted_at: Mapped[timestamp | None]
     last_polled_at: Mapped[timestamp | None]

@@ -36,6 +36,7 @@ from worker.db.states import (
     UNDECIDED_BATCH_STATES,
     BatchStatus,
     EventEntity,
+    IllegalTransition,
     RequestStatus,
     ServerStatus,
     derive_request_status,
@@ -99,18 +100,25 @@ def cancel_pending(session: Session, request_id: uuid.UUID, *, actor: str, reaso
             )
         )
     )
+    cancelled = 0
     for batch_id in pending:
-        settle_batch(
-            session,
-            batch_id,
-            BatchStatus.CANCELLED,
-            actor=actor,
-            default_status=ServerStatus.CANCELLED,
-            default_fail_reason=fit(f"not sent: {reason}", 1000),
-            detail={"reason": reason},
-            released_at=None,
-        )
-    return len(pending)
+        try:
+            settle_batch(
+                session,
+                batch_id,
+                BatchStatus.CANCELLED,
+                actor=actor,
+                default_status=ServerStatus.CANCELLED,
+                default_fail_reason=fit(f"not sent: {reason}", 1000),
+                detail={"reason": reason},
+                released_at=None,
+            )
+        except IllegalTransition:
+            # A worker claimed it between the read above and its lock: it is in flight now
+            # and is followed to its end. (The check comes before any write.)
+            continue
+        cancelled += 1
+    return cancelled
 
 
 def check_brakes(session: Session, request_id: uuid.UUID, *, actor: str) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from worker import ids
 from worker.db.models import Batch, RebootRequest, ServerResult
 from worker.db.queries import server_counts
 from worker.db.states import ServerStatus
@@ -27,8 +28,9 @@ def request_status(
 ) -> dict[str, Any] | None:
     """The status of one request, or None if there is no such request.
 
-    ``servers`` counts are computed live from ``server_results`` (one grouped query), so they
-    are right while the request runs, not only once it has finished.
+    ``servers`` counts are computed live from ``server_results`` (one grouped query) and the
+    sizes of batches not claimed yet, so they are right while the request runs, not only once
+    it has finished.
     """
     request = session.scalar(
         select(RebootRequest)
@@ -106,6 +108,16 @@ def request_status(
             {"id": sid, "status": st.value, "error_code": code, "fail_reason": reason}
             for sid, st, code, reason in rows
         ]
+        # Batches not claimed yet hold their ids packed, with no rows: all pending.
+        for packed in session.scalars(
+            select(Batch.pending_ids)
+            .where(Batch.request_id == request_id, Batch.pending_ids.is_not(None))
+            .order_by(Batch.index)
+        ):
+            status["server_results"].extend(
+                {"id": sid, "status": "pending", "error_code": None, "fail_reason": None}
+                for sid in ids.iter_unpack(packed or b"")
+            )
     return status
 
 

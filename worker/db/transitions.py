@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from worker.db.create import record_servers
 from worker.db.events import add_event, add_server_events
 from worker.db.models import Batch, RebootRequest, ServerResult, UTCDateTime, utcnow
 from worker.db.queries import server_counts
@@ -197,8 +198,12 @@ def transition_batch(
     Always sets ``updated_at``. Unless ``values`` gives them: moving to ``submitting`` adds one
     to ``submit_attempts``; to ``submitted`` sets ``submitted_at``; to a terminal state sets
     ``finished_at``. Pass SQL expressions for atomic arithmetic (``Batch.poll_count + 1``).
+
+    Leaving ``pending`` (to ``submitting`` or ``cancelled``) writes the batch's
+    ``server_results`` rows if its ids are still packed (``record_servers``), in the same
+    transaction: every batch past ``pending`` has its rows.
     """
-    return _transition(
+    batch = _transition(
         session,
         Batch,
         EventEntity.BATCH,
@@ -212,6 +217,12 @@ def transition_batch(
         values=values,
         defaults=_batch_defaults,
     )
+    if to in _LEAVING_PENDING:
+        record_servers(session, batch_id)
+    return batch
+
+
+_LEAVING_PENDING = BATCH_TRANSITIONS[BatchStatus.PENDING]
 
 
 def _batch_defaults(values: dict[str, Any], to: BatchStatus, now: dt.datetime) -> None:
@@ -298,6 +309,7 @@ def settle_batch(
         if ServerStatus(status) not in allowed:
             raise IllegalTransition("server", batch_id, ServerStatus.PENDING, status)
     batch = transition_batch(session, batch_id, to, actor=actor, detail=detail, **values)
+    record_servers(session, batch_id)  # a no-op unless its ids are still packed
     now = utcnow()
     table = _SERVERS
     pending = session.execute(

@@ -113,7 +113,7 @@ def plan(
     """What a request would do, without recording or sending anything: its batches, the
     canary, the policy in force, and an estimate of its duration from the action budget and
     the project's learned job duration (None: no history, only the submission span)."""
-    sizes = batch_sizes(len(checked.server_ids), checked.batch_size, checked.canary_size)
+    sizes = batch_sizes(checked.servers, checked.batch_size, checked.canary_size)
     interval = 60.0 / settings.action_rate_limit
     burst = settings.action_burst
     releases: list[float] = []
@@ -141,7 +141,7 @@ def plan(
         "request_id": str(checked.request_id),
         "project_id": checked.project_id,
         "type": checked.type,
-        "servers": len(checked.server_ids),
+        "servers": checked.servers,
         "duplicates_removed": checked.duplicates_removed,
         "batches": shown if len(shown) <= 50 else shown[:50],
         "batch_count": len(sizes),

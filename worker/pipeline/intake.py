@@ -91,7 +91,7 @@ def accept_request(payload: Mapping[str, Any], rt: Runtime, *, positional: int =
         log.info(
             "request %s accepted: %d servers in batches of %d (source %s)",
             checked.request_id,
-            len(checked.server_ids),
+            checked.servers,
             checked.batch_size,
             checked.source,
         )
@@ -106,7 +106,7 @@ def _create(session: Session, checked: ValidatedRequest, rt: Runtime) -> RebootR
         session,
         request_id=checked.request_id,
         project_id=checked.project_id,
-        server_ids=checked.server_ids,
+        packed_ids=checked.packed_ids,
         type=checked.type,
         source=checked.source,
         batch_size=checked.batch_size,

@@ -14,27 +14,51 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL as MAX_BATCH_SIZE
+
+UUID_PATTERN = ids.UUID_RE.pattern
+
+
+def _only(schema: dict[str, Any], shape: dict[str, Any]) -> None:
+    """A field that is optional in Python (one of two forms) but never null on the wire."""
+    schema.pop("anyOf", None)
+    schema.pop("default", None)
+    schema.update(shape)
 
 
 class RebootRequestMessage(BaseModel):
     """A request to reboot BMS servers (keyword arguments of ``bmsreboot.request_reboot``)."""
 
-    model_config = ConfigDict(extra="forbid", title="bmsreboot.request_reboot")
+    model_config = ConfigDict(
+        extra="forbid",
+        title="bmsreboot.request_reboot",
+        # Exactly one of the two forms of the server ids.
+        json_schema_extra={
+            "oneOf": [{"required": ["server_ids"]}, {"required": ["server_ids_packed"]}]
+        },
+    )
 
     project_id: str = Field(
         pattern=r"^[0-9a-fA-F]{32}$", description="Huawei Cloud project id (32 hex characters)."
     )
-    server_ids: list[str] = Field(
+    server_ids: list[str] | None = Field(
+        None,
         min_length=1,
         description="BMS ids (UUIDs); duplicates are removed and reported.",
-        json_schema_extra={
-            "items": {
-                "type": "string",
-                "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                "[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-            }
-        },
+        json_schema_extra=lambda schema: _only(
+            schema,
+            {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": UUID_PATTERN}},
+        ),
+    )
+    server_ids_packed: str | None = Field(
+        None,
+        description="The same ids packed, for large requests: base64 (RFC 4648, padded) of "
+        "each id's 16 bytes (uuid.UUID(id).bytes) one after the other, in order. 22 bytes "
+        "an id instead of 39; give this or server_ids, not both.",
+        json_schema_extra=lambda schema: _only(
+            schema, {"type": "string", "contentEncoding": "base64"}
+        ),
     )
     request_id: uuid.UUID | None = Field(
         None, description="Chosen by the producer; the same id is never recorded twice."

@@ -9,17 +9,22 @@ same reasons and nothing is lost.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
 
+from worker import ids
 from worker.celery import INTAKE_QUEUE
 from worker.pipeline.validation import ValidatedRequest, validate_request
 from worker.settings import Settings, get_settings
 
 TASK_NAME = "bmsreboot.request_reboot"
+#: Requests of more ids than this travel packed (``server_ids_packed``).
+PACK_ABOVE = 1000
 CANCEL_TASK = "bmsreboot.cancel_request"
 #: Request ids derived from idempotency keys live in this UUID namespace.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0e7c8a-3f7e-4c59-9f65-6a1d2b7e4a10")
@@ -36,7 +41,7 @@ class InvalidRequest(ValueError):
 
 def build_payload(
     project_id: str,
-    server_ids: Sequence[str],
+    server_ids: Sequence[str] | bytes,
     *,
     type: str = "HARD",
     request_id: str | uuid.UUID | None = None,
@@ -56,13 +61,18 @@ def build_payload(
     (so a retried producer gets the same id back at once), else random. :func:`checked`
     replaces a derived id by a random one when the request is invalid: a rejected request holds
     neither its key nor the id a corrected retry will derive from it.
+
+    More than ``PACK_ABOVE`` ids travel packed (``server_ids_packed``: 22 bytes an id instead
+    of 39, and no Python string per id on either side); ``server_ids`` may also be given
+    packed already (``bytes`` from ``worker.ids.pack``). A list holding ids that are not UUIDs
+    stays a list, so that the worker names them in its rejection.
     """
     if request_id is None:
         request_id = uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else None
     payload: dict[str, Any] = {
         "request_id": str(request_id or uuid.uuid4()),
         "project_id": project_id,
-        "server_ids": list(server_ids),
+        **_ids_field(server_ids),
         "type": type,
         "idempotency_key": idempotency_key,
         "source": source,
@@ -75,6 +85,28 @@ def build_payload(
         "not_after": not_after,
     }
     return {k: v for k, v in payload.items() if v is not None}
+
+
+def _ids_field(server_ids: Sequence[str] | bytes) -> dict[str, Any]:
+    packed: bytes | None = None
+    if isinstance(server_ids, bytes | bytearray):
+        if ids.count(server_ids) <= PACK_ABOVE:
+            return {"server_ids": ids.unpack(bytes(server_ids))}
+        packed = bytes(server_ids)
+    elif len(server_ids) > PACK_ABOVE:
+        with contextlib.suppress(ids.BadIds):
+            packed = ids.pack(server_ids)
+    if packed is None:
+        return {"server_ids": list(server_ids)}
+    return {"server_ids_packed": base64.b64encode(packed).decode("ascii")}
+
+
+def id_count(payload: dict[str, Any]) -> int:
+    """How many server ids a payload carries (duplicates included), without unpacking them."""
+    packed = payload.get("server_ids_packed")
+    if isinstance(packed, str):
+        return (len(packed) * 3 // 4 - packed[-2:].count("=")) // ids.SIZE
+    return len(payload.get("server_ids") or [])
 
 
 def checked(payload: dict[str, Any], settings: Settings) -> ValidatedRequest:
@@ -101,7 +133,8 @@ def checked(payload: dict[str, Any], settings: Settings) -> ValidatedRequest:
 def send_payload(app: Celery, payload: dict[str, Any]) -> None:
     """Send the intake message. Flower shows a summary instead of up to a million ids."""
     summary = {k: v for k, v in payload.items() if k != "server_ids"}
-    summary["server_ids"] = f"<{len(payload.get('server_ids') or [])} ids>"
+    summary.pop("server_ids_packed", None)
+    summary["server_ids"] = f"<{id_count(payload)} ids>"
     app.send_task(TASK_NAME, kwargs=payload, queue=INTAKE_QUEUE, kwargsrepr=repr(summary))
 
 
@@ -129,7 +162,7 @@ def cancel_request(
 
 def plan_request(
     project_id: str,
-    server_ids: Sequence[str],
+    server_ids: Sequence[str] | bytes,
     *,
     settings: Settings | None = None,
     **fields: Any,
@@ -146,7 +179,7 @@ def plan_request(
 
 def request_reboot(
     project_id: str,
-    server_ids: Sequence[str],
+    server_ids: Sequence[str] | bytes,
     *,
     app: Celery | None = None,
     settings: Settings | None = None,

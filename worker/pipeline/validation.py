@@ -6,6 +6,8 @@ an invalid request can be recorded as ``rejected`` with all of them at once.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import re
 import uuid
@@ -13,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL, POWER_TYPES
 from worker.pipeline.message import RebootRequestMessage
 
@@ -23,9 +26,7 @@ SOFT_WARNING = (
 )
 #: Project ids are 32 hexadecimal characters in Huawei Cloud.
 PROJECT_ID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
-UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-)
+UUID_RE = ids.UUID_RE
 MAX_TEXT = 255
 
 #: Every keyword argument the intake task understands: the fields of the one message model.
@@ -43,7 +44,8 @@ class ValidatedRequest:
 
     request_id: uuid.UUID
     project_id: str
-    server_ids: list[str]
+    #: The unique server ids, packed (``worker.ids``), in the order given.
+    packed_ids: bytes
     type: str
     idempotency_key: str | None
     source: str
@@ -62,6 +64,16 @@ class ValidatedRequest:
     @property
     def valid(self) -> bool:
         return not self.reasons
+
+    @property
+    def servers(self) -> int:
+        """How many unique servers the request holds."""
+        return ids.count(self.packed_ids)
+
+    @property
+    def server_ids(self) -> list[str]:
+        """The unique server ids as text (lower case), in order."""
+        return ids.unpack(self.packed_ids)
 
 
 def _short(value: Any) -> str:
@@ -161,36 +173,64 @@ def _name_field(payload: Mapping[str, Any], name: str, reasons: list[str]) -> st
     return value
 
 
-def _server_ids(value: Any, max_servers: int, reasons: list[str]) -> tuple[list[str], int, int]:
-    """Returns (unique ids in order, ids given, duplicates removed)."""
-    if value is None:
+def _server_ids(
+    payload: Mapping[str, Any], max_servers: int, reasons: list[str]
+) -> tuple[bytes, int]:
+    """Returns (the unique ids packed, in order; how many ids were given).
+
+    The ids come as ``server_ids`` (a list of UUID strings) or, for large requests, as
+    ``server_ids_packed`` (base64 of their 16-byte values: ``worker.ids``); never both."""
+    listed, packed_text = payload.get("server_ids"), payload.get("server_ids_packed")
+    if listed is not None and packed_text is not None:
+        reasons.append("give server_ids or server_ids_packed, not both")
+        return b"", 0
+    packed = b""
+    if packed_text is not None:
+        decoded = _decode_packed(packed_text, reasons)
+        if decoded is None:
+            return b"", 0
+        packed, given = decoded, ids.count(decoded)
+    elif listed is None:
         reasons.append("server_ids is missing: give at least one server id")
-        return [], 0, 0
-    if isinstance(value, str) or not isinstance(value, list | tuple):
-        reasons.append(f"server_ids must be a list of server ids, got {type(value).__name__}")
-        return [], 0, 0
-    given = len(value)
+        return b"", 0
+    elif isinstance(listed, str) or not isinstance(listed, list | tuple):
+        reasons.append(f"server_ids must be a list of server ids, got {type(listed).__name__}")
+        return b"", 0
+    else:
+        given = len(listed)
     if given == 0:
         reasons.append("server_ids is empty: give at least one server id")
-        return [], 0, 0
+        return b"", 0
     if given > max_servers:
         reasons.append(
             f"too many servers: {given} given, at most {max_servers} per request "
             "(BMSREBOOT_MAX_REQUEST_SERVERS)"
         )
-        return [], given, 0
-    seen: dict[str, None] = {}
-    bad: list[str] = []
-    for item in value:
-        if not isinstance(item, str) or not UUID_RE.match(item.strip()):
-            bad.append(_short(item))
-            continue
-        seen.setdefault(item.strip().lower(), None)
-    if bad:
-        examples = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        reasons.append(f"{len(bad)} server id(s) are not UUIDs: {examples}")
-    unique = list(seen)
-    return unique, given, given - len(bad) - len(unique)
+        return b"", given
+    if isinstance(listed, list | tuple):
+        try:
+            packed = ids.pack(listed)
+        except ids.BadIds as exc:
+            examples = ", ".join(shown for _, shown in exc.bad)
+            more = f" and {exc.count - len(exc.bad)} more" if exc.count > len(exc.bad) else ""
+            reasons.append(f"{exc.count} server id(s) are not UUIDs: {examples}{more}")
+            return b"", given
+    return ids.dedupe(packed), given
+
+
+def _decode_packed(value: Any, reasons: list[str]) -> bytes | None:
+    if not isinstance(value, str):
+        reasons.append(f"server_ids_packed must be a base64 string, got {type(value).__name__}")
+        return None
+    try:
+        packed = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        reasons.append("server_ids_packed is not valid base64")
+        return None
+    if len(packed) % ids.SIZE:
+        reasons.append(f"server_ids_packed must hold 16 bytes per server id, got {len(packed)}")
+        return None
+    return packed
 
 
 def validate_request(
@@ -251,7 +291,8 @@ def validate_request(
         reasons.append(f"type must be HARD or SOFT, got {_short(reboot_type)}")
         reboot_type = "HARD"
 
-    server_ids, given, duplicates = _server_ids(payload.get("server_ids"), max_servers, reasons)
+    packed, given = _server_ids(payload, max_servers, reasons)
+    duplicates = given - ids.count(packed) if packed else 0
     if duplicates:
         warnings.append(f"{duplicates} duplicate server id(s) removed")
 
@@ -276,7 +317,7 @@ def validate_request(
     return ValidatedRequest(
         request_id=request_id,
         project_id=project_id,
-        server_ids=server_ids,
+        packed_ids=packed,
         type=reboot_type,
         idempotency_key=_text_field(payload, "idempotency_key", reasons),
         source=_text_field(payload, "source", reasons) or "unknown",
