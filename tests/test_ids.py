@@ -64,6 +64,10 @@ def test_a_large_request_travels_packed_and_validates_like_a_list() -> None:
     assert result.valid, result.reasons
     assert result.server_ids == servers
     assert (result.servers, result.duplicates_removed) == (PACK_ABOVE + 1, 1)
+    # A producer writing JSON sends the same bytes in base64
+    as_json = {**payload, "server_ids_packed": base64.b64encode(payload["server_ids_packed"])}
+    as_json["server_ids_packed"] = as_json["server_ids_packed"].decode("ascii")
+    assert validate_request(as_json, max_servers=10_000).server_ids == servers
     # A small request, or one with ids that are not UUIDs, stays a list
     assert build_payload(PROJECT, servers[:3])["server_ids"] == servers[:3]
     assert build_payload(PROJECT, ids.pack(servers[:3]))["server_ids"] == servers[:3]

@@ -71,9 +71,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Results are never read back: the audit database is the record of work.
         "result_backend": None,
         "task_ignore_result": True,
-        # JSON only: messages are small dicts of ids that any producer can write.
+        # JSON: messages are small dicts of ids that any producer can write. msgpack is also
+        # accepted, for one thing: a large request's packed server ids as bytes (a million ids
+        # are 16 MB as bytes; in JSON they need base64, which kombu's Redis transport then
+        # base64-encodes again): see worker.pipeline.producer.send_payload.
         "task_serializer": "json",
-        "accept_content": ["json"],
+        "accept_content": ["json", "msgpack"],
         "result_serializer": "json",
         # Three queues so a flood of polls never starves intake or submission; the default
         # queue stays "celery" so a producer's completion callback is routed as it expects.

@@ -51,11 +51,12 @@ class RebootRequestMessage(BaseModel):
             {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": UUID_PATTERN}},
         ),
     )
-    server_ids_packed: str | None = Field(
+    server_ids_packed: str | bytes | None = Field(
         None,
-        description="The same ids packed, for large requests: base64 (RFC 4648, padded) of "
-        "each id's 16 bytes (uuid.UUID(id).bytes) one after the other, in order. 22 bytes "
-        "an id instead of 39; give this or server_ids, not both.",
+        description="The same ids packed, for large requests: each id's 16 bytes "
+        "(uuid.UUID(id).bytes) one after the other, in order, as base64 (RFC 4648, padded) "
+        "in a JSON message, or as bytes in a msgpack message (content type "
+        "application/x-msgpack). Give this or server_ids, not both.",
         json_schema_extra=lambda schema: _only(
             schema, {"type": "string", "contentEncoding": "base64"}
         ),

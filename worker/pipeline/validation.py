@@ -219,14 +219,18 @@ def _server_ids(
 
 
 def _decode_packed(value: Any, reasons: list[str]) -> bytes | None:
-    if not isinstance(value, str):
+    """Packed ids: bytes (a msgpack message) or their base64 (a JSON message)."""
+    if isinstance(value, bytes):
+        packed = value
+    elif not isinstance(value, str):
         reasons.append(f"server_ids_packed must be a base64 string, got {type(value).__name__}")
         return None
-    try:
-        packed = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        reasons.append("server_ids_packed is not valid base64")
-        return None
+    else:
+        try:
+            packed = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            reasons.append("server_ids_packed is not valid base64")
+            return None
     if len(packed) % ids.SIZE:
         reasons.append(f"server_ids_packed must hold 16 bytes per server id, got {len(packed)}")
         return None
