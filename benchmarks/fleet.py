@@ -197,7 +197,7 @@ def _pg_admin(sql: str) -> None:
     with psycopg.connect(
         host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True
     ) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]  # names below are generated, never user input
+        conn.execute(sql)  # type: ignore[arg-type,unused-ignore]  # generated names, never input
 
 
 @contextlib.contextmanager
@@ -206,6 +206,17 @@ def bmsreboot_worker(
 ) -> Iterator[tuple[Any, Any, subprocess.Popen[bytes]]]:
     """A real worker on the simulator, with everything it needs; yields (app, engine, worker)
     and stops, drops and flushes all of it on the way out."""
+    with bmsreboot_workers(base_url, args, tmp, 1) as (app, engine, workers):
+        yield app, engine, workers[0]
+
+
+@contextlib.contextmanager
+def bmsreboot_workers(
+    base_url: str, args: argparse.Namespace, tmp: Path, count: int
+) -> Iterator[tuple[Any, Any, list[subprocess.Popen[bytes]]]]:
+    """``count`` worker processes (the first with embedded beat) on one broker and database;
+    yields (app, engine, workers). ``args.pool`` (optional) picks Celery's pool: Celery's CLI
+    reads ``CELERY_WORKER_POOL`` for ``--pool``. ``args.database`` gets the database's name."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BMSREBOOT_")}
     env.update(
         {
@@ -216,6 +227,8 @@ def bmsreboot_worker(
             **getattr(args, "worker_env", {}),
         }
     )
+    if getattr(args, "pool", None):
+        env["CELERY_WORKER_POOL"] = args.pool
     (tmp / "data").mkdir(exist_ok=True)
     broker_url = database_url = None
     with contextlib.ExitStack() as stack:
@@ -228,6 +241,7 @@ def bmsreboot_worker(
             name = f"bmsreboot_bench_{uuid.uuid4().hex[:12]}"
             _pg_admin(f'CREATE DATABASE "{name}"')
             stack.callback(_pg_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            args.database = name
             broker_url = args.redis_url
             database_url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
             env["BMSREBOOT_BROKER_URL"] = broker_url
@@ -239,21 +253,25 @@ def bmsreboot_worker(
             bms_endpoint=base_url,
         )
         upgrade_database(settings.effective_database_url)
-        worker = start_worker(
-            env,
-            args.worker_log,
-            f"fleet-{uuid.uuid4().hex[:8]}",
-            concurrency=args.concurrency,
-            cwd=REPO,
-            beat=True,
-        )
-        stack.callback(kill_worker, worker)  # after the warm shutdown: anything left of its group
-        stack.callback(stop_worker, worker)
+        workers = []
+        for n in range(count):
+            log = args.worker_log if n == 0 else args.worker_log.with_suffix(f".{n}.log")
+            worker = start_worker(
+                env,
+                log,
+                f"fleet{n}-{uuid.uuid4().hex[:8]}",
+                concurrency=args.concurrency,
+                cwd=REPO,
+                beat=n == 0,
+            )
+            workers.append(worker)
+            stack.callback(kill_worker, worker)  # after the warm shutdown: anything left
+            stack.callback(stop_worker, worker)
         engine = make_engine(settings.effective_database_url)
         stack.callback(engine.dispose)
         app = make_celery_app(settings)
         stack.callback(app.close)
-        yield app, engine, worker
+        yield app, engine, workers
 
 
 def run_request(
@@ -263,11 +281,12 @@ def run_request(
     ids: list[str],
     batch_size: int,
     timeout: float,
+    project_id: str = DEFAULT_PROJECT_ID,
 ) -> tuple[float, dict[str, Any]]:
     """Send one request and wait for its final status; returns (seconds, status)."""
     request_id = uuid.uuid4()
     payload = build_payload(
-        DEFAULT_PROJECT_ID, ids, request_id=request_id, batch_size=batch_size, source="benchmark"
+        project_id, ids, request_id=request_id, batch_size=batch_size, source="benchmark"
     )
     sent = time.time()  # the wall clock, as the audit rows' times
     send_payload(app, payload)

@@ -1,6 +1,7 @@
 """Job polls per second the simulator sustains, for jobs of 10 and of 1000 servers.
 
-    .venv/bin/python benchmarks/simulator_polls.py [--threads 4] [--seconds 5]
+    .venv/bin/python benchmarks/simulator_polls.py [--threads 4] [--seconds 5] [--tiny]
+        [--json-out PATH]
 
 Runs the simulator twice, in this process and as a ``bmsreboot simulator`` subprocess (rate
 limits off, jobs finish at once); each time it creates a few finished jobs of each size, then
@@ -8,13 +9,14 @@ lets several client threads poll them for a bounded time, each with its own keep
 ``requests.Session`` signed by ``worker.bms.signing.AkSkAuth``; every poll parses the JSON, as
 a real client does. Prints polls/second and latency percentiles per job size. Clients and
 simulator share the machine (and, in-process, the GIL), so the figures are a lower bound of
-what the simulator serves.
+what the simulator serves. ``--tiny`` polls for half a second with 2 threads (a smoke run).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import statistics
@@ -121,9 +123,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--tiny", action="store_true", help="2 threads, 0.5 s per size")
+    parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
+    if args.tiny:
+        args.threads, args.seconds = 2, 0.5
+    rows: list[dict[str, object]] = []
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}")
-    print(f"{args.threads} client threads, {args.seconds:.0f} s per size, keep-alive, signed")
+    print(f"{args.threads} client threads, {args.seconds:g} s per size, keep-alive, signed")
     for where in ("in-process", "subprocess"):
         with simulator(where) as base_url:
             for servers in (10, 1000):
@@ -133,14 +140,30 @@ def main() -> None:
                 cpu_before = cpu_seconds(pid) if pid else 0.0
                 r = measure(base_url, job_ids, args.threads, args.seconds)
                 cost = ""
+                per_poll = None
                 if pid:
                     per_poll = (cpu_seconds(pid) - cpu_before) / r["polls"]
                     cost = f", simulator CPU {per_poll * 1000:.2f} ms/poll"
+                rows.append(
+                    {
+                        "where": where,
+                        "job_servers": servers,
+                        "polls": int(r["polls"]),
+                        "polls_per_s": round(r["per_second"], 1),
+                        "p50_ms": round(r["p50_ms"], 2),
+                        "p99_ms": round(r["p99_ms"], 2),
+                        "simulator_cpu_ms_per_poll": per_poll and round(per_poll * 1000, 3),
+                    }
+                )
                 print(
                     f"{where:>10}, jobs of {servers:>4} servers: {r['per_second']:6.0f} polls/s "
                     f"({r['polls']:.0f} polls, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"
                     f"{cost})"
                 )
+    if args.json_out:
+        scenario = {"threads": args.threads, "seconds": args.seconds, "cores": os.cpu_count()}
+        report = {"scenario": scenario, "results": rows}
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,181 @@
+"""What a benchmark measures besides time: CPU seconds of process trees and Redis's memory.
+
+A :class:`Sampler` thread reads ``/proc`` once a second (Linux only; elsewhere it reports 0):
+each group of processes (a worker and all its descendants, the simulator, PostgreSQL's backends
+of one database, ...) is summed as the CPU (user + system) its processes used between
+:meth:`Sampler.start` and :meth:`Sampler.stop`; a process that starts in between counts from 0,
+one that ends in between counts until its last sample (at most a second is lost). Redis is
+read with ``INFO``: its own CPU and ``used_memory`` (the whole instance), and the bytes held by
+the keys of the benchmark's own database (``MEMORY USAGE`` of every key, which is exact and
+cheap for the few hundred keys a run leaves there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds) of every process this user can see."""
+    out: dict[int, tuple[int, str, float]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return out
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended between the listing and the read
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        out[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def tree(procs: dict[int, tuple[int, str, float]], roots: Iterable[int]) -> set[int]:
+    """The roots and all their descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = [r for r in roots if r in procs]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def named(procs: dict[int, tuple[int, str, float]], name: str) -> set[int]:
+    return {pid for pid, (_, comm, _) in procs.items() if comm == name}
+
+
+#: A group: given the processes of one sample, the pids that belong to it.
+Group = Callable[[dict[int, tuple[int, str, float]]], set[int]]
+
+
+class Sampler:
+    """Sample the groups' CPU and Redis every ``every`` seconds in a thread."""
+
+    def __init__(
+        self,
+        groups: dict[str, Group],
+        redis_url: str | None = None,
+        every: float = 1.0,
+    ) -> None:
+        self.groups = groups
+        self.every = every
+        self._redis = redis.Redis.from_url(redis_url) if redis_url else None
+        self._first: dict[str, dict[int, float]] = {g: {} for g in groups}
+        self._last: dict[str, dict[int, float]] = {g: {} for g in groups}
+        self._started = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._lock = threading.Lock()
+        self._redis_cpu0 = 0.0
+        self._self0 = 0.0
+        self.used_memory: list[int] = []
+        self.db_bytes: list[int] = []
+        self.result: dict[str, Any] = {}
+
+    # --- one sample ------------------------------------------------------------------------
+    def _sample(self) -> None:
+        procs = processes()
+        with self._lock:
+            for group, select in self.groups.items():
+                first, last = self._first[group], self._last[group]
+                for pid in select(procs):
+                    cpu = procs[pid][2]
+                    if pid not in first:
+                        first[pid] = cpu if not self._started else 0.0
+                    last[pid] = cpu
+        if self._redis is not None:
+            with contextlib.suppress(redis.RedisError):
+                self.used_memory.append(int(self._redis.info("memory")["used_memory"]))
+                self.db_bytes.append(self._db_bytes())
+
+    def _db_bytes(self) -> int:
+        assert self._redis is not None
+        total = 0
+        for key in self._redis.scan_iter(count=1000):
+            total += int(self._redis.memory_usage(key, samples=0) or 0)
+        return total
+
+    def _redis_cpu(self) -> float:
+        if self._redis is None:
+            return 0.0
+        info = self._redis.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    # --- the window ------------------------------------------------------------------------
+    def start(self) -> Sampler:
+        self._sample()
+        self._started = True
+        self._redis_cpu0 = self._redis_cpu()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._self0 = usage.ru_utime + usage.ru_stime
+        self._t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        """CPU seconds per group over the window, Redis's CPU and memory; also in ``result``."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        wall = time.monotonic() - self._t0
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = {
+            group: round(sum(self._last[group][p] - self._first[group][p] for p in first), 2)
+            for group, first in self._first.items()
+        }
+        cpu["redis"] = round(self._redis_cpu() - self._redis_cpu0, 2)
+        cpu["benchmark"] = round(usage.ru_utime + usage.ru_stime - self._self0, 2)
+        self.result = {"wall_s": round(wall, 2), "cpu_s": cpu}
+        if self.used_memory:
+            self.result["redis_used_memory_mb"] = {
+                "start": mb(self.used_memory[0]),
+                "peak": mb(max(self.used_memory)),
+                "end": mb(self.used_memory[-1]),
+            }
+            self.result["broker_db_mb"] = {
+                "peak": mb(max(self.db_bytes)),
+                "end": mb(self.db_bytes[-1]),
+            }
+        if self._redis is not None:
+            self._redis.close()
+        return self.result
+
+
+def mb(n: int) -> float:
+    return round(n / 2**20, 2)
+
+
+def postgres_backends(database: str, procs: dict[int, tuple[int, str, float]]) -> set[int]:
+    """The backends serving ``database``: PostgreSQL names them ``postgres`` and we find them
+    by their process title (``postgres: [cluster:] user database host ...``)."""
+    found = set()
+    for pid in named(procs, "postgres"):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
+            if database.encode() in cmdline[1:5]:
+                found.add(pid)
+    return found

@@ -1,0 +1,99 @@
+"""Every benchmark script runs once at its tiny size, so that none of them rots.
+
+Each script in ``benchmarks/`` (as ``run_all.py`` finds them) runs as a subprocess with
+``--tiny`` and ``--json-out``, on this test's Redis db (the ``redis_url`` fixture) when it takes
+``--redis-url``; the test asserts its exit code and the keys of its JSON report, never a
+timing. ``run_all.py`` runs once on the quickest script, and its summary is checked on a
+made-up report.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.services import require_postgres, require_redis
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import run_all  # noqa: E402  (benchmarks/ is not a package)
+
+#: The keys each report must have; a script not listed must at least name its scenario.
+EXPECTED = {
+    "fleet": {"scenario", "lower_bound_s", "results"},
+    "inflight": {"scenario", "results"},
+    "workers": {"scenario", "results", "speedup"},
+    "simulator_polls": {"scenario", "results"},
+    "create_request": {"scenario", "rows"},
+    "intake": {"scenario", "recorded_median_s"},
+}
+ROW_KEYS = {
+    "fleet": {"contender", "wall_s", "gets_per_job", "throttled_429", "detect_median_s"},
+    "inflight": {
+        "pool",
+        "most_jobs_at_once",
+        "job_route_429",
+        "gets_per_job",
+        "detect_p90_s",
+        "worker_cpu_s",
+        "worker_cores",
+        "worker_cpu_ms_per_call",
+        "redis_used_memory_mb",
+        "broker_db_mb",
+    },
+    "workers": {"workers", "wall_s", "cpu_s_per_1000_servers", "cores_used", "servers_rebooted"},
+    "simulator_polls": {"where", "polls_per_s", "simulator_cpu_ms_per_poll"},
+}
+SCRIPTS = [p.stem for p in run_all.scripts()]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_benchmark_runs_at_its_tiny_size(name: str, tmp_path: Path, redis_url: str) -> None:
+    require_postgres()
+    require_redis()
+    script = BENCHMARKS / f"{name}.py"
+    options = run_all.options_of(script)
+    assert "--tiny" in options, f"{name}.py needs a --tiny size"
+    assert "--json-out" in options, f"{name}.py needs --json-out"
+    out = tmp_path / "report.json"
+    argv = [sys.executable, str(script), "--tiny", "--json-out", str(out)]
+    if "--redis-url" in options:
+        argv += ["--redis-url", redis_url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert EXPECTED.get(name, {"scenario"}) <= set(report), sorted(report)
+    rows = report.get("results")
+    if name in ROW_KEYS:
+        assert rows, report
+        for row in rows:
+            assert ROW_KEYS[name] <= set(row), sorted(row)
+
+
+def test_run_all_runs_the_scripts_and_writes_one_summary(tmp_path: Path) -> None:
+    out = tmp_path / "all.json"
+    argv = [sys.executable, str(BENCHMARKS / "run_all.py"), "--tiny", "--runs", "2"]
+    argv += ["--only", "simulator_polls", "--json-out", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    runs = report["scripts"]["simulator_polls"]["runs"]
+    assert [r["exit_code"] for r in runs] == [0, 0]
+    summary = report["summary"]["simulator_polls"]
+    assert summary["results[where=in-process].polls_per_s"]["runs"] == 2
+
+
+def test_the_summary_gives_medians_with_their_spread() -> None:
+    reports = [
+        {"scenario": {"n": 1}, "results": [{"pool": "prefork", "wall_s": w}], "flag": True}
+        for w in (3.0, 1.0, 2.0)
+    ]
+    assert run_all.summarize(reports) == {
+        "results[pool=prefork].wall_s": {"median": 2.0, "min": 1.0, "max": 3.0, "runs": 3}
+    }
