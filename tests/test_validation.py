@@ -111,3 +111,25 @@ def test_the_payload_leaves_out_unset_fields_and_survives_json() -> None:
     payload = build_payload(PROJECT, ["a"], batch_size=10)
     assert set(payload) == {"request_id", "project_id", "server_ids", "type", "batch_size"}
     assert json.loads(json.dumps(payload)) == payload
+
+
+def test_build_payload_refuses_a_name_that_is_not_a_field() -> None:
+    with pytest.raises(TypeError, match="not a field of a reboot request: batchsize"):
+        build_payload(PROJECT, ["a"], batchsize=10)
+
+
+def test_validation_follows_the_message_model_for_every_bound() -> None:
+    # The bounds come from RebootRequestMessage: what the schema says is what intake checks
+    from worker.pipeline.message import RebootRequestMessage
+
+    for name in ("batch_size", "canary_size", "max_in_flight"):
+        low = next(
+            r.ge for r in RebootRequestMessage.model_fields[name].metadata if hasattr(r, "ge")
+        )
+        assert not check(**{name: low - 1}).valid
+        assert check(**{name: low}).valid
+    assert check(type="soft").type == "SOFT"
+    assert check(source="  app ").source == "app"
+    assert check(notify_task="a b").reasons == [
+        "notify_task must be a Celery name (letters, digits and _ . : @ -), got 'a b'"
+    ]

@@ -10,14 +10,16 @@ operator's words, so that an invalid request is recorded as ``rejected`` with al
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt
 
 from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL as MAX_BATCH_SIZE
 
 UUID_PATTERN = ids.UUID_RE.pattern
+#: A Celery task or queue name a producer may name for its callback.
+CELERY_NAME = r"^[A-Za-z0-9_.:@-]{1,255}$"
 
 
 def _only(schema: dict[str, Any], shape: dict[str, Any]) -> None:
@@ -68,31 +70,43 @@ class RebootRequestMessage(BaseModel):
         "HARD", description="HARD (default) or SOFT (documented as ineffective on BMS)."
     )
     idempotency_key: str | None = Field(
-        None, max_length=255, description="The same key returns the existing request."
+        None,
+        min_length=1,
+        max_length=255,
+        description="The same key returns the existing request.",
     )
     source: str | None = Field(
-        None, max_length=255, description="Who asks: an application, schedule:<name>, cli:<user>."
+        None,
+        min_length=1,
+        max_length=255,
+        description="Who asks: an application, schedule:<name>, cli:<user>.",
     )
-    batch_size: int | None = Field(
+    batch_size: StrictInt | None = Field(
         None, ge=1, le=MAX_BATCH_SIZE, description="Servers per API call (default 1000)."
     )
-    max_in_flight: int | None = Field(
+    max_in_flight: StrictInt | None = Field(
         None, ge=1, description="At most this many batches submitted at once."
     )
-    canary_size: int | None = Field(
+    canary_size: StrictInt | None = Field(
         None, ge=1, le=MAX_BATCH_SIZE, description="Batch 0 holds this many servers, first."
     )
-    failure_threshold: float | None = Field(
+    failure_threshold: Annotated[float, Strict()] | None = Field(
         None, ge=0, le=100, description="Halt when more than this percent fail or are unknown."
     )
     not_after: str | None = Field(
         None, description="No batch released after: ISO 8601 with a zone, or a duration (2h)."
     )
     notify_task: str | None = Field(
-        None, max_length=255, description="Celery task sent the final status dict."
+        None,
+        pattern=CELERY_NAME,
+        max_length=255,
+        description="Celery task sent the final status dict.",
     )
     notify_queue: str | None = Field(
-        None, max_length=255, description="The queue of notify_task (default: celery)."
+        None,
+        pattern=CELERY_NAME,
+        max_length=255,
+        description="The queue of notify_task (default: celery).",
     )
 
 

@@ -18,7 +18,7 @@ from celery import Celery
 
 from worker import ids
 from worker.celery import INTAKE_QUEUE
-from worker.pipeline.validation import ValidatedRequest, validate_request
+from worker.pipeline.validation import KNOWN_FIELDS, ValidatedRequest, validate_request
 from worker.settings import Settings, get_settings
 
 TASK_NAME = "bmsreboot.request_reboot"
@@ -42,19 +42,15 @@ def build_payload(
     project_id: str,
     server_ids: Sequence[str] | bytes,
     *,
-    type: str = "HARD",
     request_id: str | uuid.UUID | None = None,
-    idempotency_key: str | None = None,
-    source: str | None = None,
-    batch_size: int | None = None,
-    max_in_flight: int | None = None,
-    canary_size: int | None = None,
-    failure_threshold: float | None = None,
-    notify_task: str | None = None,
-    notify_queue: str | None = None,
-    not_after: str | None = None,
+    type: str = "HARD",
+    **fields: Any,
 ) -> dict[str, Any]:
-    """The intake task's JSON keyword arguments (unset fields are left out).
+    """The intake task's keyword arguments (unset fields are left out).
+
+    ``fields`` are the message's other fields by name (``idempotency_key``, ``source``,
+    ``batch_size``, the rollout policy, ``notify_task``...: ``RebootRequestMessage``, the one
+    list of them; ``bmsreboot schema``); a name that is not one raises ``TypeError``.
 
     Without a ``request_id``, one is made: derived from the idempotency key when there is one
     (so a retried producer gets the same id back at once), else random. :func:`checked`
@@ -63,25 +59,21 @@ def build_payload(
 
     More than ``PACK_ABOVE`` ids travel packed (``server_ids_packed``, bytes: 16 bytes an id
     instead of 39, and no Python string per id on either side); ``server_ids`` may also be
-    given packed already (``bytes`` from ``worker.ids.pack``). A list holding ids that are not UUIDs
-    stays a list, so that the worker names them in its rejection.
+    given packed already (``bytes`` from ``worker.ids.pack``). A list holding ids that are not
+    UUIDs stays a list, so that the worker names them in its rejection.
     """
+    unknown = set(fields) - KNOWN_FIELDS | ({"server_ids", "server_ids_packed"} & set(fields))
+    if unknown:
+        raise TypeError(f"not a field of a reboot request: {', '.join(sorted(unknown))}")
+    key = fields.get("idempotency_key")
     if request_id is None:
-        request_id = uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else None
+        request_id = uuid.uuid5(IDEMPOTENCY_NAMESPACE, key) if key else None
     payload: dict[str, Any] = {
         "request_id": str(request_id or uuid.uuid4()),
         "project_id": project_id,
         **_ids_field(server_ids),
         "type": type,
-        "idempotency_key": idempotency_key,
-        "source": source,
-        "batch_size": batch_size,
-        "max_in_flight": max_in_flight,
-        "canary_size": canary_size,
-        "failure_threshold": failure_threshold,
-        "notify_task": notify_task,
-        "notify_queue": notify_queue,
-        "not_after": not_after,
+        **fields,
     }
     return {k: v for k, v in payload.items() if v is not None}
 

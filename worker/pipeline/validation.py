@@ -12,8 +12,10 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from pydantic import ValidationError
 
 from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL, POWER_TYPES
@@ -34,8 +36,6 @@ KNOWN_FIELDS = frozenset(RebootRequestMessage.model_fields)
 #: The rollout policy's fields; their defaults come from the settings (``policy_defaults``).
 POLICY_FIELDS = ("max_in_flight", "canary_size", "failure_threshold", "not_after")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-#: A Celery queue or task name a producer may name for its callback.
-NAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,255}$")
 
 
 @dataclass
@@ -65,6 +65,14 @@ class ValidatedRequest:
     def valid(self) -> bool:
         return not self.reasons
 
+    def recorded(self) -> dict[str, Any]:
+        """The normalised request as ``create_request`` records it (by name, no list)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("servers_given", "reasons", "warnings")
+        }
+
     @property
     def servers(self) -> int:
         """How many unique servers the request holds."""
@@ -91,38 +99,6 @@ def safe_text(value: Any, limit: int = MAX_TEXT) -> str:
             for ch in text
         )
     return text[:limit]
-
-
-def _int_field(
-    payload: Mapping[str, Any], name: str, low: int, high: int | None, reasons: list[str]
-) -> int | None:
-    value = payload.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        reasons.append(f"{name} must be a whole number, got {_short(value)}")
-        return None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        reasons.append(f"{name} must be {bound}, got {value}")
-        return None
-    return value
-
-
-def _text_field(payload: Mapping[str, Any], name: str, reasons: list[str]) -> str | None:
-    value = payload.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        reasons.append(f"{name} must be a non-empty string, got {_short(value)}")
-        return None
-    if "\x00" in value:
-        reasons.append(f"{name} must not contain NUL characters, got {_short(value)}")
-        return None
-    if len(value) > MAX_TEXT:
-        reasons.append(f"{name} must be at most {MAX_TEXT} characters, got {len(value)}")
-        return None
-    return value.strip()
 
 
 def parse_duration(text: str) -> dt.timedelta | None:
@@ -160,17 +136,6 @@ def parse_not_after(value: Any, now: dt.datetime) -> tuple[dt.datetime | None, s
     if moment <= now:
         return None, f"not_after is already past: {moment.isoformat()}"
     return moment, None
-
-
-def _name_field(payload: Mapping[str, Any], name: str, reasons: list[str]) -> str | None:
-    """A Celery task or queue name (letters, digits and ``_ . : @ -``)."""
-    value = _text_field(payload, name, reasons)
-    if value is not None and not NAME_RE.match(value):
-        reasons.append(
-            f"{name} must be a Celery name (letters, digits and _ . : @ -), got {_short(value)}"
-        )
-        return None
-    return value
 
 
 def _server_ids(
@@ -237,6 +202,54 @@ def _decode_packed(value: Any, reasons: list[str]) -> bytes | None:
     return packed
 
 
+#: Fields whose text is stripped and must not be blank or hold NUL.
+TEXT_FIELDS = ("idempotency_key", "source", "notify_task", "notify_queue")
+#: The ids are checked by :func:`_server_ids` (a million of them, as bytes), not by the model.
+ID_FIELDS = ("server_ids", "server_ids_packed")
+
+
+def _bounds(name: str) -> tuple[Any, Any]:
+    """The ``ge`` and ``le`` of a field of the message model (None when unbounded)."""
+    low = high = None
+    for rule in RebootRequestMessage.model_fields[name].metadata:
+        low = getattr(rule, "ge", low)
+        high = getattr(rule, "le", high)
+    return low, high
+
+
+def _reason(name: str, error: Mapping[str, Any], value: Any) -> str:
+    """One pydantic error on one field of the message, in an operator's words."""
+    kind = error["type"]
+    got = _short(value)
+    if name in TEXT_FIELDS and isinstance(value, str) and "\x00" in value:
+        return f"{name} must not contain NUL characters, got {got}"
+    if kind == "missing":
+        return f"{name} is missing"
+    if name == "project_id":
+        return f"project_id must be 32 hexadecimal characters, got {got}"
+    if name == "request_id":
+        return f"request_id must be a UUID, got {got}"
+    if name == "type":
+        return f"type must be HARD or SOFT, got {got}"
+    if name == "failure_threshold":
+        return f"failure_threshold must be a percentage from 0 to 100, got {got}"
+    if name == "not_after":
+        return f"not_after must be an ISO 8601 time or a duration, got {got}"
+    if kind == "int_type":
+        return f"{name} must be a whole number, got {got}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        low, high = _bounds(name)
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        return f"{name} must be {bound}, got {got}"
+    if kind == "string_too_long":
+        return f"{name} must be at most {error['ctx']['max_length']} characters, got {len(value)}"
+    if kind == "string_pattern_mismatch" and name in ("notify_task", "notify_queue"):
+        return f"{name} must be a Celery name (letters, digits and _ . : @ -), got {got}"
+    if kind in ("string_type", "string_too_short"):
+        return f"{name} must be a non-empty string, got {got}"
+    return f"{name}: {error['msg']}, got {got}"
+
+
 def validate_request(
     payload: Mapping[str, Any],
     *,
@@ -247,15 +260,19 @@ def validate_request(
     now: dt.datetime | None = None,
 ) -> ValidatedRequest:
     """Check and normalise a request payload (the intake task's keyword arguments).
-    ``positional`` counts arguments a producer sent without names (never accepted).
-    ``policy_defaults`` fills the rollout policy's fields the payload leaves out (the
-    operator's settings); ``not_after`` durations count from ``now``."""
+
+    The fields, their types and bounds are the message model's (``RebootRequestMessage``):
+    pydantic checks them and each error becomes one reason in an operator's words. What the
+    model cannot say is checked here: the server ids (a million of them, as bytes), text that
+    is blank or holds NUL, ``not_after`` as a time or a duration. ``positional`` counts
+    arguments a producer sent without names (never accepted). ``policy_defaults`` fills the
+    rollout policy's fields the payload leaves out (the operator's settings); ``not_after``
+    durations count from ``now``. A field given as None counts as not given."""
     now = now or dt.datetime.now(dt.UTC)
+    given = {k: v for k, v in payload.items() if v is not None}
     if policy_defaults:
-        payload = {
-            **{k: v for k, v in policy_defaults.items() if v is not None},
-            **{k: v for k, v in payload.items() if v is not None or k not in policy_defaults},
-        }
+        given = {**{k: v for k, v in policy_defaults.items() if v is not None}, **given}
+    found: dict[str, str] = {}  # field -> its reason
     reasons: list[str] = []
     warnings: list[str] = []
     if positional:
@@ -263,76 +280,63 @@ def validate_request(
             f"the request must be sent as keyword arguments (kwargs={{...}}), "
             f"got {positional} positional argument(s)"
         )
-
-    unknown = sorted(str(name) for name in set(payload) - KNOWN_FIELDS)
+    unknown = sorted(str(name) for name in set(given) - KNOWN_FIELDS)
     if unknown:
         names = ", ".join(safe_text(name, 60) for name in unknown[:20])
         more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
         reasons.append(f"unknown field(s): {names}{more}")
 
-    raw_id = payload.get("request_id")
-    request_id = uuid.uuid4()
-    if raw_id is not None:
-        try:
-            request_id = uuid.UUID(str(raw_id))
-        except ValueError:
-            reasons.append(f"request_id must be a UUID, got {_short(raw_id)}")
-
-    project_id = payload.get("project_id")
-    if project_id is None:
-        reasons.append("project_id is missing")
-        project_id = ""
-    elif not isinstance(project_id, str) or not PROJECT_ID_RE.match(project_id):
-        reasons.append(f"project_id must be 32 hexadecimal characters, got {_short(project_id)}")
-        project_id = safe_text(project_id, 64)
-
-    reboot_type = payload.get("type", "HARD")
-    if isinstance(reboot_type, str) and reboot_type.upper() in REBOOT_TYPES:
-        reboot_type = reboot_type.upper()
-        if reboot_type == "SOFT":
-            warnings.append(SOFT_WARNING)
-    else:
-        reasons.append(f"type must be HARD or SOFT, got {_short(reboot_type)}")
-        reboot_type = "HARD"
-
-    packed, given = _server_ids(payload, max_servers, reasons)
-    duplicates = given - ids.count(packed) if packed else 0
+    fields = {k: v for k, v in given.items() if k in KNOWN_FIELDS and k not in ID_FIELDS}
+    if isinstance(fields.get("type"), str):
+        fields["type"] = fields["type"].upper()
+    try:
+        RebootRequestMessage.model_validate(fields)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            found.setdefault(name, _reason(name, error, given.get(name)))
+    for name in TEXT_FIELDS:
+        value = fields.get(name)
+        if name in found or not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            found[name] = f"{name} must not contain NUL characters, got {_short(value)}"
+        elif not value.strip():
+            found[name] = f"{name} must be a non-empty string, got {_short(value)}"
+        else:
+            fields[name] = value.strip()
+    not_after = None
+    if "not_after" in fields and "not_after" not in found:
+        not_after, problem = parse_not_after(fields["not_after"], now)
+        if problem:
+            found["not_after"] = problem
+    packed, servers_given = _server_ids(given, max_servers, reasons)
+    duplicates = servers_given - ids.count(packed) if packed else 0
     if duplicates:
         warnings.append(f"{duplicates} duplicate server id(s) removed")
+    reasons.extend(found[name] for name in RebootRequestMessage.model_fields if name in found)
 
-    batch_size = _int_field(payload, "batch_size", 1, MAX_BATCH_SIZE, reasons)
-    failure_threshold = payload.get("failure_threshold")
-    if failure_threshold is not None and (
-        isinstance(failure_threshold, bool)
-        or not isinstance(failure_threshold, int | float)
-        or not 0 <= failure_threshold <= 100
-    ):
-        reasons.append(
-            f"failure_threshold must be a percentage from 0 to 100, got {_short(failure_threshold)}"
-        )
-        failure_threshold = None
-
-    not_after = None
-    if payload.get("not_after") is not None:
-        not_after, problem = parse_not_after(payload["not_after"], now)
-        if problem:
-            reasons.append(problem)
-
+    # The fields that passed, as the model has them; the others fall back to their defaults
+    # (recorded on a rejected request for the record).
+    ok = RebootRequestMessage.model_construct(**{k: v for k, v in fields.items() if k not in found})
+    if ok.type == "SOFT":
+        warnings.append(SOFT_WARNING)
+    project_id = ok.project_id if "project_id" in fields and "project_id" not in found else None
     return ValidatedRequest(
-        request_id=request_id,
-        project_id=project_id,
+        request_id=uuid.UUID(str(ok.request_id)) if ok.request_id else uuid.uuid4(),
+        project_id=project_id or safe_text(given.get("project_id", ""), 64),
         packed_ids=packed,
-        type=reboot_type,
-        idempotency_key=_text_field(payload, "idempotency_key", reasons),
-        source=_text_field(payload, "source", reasons) or "unknown",
-        batch_size=batch_size or default_batch_size,
-        max_in_flight=_int_field(payload, "max_in_flight", 1, None, reasons),
-        canary_size=_int_field(payload, "canary_size", 1, MAX_BATCH_SIZE, reasons),
-        failure_threshold=float(failure_threshold) if failure_threshold is not None else None,
-        notify_task=_name_field(payload, "notify_task", reasons),
-        notify_queue=_name_field(payload, "notify_queue", reasons),
+        type=ok.type,
+        idempotency_key=ok.idempotency_key,
+        source=ok.source or "unknown",
+        batch_size=ok.batch_size or default_batch_size,
+        max_in_flight=ok.max_in_flight,
+        canary_size=ok.canary_size,
+        failure_threshold=float(ok.failure_threshold) if ok.failure_threshold is not None else None,
+        notify_task=ok.notify_task,
+        notify_queue=ok.notify_queue,
         not_after=not_after,
-        servers_given=given,
+        servers_given=servers_given,
         duplicates_removed=duplicates,
         reasons=reasons,
         warnings=warnings,
