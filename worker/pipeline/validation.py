@@ -217,6 +217,16 @@ def _bounds(name: str) -> tuple[Any, Any]:
     return low, high
 
 
+#: Fields whose every error gets one reason: what the field must be.
+_WHAT_IT_MUST_BE = {
+    "project_id": "32 hexadecimal characters",
+    "request_id": "a UUID",
+    "type": "HARD or SOFT",
+    "failure_threshold": "a percentage from 0 to 100",
+    "not_after": "an ISO 8601 time or a duration",
+}
+
+
 def _reason(name: str, error: Mapping[str, Any], value: Any) -> str:
     """One pydantic error on one field of the message, in an operator's words."""
     kind = error["type"]
@@ -225,16 +235,8 @@ def _reason(name: str, error: Mapping[str, Any], value: Any) -> str:
         return f"{name} must not contain NUL characters, got {got}"
     if kind == "missing":
         return f"{name} is missing"
-    if name == "project_id":
-        return f"project_id must be 32 hexadecimal characters, got {got}"
-    if name == "request_id":
-        return f"request_id must be a UUID, got {got}"
-    if name == "type":
-        return f"type must be HARD or SOFT, got {got}"
-    if name == "failure_threshold":
-        return f"failure_threshold must be a percentage from 0 to 100, got {got}"
-    if name == "not_after":
-        return f"not_after must be an ISO 8601 time or a duration, got {got}"
+    if name in _WHAT_IT_MUST_BE:
+        return f"{name} must be {_WHAT_IT_MUST_BE[name]}, got {got}"
     if kind == "int_type":
         return f"{name} must be a whole number, got {got}"
     if kind in ("greater_than_equal", "less_than_equal"):
