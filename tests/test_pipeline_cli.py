@@ -11,8 +11,14 @@ import uuid
 import pytest
 
 from tests.fixtures.pipeline import PROJECT, Pipeline, new_ids
+from tests.fixtures.services import claim_redis_db
 
 pytestmark = pytest.mark.slow
+
+
+#: ``submit --wait`` in these tests gives up well before the subprocess is killed, so that a
+#: request that never ends fails with exit code 3 and the CLI's own words, not a silent kill.
+WAIT = ("--wait", "--timeout", "90")
 
 
 def bmsreboot(
@@ -35,7 +41,7 @@ def test_submit_wait_json_exits_0_when_every_server_succeeded(
     pipe = pipeline_redis_pg
     pipe.configure()
     servers = new_ids(3)
-    run = bmsreboot(pipe, "submit", "--project-id", PROJECT, *servers, "--wait", "--json")
+    run = bmsreboot(pipe, "submit", "--project-id", PROJECT, *servers, *WAIT, "--json")
     assert run.returncode == 0, run.stderr
     final = json.loads(run.stdout)
     assert final["status"] == "succeeded"
@@ -57,7 +63,7 @@ def test_submit_reads_ids_from_stdin_and_wait_exits_1_on_failures(
         PROJECT,
         "--ids-file",
         "-",
-        "--wait",
+        *WAIT,
         "--json",
         stdin=stdin,
     )
@@ -129,13 +135,10 @@ def test_status_of_an_unknown_request_says_so(pipeline_redis_pg: Pipeline) -> No
 def test_submit_says_sent_and_how_to_start_a_worker_when_none_records_it(
     pipeline_redis_pg: Pipeline,
 ) -> None:
-    import redis
-
     pipe = pipeline_redis_pg
     # A broker database no worker consumes
-    idle = pipe.env["BMSREBOOT_BROKER_URL"].rsplit("/", 1)[0] + "/9"
-    env = dict(pipe.env, BMSREBOOT_BROKER_URL=idle)
-    try:
+    with claim_redis_db() as idle:
+        env = dict(pipe.env, BMSREBOOT_BROKER_URL=idle)
         run = subprocess.run(
             [
                 sys.executable,
@@ -153,8 +156,6 @@ def test_submit_says_sent_and_how_to_start_a_worker_when_none_records_it(
             timeout=60,
             check=False,
         )
-    finally:
-        redis.Redis.from_url(idle).flushdb()
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["status"] == "sent"
     assert "no worker has recorded request" in run.stderr

@@ -12,6 +12,22 @@ from pathlib import Path
 
 READY = b" ready."
 
+#: Run by the worker's interpreter before Celery. On Linux it asks the kernel to send SIGTERM
+#: (Celery's warm shutdown) when the process that started it dies (``PR_SET_PDEATHSIG``), so
+#: a killed test session or demo never leaves a worker behind, consuming its broker and
+#: stealing the next session's messages; then it becomes Celery (``exec``, same pid). The
+#: signal follows the *thread* that started the worker: start it from a thread that lives as
+#: long as the worker should (the main thread, in the demo, the tests and the benchmarks).
+_LAUNCH = """
+import os, signal, sys
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit("the process that started this worker is gone")
+os.execv(sys.executable, [sys.executable, "-m", "celery", *sys.argv[2:]])
+"""
+
 
 class WorkerDidNotStart(RuntimeError):
     pass
@@ -39,8 +55,9 @@ def start_worker(
     proc = subprocess.Popen(  # noqa: S603
         [
             sys.executable,
-            "-m",
-            "celery",
+            "-c",
+            _LAUNCH,
+            str(os.getpid()),
             "-A",
             "worker",
             "worker",
