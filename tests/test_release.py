@@ -4,6 +4,7 @@ the simulator over HTTP (follow-up messages are recorded, not sent)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -118,31 +119,38 @@ def rt2_request(rt: Runtime, batches: int) -> uuid.UUID:
     return result.request_id
 
 
+@pytest.mark.parametrize(("per_minute", "interval"), [(60, 1.0), (50, 1.2)])
 def test_the_action_budget_paces_releases_and_the_plan_stays_in_the_database(
-    make_rt: Callable[..., Runtime],
+    make_rt: Callable[..., Runtime], per_minute: int, interval: float
 ) -> None:
-    rt = make_rt(action_rate_limit=60)  # one POST a second
-    request_id = rt2_request(rt, 4)
-    assert release.release_project(PROJECT, rt) == 2
+    rt = make_rt(action_rate_limit=per_minute)
+    # Slots are reserved up to SLOTS_AHEAD intervals ahead (never less than HORIZON)
+    ahead = release.horizon(rt)
+    assert ahead == pytest.approx(release.SLOTS_AHEAD * interval)
+    request_id = rt2_request(rt, 20)
+    released = release.release_project(PROJECT, rt)
+    # At least the slots within the horizon (one run may also take those that came within it
+    # while it ran, but stops after LEASE_SECONDS / 2: never all 20)
+    assert release.SLOTS_AHEAD + 1 <= released < 20
+    batches = _batches(rt, request_id)
+    taken = [b for b in batches if b.released_at is not None]
+    assert [b.index for b in taken] == list(range(released))
+    # Each slot is the budget's next, one interval after the last, within the horizon
+    slots = [b.next_attempt_at for b in taken]
+    assert all(slot is not None for slot in slots)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(slots)]  # type: ignore[operator]
+    assert gaps == [pytest.approx(interval, abs=1e-3)] * (released - 1)
+    for b in taken:
+        assert (b.next_attempt_at - b.released_at).total_seconds() <= ahead + 0.01  # type: ignore[operator]
+    # Their submit messages wait for their slots; the rest waits in the database, with one
+    # wake-up of the release step
     assert isinstance(rt.dispatcher, RecordingDispatcher)
     submits = [c for kind, _, c in rt.dispatcher.sent if kind == "submit"]
-    # Only slots within the horizon are reserved: the first now, the second a second later
-    assert len(submits) == 2
+    assert len(submits) == released
     assert submits[0] == 0.0
-    assert 0.0 < submits[1] <= release.HORIZON
-    # The rest waits in the database, with one wake-up of the release step for the next slot
+    assert max(submits) <= ahead
     wakes = [countdown for kind, _, countdown in rt.dispatcher.sent if kind == "release"]
     assert len(wakes) == 1
-    assert 0.0 < wakes[0] <= 2.0 - release.HORIZON / 2
-    batches = _batches(rt, request_id)
-    assert [b.released_at is not None for b in batches] == [True, True, False, False]
-    slots = [b.next_attempt_at for b in batches[:2]]
-    assert slots[0] is not None
-    assert slots[1] is not None
-    assert (slots[1] - slots[0]).total_seconds() == pytest.approx(1.0, abs=1e-3)
-    # A second release run now finds the budget full and leaves the wake-up as it is
-    assert release.release_project(PROJECT, rt) == 0
-    assert len([1 for kind, _, _ in rt.dispatcher.sent if kind == "release"]) == 1
 
 
 def test_a_submit_message_for_a_batch_not_released_never_posts(
