@@ -164,6 +164,33 @@ def test_a_submit_message_for_a_batch_not_released_never_posts(
     assert simulator.stats()["calls"]["action"]["accepted"] == 0
 
 
+def test_a_batch_released_before_the_cut_off_is_never_posted_after_it(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    # Given a batch released (accept runs the release step) whose request's not_after then
+    # passes before its submit message runs
+    rt = make_rt()
+    request_id = accept(rt, ids(2))
+    (batch,) = _batches(rt, request_id)
+    assert batch.released_at is not None
+    with unit_of_work(rt.engine) as session:
+        session.execute(
+            update(RebootRequest)
+            .where(RebootRequest.id == request_id)
+            .values(not_after=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    # Then the submit does not POST: it hands the project to the release step, which cuts the
+    # request off and cancels the batch
+    assert submit.submit_batch(batch.id, rt) == "cut_off"
+    assert simulator.stats()["calls"]["action"]["accepted"] == 0
+    assert sent(rt, "release")[-1] == PROJECT
+    release.release_project(PROJECT, rt)
+    with unit_of_work(rt.engine) as session:
+        status = request_status(session, request_id)
+    assert status is not None
+    assert (status["status"], status["batches"][0]["status"]) == ("halted", "cancelled")
+
+
 def test_an_early_submit_message_comes_back_at_its_slot(
     make_rt: Callable[..., Runtime], simulator: SimulatorHandle
 ) -> None:

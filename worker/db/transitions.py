@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from worker.db.create import record_servers
@@ -319,7 +319,23 @@ def settle_batch(
     ).all()
     default = ServerOutcome(default_status, default_error_code, default_fail_reason)
     explicit = [(row_id, sid, outcomes[sid]) for row_id, sid in pending if sid in outcomes]
-    if explicit:
+    if explicit and session.get_bind().dialect.name == "postgresql":
+        # One statement for the whole batch: psycopg sends an executemany as one UPDATE a
+        # server, which was most of PostgreSQL's work per batch (benchmarks/workers.py).
+        session.execute(
+            _PG_SETTLE_SERVERS,
+            {
+                "ids": [row_id for row_id, _sid, _o in explicit],
+                "statuses": [ServerStatus(o.status).value for _r, _s, o in explicit],
+                "codes": [fit(o.error_code, 64) for _r, _s, o in explicit],
+                "reasons": [fit(o.fail_reason, 4000) for _r, _s, o in explicit],
+                "sub_jobs": [fit(o.sub_job_id, 64) for _r, _s, o in explicit],
+                "begins": [o.begin_time for _r, _s, o in explicit],
+                "ends": [o.end_time for _r, _s, o in explicit],
+                "now": now,
+            },
+        )
+    elif explicit:
         session.execute(
             update(table)
             .where(table.c.id == bindparam("b_id"))
@@ -369,6 +385,18 @@ def settle_batch(
         at=now,
     )
     return batch
+
+
+_PG_SETTLE_SERVERS = text(
+    "UPDATE server_results AS s SET status = v.status, error_code = v.error_code,"
+    " fail_reason = v.fail_reason, sub_job_id = v.sub_job_id, begin_time = v.begin_time,"
+    " end_time = v.end_time, updated_at = :now"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS varchar[]),"
+    " CAST(:codes AS varchar[]), CAST(:reasons AS text[]), CAST(:sub_jobs AS varchar[]),"
+    " CAST(:begins AS timestamptz[]), CAST(:ends AS timestamptz[]))"
+    " AS v(id, status, error_code, fail_reason, sub_job_id, begin_time, end_time)"
+    " WHERE s.id = v.id"
+).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
 def _server_detail(outcome: ServerOutcome) -> dict[str, Any] | None:

@@ -144,6 +144,15 @@ def _claim(
     if request.status not in (RequestStatus.ACCEPTED, RequestStatus.RUNNING):
         log.info("batch %s not submitted: its request is %s", batch_id, request.status)
         return "skipped", None
+    if request.stop is not None:
+        log.info("batch %s not submitted: its request was stopped (%s)", batch_id, request.stop)
+        return "skipped", None
+    if request.not_after is not None and utcnow() >= request.not_after:
+        # Released before the cut-off, its slot came after it: never POST after not_after.
+        # The release step cuts the request off (and cancels this batch).
+        log.info("batch %s not submitted: its request's not_after has passed", batch_id)
+        rt.dispatcher.release(batch.project_id)
+        return "cut_off", None
     try:
         # The transition counts the attempt itself (submit_attempts + 1, in the same UPDATE).
         claimed = transition_batch(
