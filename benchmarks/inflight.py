@@ -23,7 +23,8 @@ after the first POST that was reached, 429s per route, GETs per job, detection d
 own end to the batch's ``detected_at``: median, p90, worst), the wall time (send to the last
 request's ``finished_at``), the worker's CPU seconds (the worker process and all its children,
 from ``/proc``) with CPU seconds per wall second (the cores it used: the target is at most 1.0)
-and per API call, and the broker's memory (``INFO`` of the whole Redis instance, and the bytes
+and per API call, the cores busy on the whole machine (every process, ours or not: how much
+the run had to share), and the broker's memory (``INFO`` of the whole Redis instance, and the bytes
 of the keys in the benchmark's own Redis db) at its peak and at the end.
 """
 
@@ -188,6 +189,7 @@ def run_pool(
         "worker_cpu_s": cpu,
         "worker_cores": round(cpu / used["wall_s"], 3),
         "worker_cpu_ms_per_call": round(1000 * cpu / max(posts + gets, 1), 2),
+        "machine_cores_busy": used["machine_cores_busy"],
         "benchmark_cpu_s": used["cpu_s"]["benchmark"],
         "redis_cpu_s": used["cpu_s"]["redis"],
         "redis_used_memory_mb": used.get("redis_used_memory_mb"),
@@ -208,6 +210,7 @@ COLUMNS = (
     ("CPU s", "worker_cpu_s", "{:.1f}"),
     ("cores", "worker_cores", "{:.2f}"),
     ("CPU ms/call", "worker_cpu_ms_per_call", "{:.2f}"),
+    ("machine cores", "machine_cores_busy", "{:.2f}"),
     ("Redis peak MB", None, "{}"),
     ("broker db MB", None, "{}"),
 )
@@ -324,7 +327,18 @@ def main() -> None:
         f"{action_limit or 'none'}/min, jobs {fleet.JOB_LIMIT}/min; bmsreboot budgets: "
         f"{'default' if multi else 'action unlimited, jobs default'}"
     )
-    rows = []
+    scenario = {
+        "projects": len(projects),
+        "batches_per_project": args.batches,
+        "batch_size": args.batch_size,
+        "jobs": jobs,
+        "job_duration_s": args.job_duration,
+        "action_rate_limit": action_limit,
+        "job_rate_limit": fleet.JOB_LIMIT,
+        "warmup": args.warmup,
+        "bound_s": bound,
+    }
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bmsreboot-inflight-") as directory:
         tmp = Path(directory)
         log = args.worker_log
@@ -341,6 +355,10 @@ def main() -> None:
                         tail = args.worker_log.read_text(errors="replace").splitlines()[-40:]
                         print("the worker log ends with:", *tail, sep="\n")
                     raise
+                print_table(rows[-1:])
+                if args.json_out:  # after each pool: a later failure keeps the rows so far
+                    report = {"scenario": scenario, "results": rows}
+                    args.json_out.write_text(json.dumps(report, indent=2) + "\n")
     print()
     print_table(rows)
     for row in rows:
@@ -348,20 +366,6 @@ def main() -> None:
         print("\n".join(target_lines(row, jobs, bound)))
         if row["servers_rebooted_twice"]:
             print(f"WARNING: {row['servers_rebooted_twice']} servers rebooted twice")
-    if args.json_out:
-        scenario = {
-            "projects": len(projects),
-            "batches_per_project": args.batches,
-            "batch_size": args.batch_size,
-            "jobs": jobs,
-            "job_duration_s": args.job_duration,
-            "action_rate_limit": action_limit,
-            "job_rate_limit": fleet.JOB_LIMIT,
-            "warmup": args.warmup,
-            "bound_s": bound,
-        }
-        report = {"scenario": scenario, "results": rows}
-        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ A :class:`Sampler` thread reads ``/proc`` once a second (Linux only; elsewhere i
 each group of processes (a worker and all its descendants, the simulator, PostgreSQL's backends
 of one database, ...) is summed as the CPU (user + system) its processes used between
 :meth:`Sampler.start` and :meth:`Sampler.stop`; a process that starts in between counts from 0,
-one that ends in between counts until its last sample (at most a second is lost). Redis is
+one that ends in between counts until its last sample (at most a second is lost). The whole
+machine's busy CPU (``/proc/stat``, every process, ours or not) tells how much of the cores the
+run had to share. Redis is
 read with ``INFO``: its own CPU and ``used_memory`` (the whole instance), and the bytes held by
 the keys of the benchmark's own database (``MEMORY USAGE`` of every key, which is exact and
 cheap for the few hundred keys a run leaves there).
@@ -43,6 +45,17 @@ def processes() -> dict[int, tuple[int, str, float]]:
         fields = text[text.rindex(")") + 2 :].split()
         out[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / TICK)
     return out
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from ``/proc/stat``."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return 0.0, 0.0
+    ticks = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+    busy = sum(ticks) - ticks[3] - ticks[4] - ticks[7]
+    return busy / TICK, ticks[7] / TICK
 
 
 def tree(procs: dict[int, tuple[int, str, float]], roots: Iterable[int]) -> set[int]:
@@ -132,6 +145,7 @@ class Sampler:
         self._redis_cpu0 = self._redis_cpu()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self._self0 = usage.ru_utime + usage.ru_stime
+        self._machine0 = machine_cpu()
         self._t0 = time.monotonic()
         self._thread.start()
         return self
@@ -149,7 +163,14 @@ class Sampler:
         }
         cpu["redis"] = round(self._redis_cpu() - self._redis_cpu0, 2)
         cpu["benchmark"] = round(usage.ru_utime + usage.ru_stime - self._self0, 2)
-        self.result = {"wall_s": round(wall, 2), "cpu_s": cpu}
+        busy, steal = (b - a for a, b in zip(self._machine0, machine_cpu(), strict=True))
+        self.result = {
+            "wall_s": round(wall, 2),
+            "cpu_s": cpu,
+            # Every process of the machine, ours and anyone else's (steal: taken by the host).
+            "machine_cores_busy": round(busy / wall, 2),
+            "machine_cores_stolen": round(steal / wall, 2),
+        }
         if self.used_memory:
             self.result["redis_used_memory_mb"] = {
                 "start": mb(self.used_memory[0]),

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/workers.py [--servers 100000] [--projects 10]
         [--batch-size 1000] [--job-duration 1] [--workers 1,2] [--concurrency 1]
-        [--redis-url URL] [--tiny] [--json-out PATH]
+        [--redis-url URL] [--tiny] [--json-out PATH] [--log-dir DIR]
 
 The API's limits are off: the simulator runs without rate limits as its own process
 (``bmsreboot simulator --no-rate-limit``, so that its CPU is measured apart from the
@@ -21,7 +21,8 @@ and Redis's ``INFO``: the workers (every process of their trees), the simulator,
 backends of the benchmark's database, every PostgreSQL process (other databases included), Redis
 (the whole instance) and the benchmark itself (it sends the requests and counts the final
 ones once a second). CPU seconds per wall second of all of them together say how close the run
-came to the machine's cores (``os.cpu_count()``).
+came to the machine's cores (``os.cpu_count()``); the machine's own count (``/proc/stat``: every
+process, ours or anyone else's) says how much of them the run had to share.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def run_count(
     batches = -(-per_project // args.batch_size)
     timeout = 600.0 + args.servers / 50
     fleet.reset(base_url)
-    args.worker_log = tmp / f"workers-{count}.log"
+    args.worker_log = (args.log_dir or tmp) / f"workers-{count}.log"
     with fleet.bmsreboot_workers(base_url, args, tmp, count) as (app, engine, workers):
         database = args.database
         pids = [w.pid for w in workers]
@@ -131,6 +132,8 @@ def run_count(
         "cores_used": {
             "workers": round(cpu["workers"] / used["wall_s"], 2),
             "all": round(total / used["wall_s"], 2),
+            "machine": used["machine_cores_busy"],
+            "stolen": used["machine_cores_stolen"],
         },
         "posts": sum(counters["calls"]["action"].values()),
         "gets": sum(counters["calls"]["jobs"].values()),
@@ -142,7 +145,7 @@ def run_count(
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (
         f"{'workers':>7} {'wall s':>7} {'speed-up':>8} {'servers/s':>9} "
-        f"{'worker cores':>12} {'all cores':>9}  CPU s per 1000 servers: "
+        f"{'worker cores':>12} {'all cores':>9} {'machine':>7}  CPU s per 1000 servers: "
         f"{'workers':>7} {'sim':>5} {'pg db':>5} {'pg all':>6} {'redis':>5} {'bench':>5} "
         f"{'total':>6}"
     )
@@ -154,7 +157,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{r['workers']:>7} {r['wall_s']:>7.1f} {base / r['wall_s']:>8.2f} "
             f"{r['servers_per_s']:>9} {r['cores_used']['workers']:>12.2f} "
-            f"{r['cores_used']['all']:>9.2f}  {'':>23}"
+            f"{r['cores_used']['all']:>9.2f} {r['cores_used']['machine']:>7.2f}  {'':>23}"
             f"{per['workers']:>7.3f} {per['simulator']:>5.3f} {per['postgres_db']:>5.3f} "
             f"{per['postgres_all']:>6.3f} {per['redis']:>5.3f} {per['benchmark']:>5.3f} "
             f"{r['cpu_s_per_1000_servers_total']:>6.3f}"
@@ -173,6 +176,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="an empty db")
     parser.add_argument("--tiny", action="store_true", help="2,000 servers, 4 projects, 0.5 s")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--log-dir", type=Path, help="keep the workers' logs here")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.tiny:
