@@ -318,6 +318,23 @@ def test_a_lost_submit_message_is_released_again(
     assert simulator.stats()["reboots"] == dict.fromkeys(servers, 1)
 
 
+def test_a_released_batch_is_not_re_driven_while_submits_wait_in_the_queue(
+    reconciling: Runtime,
+) -> None:
+    rt = reconciling
+    request_id = accept(rt, ids(3))
+    (batch,) = _batches(rt, request_id)
+    _backdate(rt, batch.id, next_attempt_at=_ago(5))
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    # While messages wait on the submit queue, its submit may just be queued behind them
+    rt.dispatcher.backlog["bmsreboot.submit"] = 40
+    assert run_reconcile(rt) == {}
+    assert _batches(rt, request_id)[0].released_at is not None
+    # Once the queue is empty, it is lost: released again
+    rt.dispatcher.backlog.clear()
+    assert run_reconcile(rt) == {"unreleased": 1, "releases": 1}
+
+
 def test_a_lost_release_message_is_re_driven(reconciling: Runtime) -> None:
     rt = reconciling
     request_id = rt2_request(rt, 2)

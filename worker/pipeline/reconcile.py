@@ -6,7 +6,8 @@ its commit and before its publish, a publish that failed); the audit database do
 run looks for work overdue by more than ``BMSREBOOT_RECONCILE_GRACE`` seconds:
 
 - released batches still ``pending`` long after their slot (the submit message is gone): they
-  are made releasable again;
+  are made releasable again, unless messages wait on the submit queue (then the submit may
+  only be queued behind them: the next run looks again);
 - due batches nobody released (the release message is gone): their project's release step
   runs;
 - batches ``submitting`` for longer than any POST can take (their worker died in the POST):
@@ -27,6 +28,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
+from worker.celery import SUBMIT_QUEUE
 from worker.db.models import Batch
 from worker.db.schedule import (
     overdue_polls,
@@ -60,8 +62,18 @@ def reconcile(rt: Runtime) -> dict[str, int]:
 
     done["cut_off"] = cut_off(rt)
 
-    with unit_of_work(rt.engine) as session:
-        unreleased = unrelease_lost(session, overdue, PER_RUN)
+    # A released batch long past its slot is lost only if its submit message is not simply
+    # waiting behind others: under a backlog, re-driving it would only add a duplicate (and
+    # a wasted slot) to the queue (benchmarks/inflight.py saw 916 of them in one run).
+    backlog = rt.dispatcher.waiting(SUBMIT_QUEUE)
+    unreleased: list[str] = []
+    if backlog:
+        log.info(
+            "%d messages wait on %s: released batches are not re-driven", backlog, SUBMIT_QUEUE
+        )
+    else:
+        with unit_of_work(rt.engine) as session:
+            unreleased = unrelease_lost(session, overdue, PER_RUN)
     done["unreleased"] = len(unreleased)
     projects = set(unreleased)
     with unit_of_work(rt.engine) as session:

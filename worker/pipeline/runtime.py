@@ -43,6 +43,11 @@ class Dispatcher(Protocol):
 
     def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool: ...
 
+    def waiting(self, queue: str) -> int | None:
+        """Messages ready on ``queue`` (not those workers hold for a countdown), or None when
+        the broker cannot say."""
+        ...
+
 
 @dataclass
 class Runtime:
@@ -81,6 +86,8 @@ class RecordingDispatcher:
     """A dispatcher that remembers what it was asked to send (for tests and dry runs)."""
 
     sent: list[tuple[str, Any, float]] = field(default_factory=list)
+    #: What ``waiting`` answers, by queue (0 when not set).
+    backlog: dict[str, int] = field(default_factory=dict)
 
     def release(self, project_id: str, countdown: float = 0.0) -> bool:
         self.sent.append(("release", project_id, countdown))
@@ -99,6 +106,9 @@ class RecordingDispatcher:
     def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
         self.sent.append(("notify", (task_name, status, queue), 0.0))
         return True
+
+    def waiting(self, queue: str) -> int | None:
+        return self.backlog.get(queue, 0)
 
 
 def error_info(exc: BmsError) -> ErrorInfo:

@@ -39,6 +39,18 @@ class CeleryDispatcher:
             return False
         return True
 
+    def waiting(self, queue: str) -> int | None:
+        try:
+            with self._app.connection_for_read() as conn:
+                channel: Any = conn.default_channel  # kombu's virtual channel (Redis, SQLAlchemy)
+                declared = channel.queue_declare(queue=queue, passive=True)
+                return int(declared.message_count)
+        except Exception as exc:
+            log.warning(
+                "could not count the messages on %s (%s: %s)", queue, type(exc).__name__, exc
+            )
+            return None
+
     def release(self, project_id: str, countdown: float = 0.0) -> bool:
         return self._send(
             "bmsreboot.release",
