@@ -200,6 +200,21 @@ def _pg_admin(sql: str) -> None:
         conn.execute(sql)  # type: ignore[arg-type,unused-ignore]  # generated names, never input
 
 
+def fresh_services(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[str, str]:
+    """The empty Redis db ``args.redis_url`` (flushed on the way out) and a new PostgreSQL
+    database (dropped on the way out; its name in ``args.database``): (broker, database) URLs."""
+    broker = redis.Redis.from_url(args.redis_url)
+    stack.callback(broker.close)
+    if broker.dbsize():
+        raise SystemExit(f"{args.redis_url} is not empty: give an empty one (--redis-url)")
+    stack.callback(broker.flushdb)
+    name = f"bmsreboot_bench_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    stack.callback(_pg_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    args.database = name
+    return args.redis_url, f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+
+
 @contextlib.contextmanager
 def bmsreboot_worker(
     base_url: str, args: argparse.Namespace, tmp: Path
@@ -233,17 +248,7 @@ def bmsreboot_workers(
     broker_url = database_url = None
     with contextlib.ExitStack() as stack:
         if not args.embedded:
-            broker = redis.Redis.from_url(args.redis_url)
-            stack.callback(broker.close)
-            if broker.dbsize():
-                raise SystemExit(f"{args.redis_url} is not empty: give an empty one (--redis-url)")
-            stack.callback(broker.flushdb)
-            name = f"bmsreboot_bench_{uuid.uuid4().hex[:12]}"
-            _pg_admin(f'CREATE DATABASE "{name}"')
-            stack.callback(_pg_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            args.database = name
-            broker_url = args.redis_url
-            database_url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+            broker_url, database_url = fresh_services(args, stack)
             env["BMSREBOOT_BROKER_URL"] = broker_url
             env["BMSREBOOT_DATABASE_URL"] = database_url
         settings = Settings(

@@ -37,8 +37,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import redis
 from sqlalchemy import func, select
 
 from worker.cli.localworker import kill_worker, start_worker, stop_worker
@@ -47,18 +45,12 @@ from worker.db.session import make_engine, unit_of_work, upgrade_database
 from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-PG_HOST = os.environ.get("BMSREBOOT_TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("BMSREBOOT_TEST_PG_PORT", "5432"))
-PG_USER = os.environ.get("BMSREBOOT_TEST_PG_USER", "postgres")
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import fleet  # noqa: E402  (benchmarks/ is not a package)
+
 PROJECT = "0123456789abcdef0123456789abcdef"
 MIB = 1024 * 1024
-
-
-def _pg_admin(sql: str) -> None:
-    with psycopg.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True
-    ) as conn:
-        conn.execute(sql)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -89,16 +81,7 @@ def intake_worker(
     with contextlib.ExitStack() as stack:
         database_url = broker_url = None
         if not args.embedded:
-            broker = redis.Redis.from_url(args.redis_url)
-            stack.callback(broker.close)
-            if broker.dbsize():
-                raise SystemExit(f"{args.redis_url} is not empty: give an empty one (--redis-url)")
-            stack.callback(broker.flushdb)
-            name = f"bmsreboot_bench_{uuid.uuid4().hex[:12]}"
-            _pg_admin(f'CREATE DATABASE "{name}"')
-            stack.callback(_pg_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            broker_url = args.redis_url
-            database_url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+            broker_url, database_url = fleet.fresh_services(args, stack)
             env["BMSREBOOT_BROKER_URL"] = broker_url
             env["BMSREBOOT_DATABASE_URL"] = database_url
         settings = Settings(data_dir=tmp / "data", broker_url=broker_url, database_url=database_url)
