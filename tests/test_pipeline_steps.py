@@ -18,6 +18,7 @@ from tests.fixtures.simulator import SimulatorHandle
 from tests.fixtures.steps import PROJECT, accept, drain_releases, ids, run_to_end, sent
 from worker.bms.client import BmsClient
 from worker.bms.models import Job
+from worker.db.create import record_servers
 from worker.db.models import Batch
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, ServerStatus
@@ -82,6 +83,8 @@ def test_racing_submits_of_one_batch_post_once(
 
 
 def _force_submitting(engine: Engine, batch_id: uuid.UUID, age: float) -> None:
+    """The batch as a claim leaves it (``submitting``, its server rows written), ``age``
+    seconds ago."""
     with unit_of_work(engine) as session:
         session.execute(
             update(Batch)
@@ -91,6 +94,7 @@ def _force_submitting(engine: Engine, batch_id: uuid.UUID, age: float) -> None:
                 updated_at=datetime.now(UTC) - timedelta(seconds=age),
             )
         )
+        record_servers(session, batch_id)
 
 
 def test_a_batch_left_submitting_by_a_lost_worker_becomes_unknown(

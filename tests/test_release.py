@@ -30,6 +30,7 @@ from worker.bms.errors import (
     ThrottledError,
 )
 from worker.budget import ACTION
+from worker.db.create import record_servers
 from worker.db.models import Batch, RebootRequest
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus
@@ -358,6 +359,7 @@ def test_a_batch_left_submitting_becomes_unknown_and_is_never_resubmitted(
             .where(Batch.id == batch.id)
             .values(status=BatchStatus.SUBMITTING, updated_at=_ago(submit.stale_after(rt) + 1))
         )
+        record_servers(session, batch.id)  # as the claim did
     assert run_reconcile(rt) == {"unknown": 1}
     (after,) = _batches(rt, request_id)
     assert after.status == BatchStatus.UNKNOWN

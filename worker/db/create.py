@@ -142,16 +142,9 @@ def batch_sizes(servers: int, batch_size: int, canary_size: int | None = None) -
     return sizes
 
 
-def record_servers(
-    session: Session,
-    batch_id: uuid.UUID,
-    status: ServerStatus = ServerStatus.PENDING,
-    *,
-    error_code: str | None = None,
-    fail_reason: str | None = None,
-) -> int:
-    """Write the ``server_results`` rows of a batch whose ids are still packed, with ``status``
-    (and its error), and clear the packed ids; returns the rows written (0 if already done).
+def record_servers(session: Session, batch_id: uuid.UUID) -> int:
+    """Write the ``server_results`` rows (``pending``) of a batch whose ids are still packed,
+    and clear the packed ids; returns the rows written (0 if already done).
 
     Call it in the transaction that claims or settles the batch: the claim (compare-and-set on
     the batch's status) makes the caller the only writer; the ``pending_ids IS NOT NULL`` guard
@@ -178,9 +171,7 @@ def record_servers(
                 "request_id": request_id,
                 "batch_id": batch_id,
                 "server_ids": server_ids,
-                "status": ServerStatus(status).value,
-                "error_code": error_code,
-                "fail_reason": fail_reason,
+                "status": ServerStatus.PENDING.value,
                 "now": now,
             },
         )
@@ -192,9 +183,7 @@ def record_servers(
                 "request_id": request_id,
                 "batch_id": batch_id,
                 "server_id": server_id,
-                "status": status,
-                "error_code": error_code,
-                "fail_reason": fail_reason,
+                "status": ServerStatus.PENDING,
                 "updated_at": now,
             }
             for server_id in server_ids
@@ -204,9 +193,8 @@ def record_servers(
 
 
 _PG_INSERT_SERVERS = text(
-    "INSERT INTO server_results"
-    " (request_id, batch_id, server_id, status, error_code, fail_reason, updated_at)"
-    " SELECT :request_id, :batch_id, t.server_id, :status, :error_code, :fail_reason, :now"
+    "INSERT INTO server_results (request_id, batch_id, server_id, status, updated_at)"
+    " SELECT :request_id, :batch_id, t.server_id, :status, :now"
     " FROM unnest(CAST(:server_ids AS varchar[])) WITH ORDINALITY AS t(server_id, n)"
     " ORDER BY t.n"
 ).bindparams(

@@ -309,7 +309,6 @@ def settle_batch(
         if ServerStatus(status) not in allowed:
             raise IllegalTransition("server", batch_id, ServerStatus.PENDING, status)
     batch = transition_batch(session, batch_id, to, actor=actor, detail=detail, **values)
-    record_servers(session, batch_id)  # a no-op unless its ids are still packed
     now = utcnow()
     table = _SERVERS
     pending = session.execute(
