@@ -28,6 +28,14 @@ class BadIds(ValueError):
         super().__init__(f"{count} server id(s) are not UUIDs")
 
 
+def parse(item: object) -> bytes | None:
+    """One id's 16 bytes (surrounding blanks ignored), or None if it is not a UUID."""
+    text = item.strip() if isinstance(item, str) else None
+    if text is None or not UUID_RE.match(text):
+        return None
+    return bytes.fromhex(text.replace("-", ""))
+
+
 def pack(ids: Iterable[object], *, examples: int = 5) -> bytes:
     """Pack text ids (surrounding blanks ignored); raise :class:`BadIds` naming the first
     ``examples`` ids that are not UUIDs (with their positions) and counting all of them."""
@@ -35,14 +43,14 @@ def pack(ids: Iterable[object], *, examples: int = 5) -> bytes:
     bad: list[tuple[int, str]] = []
     count = 0
     for position, item in enumerate(ids):
-        text = item.strip() if isinstance(item, str) else None
-        if text is None or not UUID_RE.match(text):
+        value = parse(item)
+        if value is None:
             count += 1
             if len(bad) < examples:
                 shown = repr(item)
                 bad.append((position, shown if len(shown) <= 60 else shown[:57] + "..."))
             continue
-        out += bytes.fromhex(text.replace("-", ""))
+        out += value
     if count:
         raise BadIds(bad, count)
     return bytes(out)

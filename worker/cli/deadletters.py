@@ -15,18 +15,12 @@ from worker.deadletter import as_dict, recent
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def dead_letters(limit: int, with_raw: bool, as_json: bool) -> None:
     """List broker messages the worker could not read (moved aside, never lost)."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
+    from worker.cli.reading import audit_database_errors
     from worker.db.session import get_engine
     from worker.settings import get_settings
 
-    try:
+    with audit_database_errors():
         letters = recent(get_engine(get_settings().effective_database_url), limit)
-    except (OperationalError, ProgrammingError) as exc:
-        raise click.ClickException(
-            f"cannot read the audit database ({type(exc).__name__}); "
-            "is it migrated (`bmsreboot db upgrade`)?"
-        ) from None
     rows = [as_dict(letter, with_raw=with_raw) for letter in letters]
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -4,8 +4,10 @@ server (``bmsreboot history``). Both read the audit database only, and print JSO
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -23,19 +25,26 @@ def _engine() -> Any:
     return get_engine(get_settings().effective_database_url)
 
 
-def _read(fn: Any) -> Any:
+@contextlib.contextmanager
+def audit_database_errors() -> Iterator[None]:
+    """An audit database that cannot be read is one line for the operator, never a traceback
+    (every command that reads it)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from worker.db.session import unit_of_work
-
     try:
-        with unit_of_work(_engine()) as session:
-            return fn(session)
+        yield
     except SQLAlchemyError as exc:
         raise click.ClickException(
             f"cannot read the audit database ({type(exc).__name__}); "
             "is it reachable and upgraded (`bmsreboot db upgrade`)?"
         ) from None
+
+
+def _read(fn: Any) -> Any:
+    from worker.db.session import unit_of_work
+
+    with audit_database_errors(), unit_of_work(_engine()) as session:
+        return fn(session)
 
 
 def _since(value: str | None) -> dt.datetime | None:

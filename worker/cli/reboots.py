@@ -38,35 +38,26 @@ def read_ids(stream: TextIO) -> bytes | list[str]:
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
-        if ids.UUID_RE.match(text):
-            packed += bytes.fromhex(text.replace("-", ""))
-        else:
+        value = ids.parse(text)
+        if value is None:
             bad.append(text)
+        else:
+            packed += value
     if bad:
         return ids.unpack(bytes(packed)) + bad
     return bytes(packed)
 
 
 def _load_status(request_id: str, *, servers: bool = False) -> dict[str, Any] | None:
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
+    from worker.cli.reading import audit_database_errors
     from worker.db.session import get_engine, unit_of_work
     from worker.db.status import request_status
     from worker.settings import get_settings
 
-    try:
-        rid = uuid.UUID(request_id)
-    except ValueError:
-        raise click.BadParameter(f"not a request id (UUID): {request_id!r}") from None
+    rid = _request_id(request_id)
     engine = get_engine(get_settings().effective_database_url)
-    try:
-        with unit_of_work(engine) as session:
-            return request_status(session, rid, include_servers=servers)
-    except (OperationalError, ProgrammingError) as exc:
-        raise click.ClickException(
-            f"cannot read the audit database ({type(exc).__name__}); "
-            "is it reachable and upgraded (`bmsreboot db upgrade`)?"
-        ) from None
+    with audit_database_errors(), unit_of_work(engine) as session:
+        return request_status(session, rid, include_servers=servers)
 
 
 def _print_status(status: dict[str, Any]) -> None:
