@@ -18,6 +18,8 @@ from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL as MAX_BATCH_SIZE
 
 UUID_PATTERN = ids.UUID_RE.pattern
+#: Project ids are 32 hexadecimal characters in Huawei Cloud.
+PROJECT_ID_PATTERN = r"^[0-9a-fA-F]{32}$"
 #: A Celery task or queue name a producer may name for its callback.
 CELERY_NAME = r"^[A-Za-z0-9_.:@-]{1,255}$"
 
@@ -42,7 +44,7 @@ class RebootRequestMessage(BaseModel):
     )
 
     project_id: str = Field(
-        pattern=r"^[0-9a-fA-F]{32}$", description="Huawei Cloud project id (32 hex characters)."
+        pattern=PROJECT_ID_PATTERN, description="Huawei Cloud project id (32 hex characters)."
     )
     server_ids: list[str] | None = Field(
         None,

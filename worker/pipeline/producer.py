@@ -18,7 +18,12 @@ from celery import Celery
 
 from worker import ids
 from worker.celery import INTAKE_QUEUE
-from worker.pipeline.validation import KNOWN_FIELDS, ValidatedRequest, validate_request
+from worker.pipeline.validation import (
+    ID_FIELDS,
+    KNOWN_FIELDS,
+    ValidatedRequest,
+    validate_request,
+)
 from worker.settings import Settings, get_settings
 
 TASK_NAME = "bmsreboot.request_reboot"
@@ -62,7 +67,7 @@ def build_payload(
     given packed already (``bytes`` from ``worker.ids.pack``). A list holding ids that are not
     UUIDs stays a list, so that the worker names them in its rejection.
     """
-    unknown = set(fields) - KNOWN_FIELDS | ({"server_ids", "server_ids_packed"} & set(fields))
+    unknown = set(fields) - KNOWN_FIELDS | (set(ID_FIELDS) & set(fields))
     if unknown:
         raise TypeError(f"not a field of a reboot request: {', '.join(sorted(unknown))}")
     key = fields.get("idempotency_key")

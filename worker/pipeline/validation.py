@@ -19,22 +19,19 @@ from pydantic import ValidationError
 
 from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL, POWER_TYPES
-from worker.pipeline.message import RebootRequestMessage
+from worker.pipeline.message import PROJECT_ID_PATTERN, RebootRequestMessage
 
 MAX_BATCH_SIZE = MAX_SERVERS_PER_CALL
 REBOOT_TYPES = POWER_TYPES
 SOFT_WARNING = (
     "type SOFT is documented by the BMS API as ineffective (不生效): BMS reboots are always hard"
 )
-#: Project ids are 32 hexadecimal characters in Huawei Cloud.
-PROJECT_ID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+PROJECT_ID_RE = re.compile(PROJECT_ID_PATTERN)
 UUID_RE = ids.UUID_RE
 MAX_TEXT = 255
 
 #: Every keyword argument the intake task understands: the fields of the one message model.
 KNOWN_FIELDS = frozenset(RebootRequestMessage.model_fields)
-#: The rollout policy's fields; their defaults come from the settings (``policy_defaults``).
-POLICY_FIELDS = ("max_in_flight", "canary_size", "failure_threshold", "not_after")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
