@@ -489,6 +489,34 @@ def test_max_in_flight_and_the_canary_gate_hold_releases_back(
     assert run_to_end(rt, canary)["status"] == "succeeded"
 
 
+@pytest.mark.parametrize(
+    ("fields", "releases"),
+    [({}, 0), ({"max_in_flight": 1}, 1), ({"canary_size": 1}, 1)],
+)
+def test_only_an_end_that_can_open_the_way_runs_the_release_step(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    fields: dict[str, int],
+    releases: int,
+) -> None:
+    """Batches of a plain request are all planned by the release step already; only a rollout
+    limit that waits on the end of a batch needs the release step run again after it."""
+    simulator.configure(job_duration=0.05)
+    rt = make_rt()
+    request_id = accept(rt, ids(3), batch_size=1, **fields)
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    first = sent(rt, "submit")[0]
+    rt.dispatcher.sent.remove(("submit", first, 0.0))
+    assert submit.submit_batch(first, rt) == "submitted"
+    rt.dispatcher.sent = [e for e in rt.dispatcher.sent if e[0] != "poll"]
+    time.sleep(0.2)
+    before = len(rt.dispatcher.sent)
+    assert poll.poll_batch(first, rt) == "finished"
+    after = [item for kind, item, _ in rt.dispatcher.sent[before:] if kind == "release"]
+    assert after == [PROJECT] * releases
+    assert run_to_end(rt, request_id)["status"] == "succeeded"
+
+
 def test_a_request_past_its_cut_off_releases_nothing_and_ends_halted(
     make_rt: Callable[..., Runtime],
 ) -> None:

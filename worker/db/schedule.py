@@ -17,7 +17,7 @@ import statistics
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, and_, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from worker.db.models import Batch, RebootRequest
@@ -25,6 +25,24 @@ from worker.db.states import TERMINAL_BATCH_STATES, BatchStatus, RequestStatus
 
 #: Requests whose batches may be released.
 ACTIVE_REQUESTS = (RequestStatus.ACCEPTED, RequestStatus.RUNNING)
+
+
+def _in_flight() -> ScalarSelect[int]:
+    """How many batches of the row's request are released, ``submitting`` or ``submitted``."""
+    other = aliased(Batch)
+    return (
+        select(func.count())
+        .select_from(other)
+        .where(
+            other.request_id == Batch.request_id,
+            or_(
+                other.status.in_((BatchStatus.SUBMITTING, BatchStatus.SUBMITTED)),
+                and_(other.status == BatchStatus.PENDING, other.released_at.is_not(None)),
+            ),
+        )
+        .correlate(Batch)
+        .scalar_subquery()
+    )
 
 
 def release_conditions(project_id: str, now: dt.datetime) -> list[ColumnElement[bool]]:
@@ -38,19 +56,6 @@ def release_conditions(project_id: str, now: dt.datetime) -> list[ColumnElement[
     - ``canary_size``: batch 0 goes first; the others only once it has ``succeeded``.
     """
     other = aliased(Batch)
-    in_flight = (
-        select(func.count())
-        .select_from(other)
-        .where(
-            other.request_id == Batch.request_id,
-            or_(
-                other.status.in_((BatchStatus.SUBMITTING, BatchStatus.SUBMITTED)),
-                and_(other.status == BatchStatus.PENDING, other.released_at.is_not(None)),
-            ),
-        )
-        .correlate(Batch)
-        .scalar_subquery()
-    )
     canary_passed = (
         exists()
         .where(
@@ -67,20 +72,43 @@ def release_conditions(project_id: str, now: dt.datetime) -> list[ColumnElement[
         RebootRequest.status.in_(ACTIVE_REQUESTS),
         RebootRequest.stop.is_(None),
         or_(RebootRequest.not_after.is_(None), RebootRequest.not_after > now),
-        or_(RebootRequest.max_in_flight.is_(None), in_flight < RebootRequest.max_in_flight),
+        or_(RebootRequest.max_in_flight.is_(None), _in_flight() < RebootRequest.max_in_flight),
         or_(RebootRequest.canary_size.is_(None), Batch.index == 0, canary_passed),
     ]
 
 
-def next_releasable(session: Session, project_id: str, now: dt.datetime) -> uuid.UUID | None:
-    """The next batch to release for ``project_id`` (one indexed query), or None."""
-    return session.scalar(
-        select(Batch.id)
+def releasable(session: Session, project_id: str, now: dt.datetime, limit: int) -> list[uuid.UUID]:
+    """Up to ``limit`` batches to release next for ``project_id``, in release order (one
+    indexed query).
+
+    The query tests ``max_in_flight`` against the request's batches in flight *before* this
+    release, so several rows of one request may fit only together with the ones before them:
+    the list keeps only as many of a request's batches as it has room for. (The caller holds
+    the project's release lease, so nothing else releases meanwhile; a batch that ends only
+    makes more room.) The canary needs nothing of the kind: until batch 0 has succeeded, no
+    other batch of its request is in the rows."""
+    rows = session.execute(
+        select(
+            Batch.id,
+            Batch.request_id,
+            RebootRequest.max_in_flight,
+            case((RebootRequest.max_in_flight.is_(None), 0), else_=_in_flight()),
+        )
         .join(RebootRequest, RebootRequest.id == Batch.request_id)
         .where(*release_conditions(project_id, now), Batch.next_attempt_at <= now)
         .order_by(Batch.index, RebootRequest.created_at, Batch.id)
-        .limit(1)
-    )
+        .limit(limit)
+    ).all()
+    room: dict[uuid.UUID, int] = {}
+    chosen = []
+    for batch_id, request_id, max_in_flight, in_flight in rows:
+        if max_in_flight is not None:
+            left = room.setdefault(request_id, max_in_flight - in_flight)
+            if left <= 0:
+                continue
+            room[request_id] = left - 1
+        chosen.append(batch_id)
+    return chosen
 
 
 def next_due_at(session: Session, project_id: str, now: dt.datetime) -> dt.datetime | None:
@@ -90,6 +118,20 @@ def next_due_at(session: Session, project_id: str, now: dt.datetime) -> dt.datet
         select(func.min(Batch.next_attempt_at))
         .join(RebootRequest, RebootRequest.id == Batch.request_id)
         .where(*release_conditions(project_id, now))
+    )
+
+
+def end_may_release(session: Session, batch: Batch) -> bool:
+    """Whether the end of ``batch`` can make another batch of its request releasable: only the
+    rollout limits that wait on other batches do (``max_in_flight``; the canary, whose batch 0
+    holds the rest back), and only while the request may still release. Every other pending
+    batch is due on its own schedule, and the release step already planned it: a release run
+    after each ended batch would be wasted work (one task, a lease and three queries)."""
+    request = session.get(RebootRequest, batch.request_id)
+    if request is None or request.status not in ACTIVE_REQUESTS or request.stop is not None:
+        return False
+    return request.max_in_flight is not None or (
+        request.canary_size is not None and batch.index == 0
     )
 
 

@@ -31,7 +31,7 @@ from worker.bms.models import Job
 from worker.budget import JOB
 from worker.db.models import Batch
 from worker.db.queries import batch_server_ids
-from worker.db.schedule import learned_job_duration
+from worker.db.schedule import end_may_release, learned_job_duration
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, ServerStatus
 from worker.db.transitions import (
@@ -114,12 +114,13 @@ def poll_batch(
         settled = _settle_job(session, batch_id, this, job, rt)
     if settled is None:
         return "stale"  # another message of this chain settled it
-    notification, detection_delay = settled
+    notification, detection_delay, opens = settled
     rt.metrics.observe("bmsreboot_polls_per_job", float(this.polls + 1))
     rt.metrics.observe("bmsreboot_detection_delay_seconds", detection_delay)
     send(notification, rt)
-    # A batch that ended may open the way for the next (max_in_flight, the canary).
-    rt.dispatcher.release(this.project_id)
+    if opens:
+        # The end may open the way for the next batch (max_in_flight, the canary).
+        rt.dispatcher.release(this.project_id)
     return "finished"
 
 
@@ -163,9 +164,10 @@ def outcomes_from(job: Job) -> dict[str, ServerOutcome]:
 
 def _settle_job(
     session: Session, batch_id: uuid.UUID, this: _Poll, job: Job, rt: Runtime
-) -> tuple[Notification | None, float] | None:
-    """Write the ended job's outcomes; returns the completion callback to send and the
-    detection delay, or None when another message of this poll chain got there first."""
+) -> tuple[Notification | None, float, bool] | None:
+    """Write the ended job's outcomes; returns the completion callback to send, the detection
+    delay and whether to run the release step (``end_may_release``), or None when another
+    message of this poll chain got there first."""
     outcomes = outcomes_from(job)
     to = batch_status_from(outcomes, batch_server_ids(session, batch_id))
     if not record_poll(session, batch_id, next_poll_at=None, seq=this.polls):
@@ -191,7 +193,8 @@ def _settle_job(
         detected_at=now,
     )
     log.info("batch %s finished: job %s is %s, batch %s", batch_id, job.job_id, job.status, to)
-    return finalize(session, batch.request_id, rt), (now - ended).total_seconds()
+    notification = finalize(session, batch.request_id, rt)
+    return notification, (now - ended).total_seconds(), end_may_release(session, batch)
 
 
 def _again(
@@ -221,9 +224,11 @@ def _again(
                 **(error.columns() if error else {}),
             )
             notification = finalize(session, batch.request_id, rt)
+            opens = end_may_release(session, batch)
         log.error("batch %s timed out after %d polls", batch_id, polls)
         send(notification, rt)
-        rt.dispatcher.release(this.project_id)
+        if opens:
+            rt.dispatcher.release(this.project_id)
         return "timed_out"
     with unit_of_work(rt.engine) as session:
         learned = learned_job_duration(session, this.project_id, rt.settings.poll_history)

@@ -17,11 +17,12 @@ intake, a batch back to ``pending``, and the reconciler for work whose message w
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime
 
-from worker.budget import ACTION
+from worker.budget import ACTION, Reservation
 from worker.db.rollout import cut_off_due
-from worker.db.schedule import mark_released, next_due_at, next_releasable
+from worker.db.schedule import mark_released, next_due_at, releasable
 from worker.db.session import unit_of_work
 from worker.pipeline.notify import finalize, send
 from worker.pipeline.runtime import Runtime, log, utcnow
@@ -70,6 +71,24 @@ def cut_off(rt: Runtime, project_id: str | None = None) -> int:
     return len(stopped)
 
 
+def _mark(rt: Runtime, slots: list[tuple[uuid.UUID, Reservation]]) -> int:
+    """Record the reserved slots on their batches in one transaction, then send each batch's
+    submit message with a countdown to its slot; returns how many were released."""
+    taken = []
+    with unit_of_work(rt.engine) as session:
+        now = utcnow()
+        for batch_id, slot in slots:
+            # The slot as the budget's store timed it (Redis's clock, or this machine's).
+            at = datetime.fromtimestamp(slot.at, UTC)
+            if mark_released(session, batch_id, now=now, slot=at):
+                taken.append((batch_id, slot))
+            # else: released by another run meanwhile (the slot goes unused)
+    for batch_id, slot in taken:
+        rt.metrics.observe("bmsreboot_budget_wait_seconds", slot.wait)
+        rt.dispatcher.submit(batch_id, countdown=slot.wait)
+    return len(taken)
+
+
 def horizon(rt: Runtime) -> float:
     """How far ahead a slot of the action budget may be reserved (seconds)."""
     return max(HORIZON, SLOTS_AHEAD * rt.rate(ACTION).interval)
@@ -98,28 +117,25 @@ def release_project(project_id: str, rt: Runtime) -> int:
                 break
             now = utcnow()
             with unit_of_work(rt.engine) as session:
-                batch_id = next_releasable(session, project_id, now)
-                due = None if batch_id is not None else next_due_at(session, project_id, now)
-            if batch_id is None:
+                candidates = releasable(session, project_id, now, PER_RUN - released)
+                due = None if candidates else next_due_at(session, project_id, now)
+            if not candidates:
                 if due is not None:
                     wake = max((due - utcnow()).total_seconds(), 0.0)
                 break
-            slot = budget.reserve(
-                rt.budget_key(project_id, ACTION), rt.rate(ACTION), max_wait=ahead
-            )
-            if not slot.granted:
-                # Wake while a few reserved slots are still ahead, so the POSTs never pause.
-                wake = max(slot.wait - ahead / 2, 0.0)
+            slots: list[tuple[uuid.UUID, Reservation]] = []
+            for batch_id in candidates:
+                slot = budget.reserve(
+                    rt.budget_key(project_id, ACTION), rt.rate(ACTION), max_wait=ahead
+                )
+                if not slot.granted:
+                    # Wake while a few reserved slots are still ahead, so the POSTs never pause.
+                    wake = max(slot.wait - ahead / 2, 0.0)
+                    break
+                slots.append((batch_id, slot))
+            released += _mark(rt, slots)
+            if wake is not None:
                 break
-            with unit_of_work(rt.engine) as session:
-                # The slot as the budget's store timed it (Redis's clock, or this machine's).
-                at = datetime.fromtimestamp(slot.at, UTC)
-                taken = mark_released(session, batch_id, now=utcnow(), slot=at)
-            if not taken:
-                continue  # released by another run meanwhile (the slot goes unused)
-            rt.metrics.observe("bmsreboot_budget_wait_seconds", slot.wait)
-            rt.dispatcher.submit(batch_id, countdown=slot.wait)
-            released += 1
     finally:
         budget.release_lease(lease, token)
     if released:

@@ -38,7 +38,7 @@ from worker.bms.retry import may_resubmit
 from worker.budget import ACTION
 from worker.db.models import Batch, RebootRequest
 from worker.db.queries import batch_server_ids
-from worker.db.schedule import learned_job_duration, split_batch
+from worker.db.schedule import end_may_release, learned_job_duration, split_batch
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition, RequestStatus, ServerStatus
 from worker.db.transitions import settle_batch, transition_batch, transition_request
@@ -360,9 +360,12 @@ def _settle(
         outcome, notification = _settle_in(
             session, batch_id, to, rt, reason=reason, error=error, why=why
         )
+        batch = session.get(Batch, batch_id)
+        opens = batch is not None and end_may_release(session, batch)
     send(notification, rt)
-    # A batch that ended may open the way for the next (max_in_flight, the canary).
-    rt.dispatcher.release(project_id)
+    if opens:
+        # The end may open the way for the next batch (max_in_flight, the canary).
+        rt.dispatcher.release(project_id)
     return outcome
 
 
