@@ -73,6 +73,18 @@ def most_at_once(jobs: dict[str, Any]) -> tuple[int, float]:
     return peak, when
 
 
+def project_ramps(jobs: dict[str, Any], first_post: float) -> dict[str, dict[str, float | None]]:
+    """Where the time to the peak goes: each project's first POST after the run's first POST
+    (how late its request got going: intake and its first release), and the time from its
+    first POST to its last (its own pace: 1.2 s apart is the action budget)."""
+    created: dict[str, list[float]] = {}
+    for job in jobs.values():
+        created.setdefault(job.get("project_id", ""), []).append(job["created"])
+    starts = [min(times) - first_post for times in created.values()]
+    spans = [max(times) - min(times) for times in created.values()]
+    return {"project_start_s": spread(starts), "project_span_s": spread(spans)}
+
+
 def send_requests(
     app: Any, projects: list[str], batches: int, batch_size: int, servers: int | None = None
 ) -> list[uuid.UUID]:
@@ -168,6 +180,7 @@ def run_pool(
     first_post = min((j["created"] for j in counters["jobs"].values()), default=sent)
     wall = outcome["finished_at"] - sent
     cpu = used["cpu_s"]["worker"]
+    ramps = project_ramps(counters["jobs"], first_post)
     delays = spread(outcome["delays"])
     return {
         "pool": args.pool,
@@ -178,6 +191,9 @@ def run_pool(
         "most_jobs_at_once": peak,
         "peak_after_first_post_s": round(peak_at - first_post, 1),
         "first_post_after_send_s": round(first_post - sent, 1),
+        # Each a spread (median, p90, worst) over the projects
+        "project_start_s": ramps["project_start_s"],
+        "project_span_s": ramps["project_span_s"],
         "posts": posts,
         "gets": gets,
         "gets_per_job": round(gets / jobs, 2),
@@ -204,6 +220,8 @@ COLUMNS = (
     ("wall s", "wall_s", "{:.1f}"),
     ("at once", "most_jobs_at_once", "{}"),
     ("peak after s", "peak_after_first_post_s", "{:.1f}"),
+    ("project start p50/max s", None, "{}"),
+    ("project span p50/max s", None, "{}"),
     ("GETs/job", "gets_per_job", "{:.2f}"),
     ("429 act/job", None, "{}"),
     ("detect p50/p90/max s", None, "{}"),
@@ -221,6 +239,9 @@ def cell(row: dict[str, Any], key: str | None, fmt: str, title: str) -> str:
         return "-" if row[key] is None else fmt.format(row[key])
     if title.startswith("429"):
         return f"{row['action_429']}/{row['job_route_429']}"
+    if title.startswith("project"):
+        ramp = row["project_start_s" if "start" in title else "project_span_s"]
+        return f"{ramp['median']}/{ramp['worst']}"
     if title.startswith("detect"):
         return f"{row['detect_median_s']}/{row['detect_p90_s']}/{row['detect_worst_s']}"
     memory = row["redis_used_memory_mb" if title.startswith("Redis") else "broker_db_mb"]

@@ -1,17 +1,18 @@
 """The release step: which pending batch goes to the API next, and when, from the audit rows.
 
-``release_project`` runs for one project at a time (task ``bmsreboot.release``). It repeatedly
-asks the audit database for the next releasable batch (``worker.db.schedule``), reserves that
-project's next slot of the action budget (``worker.budget``, shared by every worker), records
-the slot on the batch, and sends the batch's submit message with a countdown to that slot. A
-slot is reserved only when it is at most ``HORIZON`` seconds away: the plan stays in the
-database, not in delayed broker messages, so that a later limit, a cancel or a cut-off still
-decides what goes next. When the budget is full, or the next batch is only due later (a retry
-backoff), the run schedules one wake-up of the project (``claim_wake`` keeps it to one pending
-wake-up, however many callers ask) and ends.
+``release_project`` runs for one project at a time (task ``bmsreboot.release``). It asks the
+audit database for the project's next releasable batches (``worker.db.schedule.releasable``,
+one query), reserves that project's next slots of the action budget (``worker.budget``, shared
+by every worker), records the slots on the batches in one transaction, and sends each batch's
+submit message with a countdown to its slot. A slot is reserved only when it is at most
+``horizon()`` seconds away: the plan stays in the database, not in delayed broker messages, so
+that a later limit, a cancel or a cut-off still decides what goes next. When the budget is
+full, or the next batch is only due later (a retry backoff), the run schedules one wake-up of
+the project (``claim_wake`` keeps it to one pending wake-up, however many callers ask) and ends.
 
 Anything that may have made a batch releasable calls ``rt.dispatcher.release(project_id)``:
-intake, a batch back to ``pending``, and the reconciler for work whose message was lost.
+intake, a batch back to ``pending``, the end of a batch that a rollout limit waited on
+(``worker.db.schedule.end_may_release``), and the reconciler for work whose message was lost.
 """
 
 from __future__ import annotations

@@ -181,6 +181,7 @@ class SimulatorState:
             self._purge_if_due(now)
             jobs = {
                 job_id: {
+                    "project_id": job.project_id,
                     "servers": len(job.server_ids),
                     "status": job.status(now),
                     # Epoch seconds on the simulator's clock: for overlaps between jobs.
