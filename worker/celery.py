@@ -61,7 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # polls its table once a second).
     transport_options = dict(visibility) if settings.broker_url is not None else {}
     broker_url, transport = transport_for(settings.effective_broker_url)
-    broker_options = dict(transport_options)
+    broker_options: dict[str, Any] = dict(transport_options)
     if is_redis(broker_url):
         # A worker takes its next message from the first non-empty queue in the order of
         # QUEUES (intake, then submit and release, then poll) instead of kombu's round robin:
