@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from worker import ids
 from worker.db.events import add_event
 from worker.db.models import Batch, RebootRequest, ServerResult, UTCDateTime, utcnow
+from worker.db.session import is_postgresql
 from worker.db.states import (
     BatchStatus,
     EventEntity,
@@ -161,7 +162,7 @@ def record_servers(session: Session, batch_id: uuid.UUID) -> int:
     session.execute(update(_BATCHES).where(_BATCHES.c.id == batch_id).values(pending_ids=None))
     now = utcnow()
     server_ids = ids.unpack(packed)
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         # One statement with one array parameter: psycopg would otherwise send a thousand
         # INSERTs (several times the CPU and time of this, measured by
         # benchmarks/create_request.py). WITH ORDINALITY keeps the ids in their order.

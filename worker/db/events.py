@@ -16,6 +16,7 @@ from sqlalchemy import Table, Uuid, bindparam, insert, text
 from sqlalchemy.orm import Session
 
 from worker.db.models import Event, UTCDateTime
+from worker.db.session import is_postgresql
 from worker.db.states import EventEntity
 
 _EVENTS = cast(Table, Event.__table__)
@@ -75,7 +76,7 @@ def add_server_events(
     rows = [(server_id, to_state, clean(detail)) for server_id, to_state, detail in changes]
     if not rows:
         return
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         # One INSERT ... SELECT FROM unnest for the batch: an executemany is one INSERT an
         # event with psycopg, most of PostgreSQL's work per batch (benchmarks/workers.py).
         session.execute(

@@ -86,6 +86,12 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def is_postgresql(session: Session) -> bool:
+    """Whether the session's database is PostgreSQL: where a few writes take one set-based
+    statement (``unnest``) instead of one a row."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 @contextmanager
 def unit_of_work(engine: Engine | None = None) -> Iterator[Session]:
     """One transaction: commit when the block ends normally, roll back when it raises."""

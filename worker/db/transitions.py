@@ -31,6 +31,7 @@ from worker.db.create import record_servers
 from worker.db.events import add_event, add_server_events
 from worker.db.models import Batch, RebootRequest, ServerResult, UTCDateTime, utcnow
 from worker.db.queries import server_counts
+from worker.db.session import is_postgresql
 from worker.db.states import (
     BATCH_TRANSITIONS,
     REQUEST_TRANSITIONS,
@@ -318,7 +319,7 @@ def settle_batch(
     ).all()
     default = ServerOutcome(default_status, default_error_code, default_fail_reason)
     explicit = [(row_id, sid, outcomes[sid]) for row_id, sid in pending if sid in outcomes]
-    if explicit and session.get_bind().dialect.name == "postgresql":
+    if explicit and is_postgresql(session):
         # One statement for the whole batch: psycopg sends an executemany as one UPDATE a
         # server, which was most of PostgreSQL's work per batch (benchmarks/workers.py).
         session.execute(
