@@ -204,6 +204,9 @@ def run_pool(
         "detect_worst_s": delays["worst"],
         "worker_cpu_s": cpu,
         "worker_cores": round(cpu / used["wall_s"], 3),
+        # The most cores the worker used over any 10 s: the ramp's burst, which the average
+        # over the whole run hides.
+        "worker_cores_busiest_10s": used["busiest_10s_cores"]["worker"],
         "worker_cpu_ms_per_call": round(1000 * cpu / max(posts + gets, 1), 2),
         "machine_cores_busy": used["machine_cores_busy"],
         "benchmark_cpu_s": used["cpu_s"]["benchmark"],
@@ -227,6 +230,7 @@ COLUMNS = (
     ("detect p50/p90/max s", None, "{}"),
     ("CPU s", "worker_cpu_s", "{:.1f}"),
     ("cores", "worker_cores", "{:.2f}"),
+    ("busiest 10 s", "worker_cores_busiest_10s", "{:.2f}"),
     ("CPU ms/call", "worker_cpu_ms_per_call", "{:.2f}"),
     ("machine cores", "machine_cores_busy", "{:.2f}"),
     ("Redis peak MB", None, "{}"),

@@ -81,6 +81,10 @@ def named(procs: dict[int, tuple[int, str, float]], name: str) -> set[int]:
 Group = Callable[[dict[int, tuple[int, str, float]]], set[int]]
 
 
+#: The window of ``Sampler.busiest``: seconds.
+BUSIEST_WINDOW = 10.0
+
+
 class Sampler:
     """Sample the groups' CPU and Redis every ``every`` seconds in a thread."""
 
@@ -103,6 +107,8 @@ class Sampler:
         self._self0 = 0.0
         self.used_memory: list[int] = []
         self.db_bytes: list[int] = []
+        #: (monotonic time, CPU seconds of each group since the start), one a sample.
+        self.series: list[tuple[float, dict[str, float]]] = []
         self.result: dict[str, Any] = {}
 
     # --- one sample ------------------------------------------------------------------------
@@ -116,6 +122,8 @@ class Sampler:
                     if pid not in first:
                         first[pid] = cpu if not self._started else 0.0
                     last[pid] = cpu
+            if self._started:
+                self.series.append((time.monotonic(), self._used()))
         if self._redis is not None:
             with contextlib.suppress(redis.RedisError):
                 self.used_memory.append(int(self._redis.info("memory")["used_memory"]))
@@ -127,6 +135,30 @@ class Sampler:
         for key in self._redis.scan_iter(count=1000):
             total += int(self._redis.memory_usage(key, samples=0) or 0)
         return total
+
+    def _used(self) -> dict[str, float]:
+        return {
+            group: sum(self._last[group][p] - self._first[group][p] for p in first)
+            for group, first in self._first.items()
+        }
+
+    def busiest(self, window: float = BUSIEST_WINDOW) -> dict[str, float | None]:
+        """Each group's most cores over any ``window`` seconds of samples (None if the run
+        was shorter): the average hides a burst."""
+        best: dict[str, float | None] = dict.fromkeys(self._first)
+        points = [(self._t0, dict.fromkeys(self._first, 0.0)), *self.series]
+        j = 0
+        for t0, used0 in points:
+            while j < len(points) and points[j][0] - t0 < window:
+                j += 1
+            if j == len(points):
+                break
+            t1, used1 = points[j]
+            for group in best:
+                cores = (used1[group] - used0[group]) / (t1 - t0)
+                current = best[group]
+                best[group] = cores if current is None else max(current, cores)
+        return {g: None if v is None else round(v, 2) for g, v in best.items()}
 
     def _redis_cpu(self) -> float:
         if self._redis is None:
@@ -157,10 +189,7 @@ class Sampler:
         self._sample()
         wall = time.monotonic() - self._t0
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = {
-            group: round(sum(self._last[group][p] - self._first[group][p] for p in first), 2)
-            for group, first in self._first.items()
-        }
+        cpu = {group: round(used, 2) for group, used in self._used().items()}
         cpu["redis"] = round(self._redis_cpu() - self._redis_cpu0, 2)
         cpu["benchmark"] = round(usage.ru_utime + usage.ru_stime - self._self0, 2)
         busy, steal = (b - a for a, b in zip(self._machine0, machine_cpu(), strict=True))
@@ -170,6 +199,7 @@ class Sampler:
             # Every process of the machine, ours and anyone else's (steal: taken by the host).
             "machine_cores_busy": round(busy / wall, 2),
             "machine_cores_stolen": round(steal / wall, 2),
+            f"busiest_{BUSIEST_WINDOW:.0f}s_cores": self.busiest(),
         }
         if self.used_memory:
             self.result["redis_used_memory_mb"] = {
