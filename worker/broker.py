@@ -33,6 +33,7 @@ from vine import promise
 
 from worker import deadletter
 from worker.db.session import get_engine
+from worker.settings import is_redis_url
 
 # kombu's channels are only partly typed, and we override their private methods: typed as Any.
 _CeleryConsumer: Any = CeleryConsumer
@@ -232,9 +233,9 @@ def transport_for(broker_url: str) -> tuple[str, str | None]:
 
     kombu takes a ``transport+`` prefix of the URL over an explicit transport, so the
     SQLAlchemy URL loses its ``sqla+`` here: the transport is named instead."""
-    scheme = broker_url.split("://", 1)[0].lower()
-    if scheme in ("redis", "rediss"):
+    if is_redis_url(broker_url):
         return broker_url, "worker.broker:RedisTransport"
+    scheme = broker_url.split("://", 1)[0].lower()
     for prefix in ("sqla+", "sqlalchemy+"):
         if scheme.startswith(prefix):
             return broker_url[len(prefix) :], "worker.broker:SqlAlchemyTransport"

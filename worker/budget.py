@@ -38,6 +38,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from worker.settings import is_redis_url
+
 ACTION = "action"
 JOB = "job"
 
@@ -272,6 +274,6 @@ class DatabaseBudget:
 
 def budget_for(broker_url: str | None, engine: Engine) -> Budget:
     """Redis when the broker is Redis, else the audit database."""
-    if broker_url and broker_url.split(":", 1)[0] in ("redis", "rediss"):
+    if broker_url is not None and is_redis_url(broker_url):
         return RedisBudget(broker_url)
     return DatabaseBudget(engine)

@@ -15,7 +15,7 @@ from kombu import Queue
 
 from worker.broker import transport_for
 from worker.pipeline.backoff import VISIBILITY_SHARE
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, get_settings, is_redis_url
 
 log = logging.getLogger("bmsreboot.celery")
 
@@ -62,7 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport_options = dict(visibility) if settings.broker_url is not None else {}
     broker_url, transport = transport_for(settings.effective_broker_url)
     broker_options: dict[str, Any] = dict(transport_options)
-    if is_redis(broker_url):
+    if is_redis_url(broker_url):
         # A worker takes its next message from the first non-empty queue in the order of
         # QUEUES (intake, then submit and release, then poll) instead of kombu's round robin:
         # a new request or a cancel is not queued behind thousands of follow-ups, and a
@@ -164,17 +164,13 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     }
 
 
-def is_redis(broker_url: str) -> bool:
-    return broker_url.split("://", 1)[0].lower() in ("redis", "rediss")
-
-
 def beat_scheduler(settings: Settings, broker_url: str) -> dict[str, Any]:
     """With Redis, beat runs celery-redbeat (``worker.beat``, which also survives a flushed
     Redis): its schedule lives in Redis and a lock makes one of several beat processes the
     leader (``celery -A worker beat`` needs no extra flag); the
     others wait and take over within ``BMSREBOOT_BEAT_LOCK_TIMEOUT`` of the leader's end.
     Otherwise Celery's own persistent scheduler keeps its file in the data dir."""
-    if not is_redis(broker_url):
+    if not is_redis_url(broker_url):
         return {}
     lock = settings.beat_lock_timeout
     return {

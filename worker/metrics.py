@@ -28,6 +28,8 @@ from typing import Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from worker.settings import is_redis_url
+
 log = logging.getLogger("bmsreboot.metrics")
 
 BUDGET_WAIT_BUCKETS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -105,7 +107,7 @@ class DatabaseCounters:
 
 
 def counters_for(broker_url: str | None, engine: Engine) -> CounterStore:
-    if broker_url and broker_url.split(":", 1)[0] in ("redis", "rediss"):
+    if broker_url is not None and is_redis_url(broker_url):
         return RedisCounters(broker_url)
     return DatabaseCounters(engine)
 

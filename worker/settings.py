@@ -19,6 +19,12 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def is_redis_url(url: str) -> bool:
+    """Whether a broker URL is Redis: then the budgets, the metrics and beat's schedule live in
+    Redis too, and the worker reads its queues in order (``worker.celery``)."""
+    return url.split("://", 1)[0].lower() in ("redis", "rediss")
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "bmsreboot"
