@@ -18,21 +18,26 @@ must never break a message already queued. Policy sits on each declaration:
   re-drive lost work from the audit database; delete finished requests past retention.
 
 A database that is briefly unreachable retries the task (the work is safe to repeat); nothing
-retries a POST whose fate is unknown.
+retries a POST whose fate is unknown. A run that fails for good (an argument the task cannot
+use, an error no retry mends, retries exhausted) leaves a dead letter with the message and the
+reason (:class:`PipelineTask`), never an acknowledged message and nothing else.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
+from worker import deadletter
 from worker.celery import INTAKE_QUEUE, POLL_QUEUE, SUBMIT_QUEUE, app
 from worker.db.retention import purge_finished
-from worker.db.session import unit_of_work
+from worker.db.session import get_engine, unit_of_work
 from worker.pipeline import control, intake, poll, reconcile, release, scheduling, submit
+from worker.pipeline.message import PROJECT_ID_PATTERN
 from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.tasking import CeleryDispatcher, worker_runtime
 from worker.pipeline.validation import safe_text
@@ -50,12 +55,38 @@ COMMON: dict[str, Any] = {
 }
 
 
-def _runtime(task: Task[Any, Any]) -> Runtime:
-    expires = get_settings().callback_expires
-    return worker_runtime(CeleryDispatcher(app, callback_expires=expires), actor=task.name)
+class BadArgument(ValueError):
+    """A task argument the task cannot use: the message becomes a dead letter, this the
+    reason."""
 
 
-class IntakeTask(Task):  # type: ignore[type-arg]
+class GuardedTask(Task):  # type: ignore[type-arg]
+    """Every task of ours: a message whose body Celery would fail on in the pool is refused
+    on arrival and becomes a dead letter (``worker.broker.CheckedRequest``)."""
+
+    Request = "worker.broker:CheckedRequest"
+
+
+class PipelineTask(GuardedTask):
+    """Every task that carries work. Celery acknowledges a message whose task raised (acks
+    late or not): a run that fails for good records the message and the reason as a dead
+    letter first, in the audit database (``bmsreboot dead-letters``), so that nothing
+    vanishes with one log line. Retries (a database briefly down) are not failures; the
+    soft time limit is (``SoftTimeLimitExceeded`` comes before the hard limit kills the
+    run)."""
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        info = getattr(self.request, "delivery_info", None) or {}
+        deadletter.record(
+            get_engine(get_settings().effective_database_url),
+            raw=deadletter.task_message(self.name, task_id, args, kwargs),
+            error=exc,
+            queue=info.get("routing_key") or getattr(self, "queue", None),
+            task=self.name,
+        )
+
+
+class IntakeTask(PipelineTask):
     """Celery calls a task as ``task(*args, **kwargs)`` through a ``__call__(self, ...)``: a
     producer's keyword argument named ``self`` would fail that call before intake could record
     it. Here ``self`` is positional-only, so such a keyword reaches intake, which rejects it as
@@ -66,6 +97,32 @@ class IntakeTask(Task):  # type: ignore[type-arg]
         return self.run(*args, **kwargs)
 
 
+def _short(value: Any) -> str:
+    return safe_text(repr(value), 80)
+
+
+def _uuid(name: str, value: Any) -> uuid.UUID:
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise BadArgument(f"{name} must be a UUID, got {_short(value)}")
+
+
+def _project(value: Any) -> str:
+    import re
+
+    if isinstance(value, str) and re.fullmatch(PROJECT_ID_PATTERN, value):
+        return value
+    raise BadArgument(f"project_id must be 32 hexadecimal characters, got {_short(value)}")
+
+
+def _runtime(task: Task[Any, Any]) -> Runtime:
+    expires = get_settings().callback_expires
+    return worker_runtime(CeleryDispatcher(app, callback_expires=expires), actor=task.name)
+
+
 @app.task(name="bmsreboot.request_reboot", queue=INTAKE_QUEUE, base=IntakeTask, **COMMON)
 def request_reboot(self: Task[Any, Any], /, *args: Any, **payload: Any) -> dict[str, Any]:
     # Positional arguments are not part of the message format; they are recorded as a reason
@@ -73,61 +130,93 @@ def request_reboot(self: Task[Any, Any], /, *args: Any, **payload: Any) -> dict[
     return intake.accept_request(payload, _runtime(self), positional=len(args)).as_dict()
 
 
-@app.task(name="bmsreboot.submit_batch", queue=SUBMIT_QUEUE, **COMMON)
-def submit_batch(self: Task[Any, Any], batch_id: str) -> str:
-    return submit.submit_batch(uuid.UUID(batch_id), _runtime(self))
+@app.task(name="bmsreboot.submit_batch", queue=SUBMIT_QUEUE, base=PipelineTask, **COMMON)
+def submit_batch(self: Task[Any, Any], batch_id: Any = None) -> str:
+    return submit.submit_batch(_uuid("batch_id", batch_id), _runtime(self))
 
 
-@app.task(name="bmsreboot.poll_batch", queue=POLL_QUEUE, **COMMON)
+@app.task(name="bmsreboot.poll_batch", queue=POLL_QUEUE, base=PipelineTask, **COMMON)
 def poll_batch(
-    self: Task[Any, Any], batch_id: str, seq: int | None = None, reserved: bool = False
+    self: Task[Any, Any], batch_id: Any = None, seq: Any = None, reserved: Any = False
 ) -> str:
-    return poll.poll_batch(uuid.UUID(batch_id), _runtime(self), seq=seq, reserved=reserved)
+    checked = _uuid("batch_id", batch_id)
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
+        raise BadArgument(f"seq must be a whole number of at least 0, got {_short(seq)}")
+    if not isinstance(reserved, bool):
+        raise BadArgument(f"reserved must be true or false, got {_short(reserved)}")
+    return poll.poll_batch(checked, _runtime(self), seq=seq, reserved=reserved)
 
 
-@app.task(name="bmsreboot.release", queue=SUBMIT_QUEUE, **COMMON)
-def release_project(self: Task[Any, Any], project_id: str) -> int:
-    return release.release_project(project_id, _runtime(self))
+@app.task(name="bmsreboot.release", queue=SUBMIT_QUEUE, base=PipelineTask, **COMMON)
+def release_project(self: Task[Any, Any], project_id: Any = None) -> int:
+    return release.release_project(_project(project_id), _runtime(self))
 
 
 #: Times a cancel for a request not yet recorded waits 2 s for intake before giving up.
 CANCEL_WAITS = 30
 
 
-@app.task(name="bmsreboot.cancel_request", queue=INTAKE_QUEUE, **COMMON)
+@app.task(name="bmsreboot.cancel_request", queue=INTAKE_QUEUE, base=PipelineTask, **COMMON)
 def cancel_request(
-    self: Task[Any, Any], request_id: str, reason: str | None = None, actor: str | None = None
+    self: Task[Any, Any],
+    request_id: Any = None,
+    reason: Any = None,
+    actor: Any = None,
+    **unexpected: Any,
 ) -> dict[str, Any]:
-    """Cancel a request (idempotent): what other applications send; ``actor`` says who."""
-    try:
-        rid = uuid.UUID(str(request_id))
-    except ValueError:
-        log.error("cancel_request: not a request id: %r", request_id)
-        return {"request_id": str(request_id), "changed": False, "message": "not a request id"}
-    who = safe_text(actor or "app:unknown", 255)
-    result = control.cancel(rid, _runtime(self), reason=safe_text(reason or "", 1000), actor=who)
-    if result["status"] is None and self.request.retries < CANCEL_WAITS:
-        # The request may still be queued behind this cancel on the intake queue: wait for
-        # intake to record it (for about a minute) rather than drop the cancel.
-        raise self.retry(countdown=2.0, max_retries=CANCEL_WAITS)
+    """Cancel a request (idempotent): what other applications send; ``actor`` says who.
+
+    A cancel stops reboots, so it errs on the side of stopping: keywords it does not know
+    (a misspelled ``reason``) are recorded with the cancel's reason and it is applied. One
+    that cannot be applied (no request id, a request never recorded) is a dead letter."""
+    if request_id is None:
+        extra = f"; unknown keyword(s): {', '.join(sorted(unexpected))}" if unexpected else ""
+        raise BadArgument(f"cancel_request needs request_id{extra}: the cancel was not applied")
+    rid = _uuid("request_id", request_id)
+    why = safe_text(reason, 1000) if reason is not None else ""
+    if unexpected:
+        pairs = sorted(unexpected.items())
+        ignored = ", ".join(f"{safe_text(k, 60)}={_short(v)}" for k, v in pairs)
+        why = safe_text(f"{why} [unknown keyword(s) ignored: {ignored}]".strip(), 1000)
+        log.warning("cancel_request for %s: unknown keyword(s) ignored: %s", rid, ignored)
+    who = safe_text(actor if actor is not None else "app:unknown", 255)
+    result = control.cancel(rid, _runtime(self), reason=why, actor=who)
     if result["status"] is None:
-        log.error("cancel_request: %s (gave up waiting for it)", result["message"])
+        if self.request.retries < CANCEL_WAITS:
+            # The request may still be queued behind this cancel on the intake queue: wait
+            # for intake to record it (for about a minute) rather than drop the cancel.
+            raise self.retry(countdown=2.0, max_retries=CANCEL_WAITS)
+        raise LookupError(
+            f"no request {rid} was recorded within {CANCEL_WAITS * 2} s: the cancel was not applied"
+        )
     return result
 
 
-@app.task(name="bmsreboot.schedule_tick", queue=INTAKE_QUEUE, **COMMON)
-def schedule_tick(self: Task[Any, Any], name: str, tick: str) -> str:
+@app.task(name="bmsreboot.schedule_tick", queue=INTAKE_QUEUE, base=PipelineTask, **COMMON)
+def schedule_tick(self: Task[Any, Any], name: Any = None, tick: Any = None) -> str:
     """One tick of a schedule entry (Flower shows the entry's name and the tick)."""
+    if not isinstance(name, str) or not name:
+        raise BadArgument(f"name must be a schedule entry's name, got {_short(name)}")
+    try:
+        moment = dt.datetime.fromisoformat(tick) if isinstance(tick, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise BadArgument(f"tick must be an ISO 8601 time with a zone, got {_short(tick)}")
     return scheduling.schedule_tick(name, tick, _runtime(self))
 
 
-# Beat's tasks: a lost or expired run is simply the next tick's work, so no acks-late here.
-@app.task(name="bmsreboot.reconcile", bind=True, queue=INTAKE_QUEUE, acks_late=False)
+# Beat's tasks: a lost or expired run is simply the next tick's work, so no acks-late here,
+# and a failed run is not a lost message (no dead letter): the next run does the same work.
+BEAT_TASK: dict[str, Any] = {"bind": True, "queue": INTAKE_QUEUE, "acks_late": False}
+
+
+@app.task(name="bmsreboot.reconcile", base=GuardedTask, **BEAT_TASK)
 def reconcile_task(self: Task[Any, Any]) -> dict[str, int]:
     return reconcile.reconcile(_runtime(self))
 
 
-@app.task(name="bmsreboot.run_schedules", bind=True, queue=INTAKE_QUEUE, acks_late=False)
+@app.task(name="bmsreboot.run_schedules", base=GuardedTask, **BEAT_TASK)
 def run_schedules(self: Task[Any, Any]) -> dict[str, int]:
     def send_tick(name: str, tick: str) -> None:
         schedule_tick.apply_async(args=(name, tick))
@@ -135,7 +224,7 @@ def run_schedules(self: Task[Any, Any]) -> dict[str, int]:
     return scheduling.run_schedules(_runtime(self), send_tick)
 
 
-@app.task(name="bmsreboot.purge", bind=True, queue=INTAKE_QUEUE, acks_late=False)
+@app.task(name="bmsreboot.purge", base=GuardedTask, **BEAT_TASK)
 def purge(self: Task[Any, Any]) -> int:
     rt = _runtime(self)
     with unit_of_work(rt.engine) as session:

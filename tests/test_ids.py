@@ -96,7 +96,8 @@ def test_a_large_request_travels_packed_and_validates_like_a_list() -> None:
     ],
 )
 def test_bad_packed_ids_are_rejected_with_a_reason(fields: dict[str, object], reason: str) -> None:
-    result = validate_request({"project_id": PROJECT, **fields}, max_servers=10)
+    payload = {"request_id": str(uuid.uuid4()), "project_id": PROJECT, **fields}
+    result = validate_request(payload, max_servers=10)
     assert not result.valid
     assert any(r.startswith(reason) for r in result.reasons), result.reasons
 

@@ -109,6 +109,7 @@ RAW: dict[str, Callable[[], str]] = {
     "an unknown task": lambda: _envelope(
         json.dumps([[], A_REQUEST, EMBED]).encode(), headers=_headers(task="nobody.serves_this")
     ),
+    "an embed that is not a dict": lambda: _envelope(json.dumps([[], A_REQUEST, [1]]).encode()),
 }
 
 
@@ -193,6 +194,10 @@ REJECTED: dict[str, tuple[dict[str, Any], tuple[Any, ...], str]] = {
     "a bad request id": ({"request_id": "no"}, (), "request_id must be a UUID"),
     "an unknown field": ({"reboot_now": True}, (), "unknown field"),
     "a bad callback name": ({"notify_task": "a b"}, (), "notify_task"),
+    "max_in_flight beyond an integer column": ({"max_in_flight": 2**31}, (), "max_in_flight"),
+    "max_in_flight of 31 digits": ({"max_in_flight": 10**30}, (), "max_in_flight"),
+    "a window of 100000000 days": ({"not_after": "100000000d"}, (), "at most 366 days"),
+    "neither a request id nor a key": ({"request_id": None}, (), "give request_id or"),
 }
 
 
@@ -230,6 +235,101 @@ def test_a_malformed_request_is_recorded_as_rejected_and_the_worker_goes_on(
     assert "\x00" not in json.dumps(status)
     _still_consuming(pipe)
     assert sum(pipe.stats()["reboots"].values()) == 2
+
+
+# --- follow-up tasks with arguments they cannot use ------------------------------------------
+
+#: Each is sent as a real task message (the serializer of a producer); each must end as a dead
+#: letter naming the argument, never as an acknowledged message and one log line.
+BAD_TASKS: dict[str, tuple[str, str, tuple[Any, ...], dict[str, Any], str]] = {
+    "a submit of an id that is not a UUID": (
+        "bmsreboot.submit_batch",
+        "bmsreboot.submit",
+        ("not-a-uuid",),
+        {},
+        "batch_id must be a UUID, got 'not-a-uuid'",
+    ),
+    "a submit without its batch": (
+        "bmsreboot.submit_batch",
+        "bmsreboot.submit",
+        (),
+        {},
+        "batch_id must be a UUID, got None",
+    ),
+    "a poll with a bad seq": (
+        "bmsreboot.poll_batch",
+        "bmsreboot.poll",
+        (str(uuid.uuid4()),),
+        {"seq": "x"},
+        "seq must be a whole number",
+    ),
+    "a release of a dict": (
+        "bmsreboot.release",
+        "bmsreboot.submit",
+        ({"a": 1},),
+        {},
+        "project_id must be 32 hexadecimal characters",
+    ),
+    "a cancel without its request id": (
+        "bmsreboot.cancel_request",
+        INTAKE_QUEUE,
+        (),
+        {"requestid": str(uuid.uuid4())},
+        "cancel_request needs request_id; unknown keyword(s): requestid: the cancel was not",
+    ),
+    "a schedule tick without a zone": (
+        "bmsreboot.schedule_tick",
+        INTAKE_QUEUE,
+        ("nightly", "2026-12-01T03:00:00"),
+        {},
+        "tick must be an ISO 8601 time with a zone",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TASKS))
+def test_a_task_with_an_argument_it_cannot_use_becomes_a_dead_letter(
+    pipe: Pipeline, case: str
+) -> None:
+    name, queue, args, kwargs, reason = BAD_TASKS[case]
+    before = _dead_letters(pipe)
+    pipe.app.send_task(name, args=args, kwargs=kwargs, queue=queue)
+    deadline = time.monotonic() + 30
+    while _dead_letters(pipe) == before:
+        pipe.check_alive()
+        assert time.monotonic() < deadline, f"no dead letter for {case}\n{pipe.log_tail()}"
+        time.sleep(0.2)
+    with unit_of_work(pipe.engine) as session:
+        letter = session.scalars(select(DeadLetter).order_by(DeadLetter.id.desc())).first()
+        assert letter is not None
+        assert letter.task == name
+        assert letter.queue == queue
+        assert reason in letter.error
+        message = json.loads(letter.raw)
+    # The message itself is kept, to be sent again once mended
+    assert message["task"] == name
+    assert message["kwargs"] == kwargs
+    _still_consuming(pipe)
+
+
+def test_a_cancel_with_a_misspelled_reason_is_applied_and_says_what_it_ignored(
+    pipe: Pipeline,
+) -> None:
+    # Given a request held back (its servers' jobs take a while) and a cancel whose reason is
+    # misspelled
+    pipe.configure(job_duration=5.0)
+    request_id = pipe.send(server_ids=new_ids(4), batch_size=1, max_in_flight=1)
+    pipe.app.send_task(
+        "bmsreboot.cancel_request",
+        kwargs={"request_id": request_id, "resaon": "bad patch", "actor": "app:patcher"},
+        queue=INTAKE_QUEUE,
+    )
+    # Then the cancel is applied (a cancel errs on the side of stopping), and the keyword it
+    # did not know is recorded with it
+    status = pipe.wait(request_id, timeout=60)
+    assert status["status"] == "cancelled"
+    assert "unknown keyword(s) ignored: resaon='bad patch'" in status["reason"]
+    assert "app:patcher" in status["reason"]
 
 
 def test_an_operator_lists_the_dead_letters(pipe: Pipeline) -> None:

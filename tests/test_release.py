@@ -113,7 +113,13 @@ def rt2_request(rt: Runtime, batches: int) -> uuid.UUID:
     from worker.pipeline import intake
 
     result = intake.accept_request(
-        {"project_id": PROJECT, "server_ids": ids(batches * 10), "batch_size": 10}, rt
+        {
+            "request_id": str(uuid.uuid4()),
+            "project_id": PROJECT,
+            "server_ids": ids(batches * 10),
+            "batch_size": 10,
+        },
+        rt,
     )
     assert isinstance(rt.dispatcher, RecordingDispatcher)
     rt.dispatcher.sent = [e for e in rt.dispatcher.sent if e[0] != "release"]
@@ -469,11 +475,24 @@ def test_max_in_flight_and_the_canary_gate_hold_releases_back(
     from worker.pipeline import intake
 
     limited = intake.accept_request(
-        {"project_id": PROJECT, "server_ids": ids(50), "batch_size": 10, "max_in_flight": 2},
+        {
+            "request_id": str(uuid.uuid4()),
+            "project_id": PROJECT,
+            "server_ids": ids(50),
+            "batch_size": 10,
+            "max_in_flight": 2,
+        },
         rt,
     ).request_id
     canary = intake.accept_request(
-        {"project_id": PROJECT, "server_ids": ids(12), "batch_size": 5, "canary_size": 2}, rt
+        {
+            "request_id": str(uuid.uuid4()),
+            "project_id": PROJECT,
+            "server_ids": ids(12),
+            "batch_size": 5,
+            "canary_size": 2,
+        },
+        rt,
     ).request_id
     assert isinstance(rt.dispatcher, RecordingDispatcher)
     rt.dispatcher.sent.clear()

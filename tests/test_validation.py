@@ -14,6 +14,7 @@ PROJECT = "0123456789abcdef0123456789abcdef"
 
 
 def check(**payload: Any) -> Any:
+    payload.setdefault("request_id", str(uuid.uuid4()))
     payload.setdefault("project_id", PROJECT)
     payload.setdefault("server_ids", [str(uuid.uuid4())])
     return validate_request(payload, max_servers=10)
@@ -60,7 +61,19 @@ def test_soft_is_accepted_with_a_warning() -> None:
         ({"type": "NICE"}, "type must be HARD or SOFT, got 'NICE'"),
         ({"batch_size": 0}, "batch_size must be between 1 and 1000, got 0"),
         ({"batch_size": True}, "batch_size must be a whole number, got True"),
-        ({"max_in_flight": 0}, "max_in_flight must be at least 1, got 0"),
+        ({"max_in_flight": 0}, "max_in_flight must be between 1 and 1000000, got 0"),
+        ({"max_in_flight": 2**31}, "max_in_flight must be between 1 and 1000000, got 2147483648"),
+        ({"max_in_flight": 10**30}, f"max_in_flight must be between 1 and 1000000, got {10**30}"),
+        ({"not_after": "100000000d"}, "not_after must be at most 366 days ahead, got '100000000d'"),
+        (
+            {"not_after": "9" * 30 + "s"},
+            "not_after must be an ISO 8601 time with a zone (2026-11-28T03:00:00Z) or a "
+            f"duration (90m, 2h, 1d), got '{'9' * 30}s'",
+        ),
+        (
+            {"not_after": "9999-12-31T23:59:59+00:00"},
+            "not_after must be at most 366 days ahead, got '9999-12-31T23:59:59+00:00'",
+        ),
         ({"canary_size": 1001}, "canary_size must be between 1 and 1000, got 1001"),
         ({"failure_threshold": -1}, "failure_threshold must be a percentage from 0 to 100, got -1"),
         ({"request_id": "r-1"}, "request_id must be a UUID, got 'r-1'"),
@@ -80,7 +93,23 @@ def test_every_problem_is_reported_at_once() -> None:
         {"project_id": "p", "server_ids": ["s"], "type": "X", "batch_size": 5000},
         max_servers=10,
     )
-    assert len(result.reasons) == 4
+    # neither request_id nor idempotency_key, the project, the id, the type, the batch size
+    assert len(result.reasons) == 5
+
+
+@pytest.mark.parametrize("key", ["request_id", "idempotency_key"])
+def test_a_request_needs_a_request_id_or_an_idempotency_key(key: str) -> None:
+    # Given a message with neither (a producer's retry could not be told from a new request)
+    bare = {"project_id": PROJECT, "server_ids": [str(uuid.uuid4())]}
+    result = validate_request(bare, max_servers=10)
+    # Then it is refused, saying why; with either one it is accepted
+    assert result.reasons == [
+        "give request_id or idempotency_key: without either, a producer that sends the same "
+        "request again (a retry after a broker timeout) would reboot every server twice (the "
+        "producer API and `bmsreboot submit` set request_id)"
+    ]
+    value = str(uuid.uuid4()) if key == "request_id" else "nightly-2026-12-01"
+    assert validate_request({**bare, key: value}, max_servers=10).valid
 
 
 def test_many_bad_ids_are_summarised() -> None:

@@ -48,7 +48,10 @@ def test_schema_is_the_json_schema_of_the_intake_message() -> None:
     schema = json.loads(run.stdout)
     assert set(schema["properties"]) == KNOWN_FIELDS
     assert schema["required"] == ["project_id"]
-    assert schema["oneOf"] == [{"required": ["server_ids"]}, {"required": ["server_ids_packed"]}]
+    assert schema["allOf"] == [
+        {"oneOf": [{"required": ["server_ids"]}, {"required": ["server_ids_packed"]}]},
+        {"anyOf": [{"required": ["request_id"]}, {"required": ["idempotency_key"]}]},
+    ]
     assert schema["additionalProperties"] is False
     # What the producer API builds is a valid message
     payload = build_payload(PROJECT, new_ids(2), batch_size=10, max_in_flight=2, not_after="2h")

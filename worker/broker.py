@@ -26,7 +26,9 @@ from queue import Empty
 from typing import Any
 
 from celery import signals
+from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.request import Request as CeleryRequest
 from kombu.transport import redis as kombu_redis
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from vine import promise
@@ -37,6 +39,7 @@ from worker.settings import is_redis_url
 
 # kombu's channels are only partly typed, and we override their private methods: typed as Any.
 _CeleryConsumer: Any = CeleryConsumer
+_CeleryRequest: Any = CeleryRequest
 _RedisChannelBase: Any = kombu_redis.Channel
 _RedisTransportBase: Any = kombu_redis.Transport
 _SqlChannelBase: Any = kombu_sqlalchemy.Channel
@@ -122,6 +125,25 @@ class Consumer(_CeleryConsumer):  # type: ignore[misc]
                 return None
 
         return guarded
+
+
+class CheckedRequest(_CeleryRequest):  # type: ignore[misc]
+    """Celery's request, refusing a body whose third part (``embed``: callbacks, chain,
+    chord) is not a mapping when the message arrives. Celery itself only finds out in the
+    pool, where the run fails and the failure handler fails again on the same ``embed``: the
+    message was acknowledged with one log line and nothing else. Refused here, it is an
+    invalid task message, which ``Consumer.on_invalid_task`` makes a dead letter. Every task
+    of ours names this class (``Request``, in ``tasks``)."""
+
+    def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(message, *args, **kwargs)
+        body = self._Request__payload  # Celery's decoded [args, kwargs, embed]
+        embed = body[2] if isinstance(body, list | tuple) and len(body) == 3 else None
+        if embed is not None and not isinstance(embed, dict):
+            raise InvalidTaskError(
+                f"the message body's third part (embed) must be a mapping, got "
+                f"{type(embed).__name__}"
+            )
 
 
 def _dead_letter_entry(raw: Any, queue: Any, error: BaseException) -> None:

@@ -207,7 +207,12 @@ if "flower" in sys.argv[1:] and get_settings().broker_url is None:
 @signals.worker_init.connect
 def _prepare_database(**_: Any) -> None:
     """The embedded SQLite database is brought to the schema head on start; a configured
-    database must be upgraded by the operator (``bmsreboot db upgrade``) and is only checked."""
+    database must be upgraded by the operator (``bmsreboot db upgrade``) and is only checked.
+
+    A worker that cannot use its audit database must not consume anything: every message it
+    took would fail and be lost. Celery's signal dispatch logs and swallows an exception
+    raised here (and the worker would say ``ready``), so the worker exits instead, with one
+    line: ``SystemExit`` is not an ``Exception`` and goes through."""
     from worker.db.session import database_is_current, upgrade_database
 
     settings = get_settings()
@@ -219,14 +224,35 @@ def _prepare_database(**_: Any) -> None:
             "BMSREBOOT_IAM_PASSWORD and BMSREBOOT_IAM_DOMAIN) and restart it; for the "
             "simulator, `bmsreboot simulator` prints the lines to export."
         )
-    # The data dir holds beat's schedule file (worker -B) even when the databases are elsewhere.
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if settings.database_url is None:
-        upgrade_database(url)
-    elif not database_is_current(url):
-        raise ImproperlyConfigured(
-            "the audit database is not at the schema head: run `bmsreboot db upgrade`"
+    try:
+        # The data dir holds beat's schedule file (worker -B) even when the databases are
+        # elsewhere.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.database_url is None:
+            upgrade_database(url)
+        elif not database_is_current(url):
+            raise ImproperlyConfigured(
+                "the audit database is not at the schema head: run `bmsreboot db upgrade`"
+            )
+    except Exception as exc:
+        refuse_to_start(exc, url)
+
+
+def refuse_to_start(exc: BaseException, database_url: str) -> None:
+    """End the worker before it consumes anything, with one line that says what to do."""
+    from sqlalchemy.engine import make_url
+
+    if isinstance(exc, ImproperlyConfigured):
+        why = str(exc)
+    else:
+        where = make_url(database_url).render_as_string(hide_password=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        why = (
+            f"cannot use the audit database {where} ({type(exc).__name__}: {first[:300]}): "
+            "check BMSREBOOT_DATABASE_URL and that the database answers"
         )
+    log.critical("bmsreboot worker not started: %s", why)
+    raise SystemExit(f"bmsreboot: the worker did not start: {why}")
 
 
 @signals.after_setup_logger.connect

@@ -6,7 +6,9 @@ task name, keyword arguments that are not a mapping) would otherwise stop the wo
 (celery/celery#7975: an acks-late poison message is restored and kills it again on every
 restart) or be dropped with one log line. Instead the consumer (``worker.broker``) records it
 here, with its raw bytes, its queue and the error, logs one line, and acknowledges it: the
-worker keeps consuming. ``bmsreboot dead-letters`` lists them.
+worker keeps consuming. A task run that fails for good (an argument it cannot use, an error
+no retry can mend, retries exhausted) leaves one too (``tasks``: its name and arguments as
+JSON), never an acknowledged message and nothing else. ``bmsreboot dead-letters`` lists them.
 
 The audit database is the dead-letter place: it survives a flushed broker, and operators
 already read it. If it cannot be written, the message is logged whole (base64) instead, so
@@ -16,6 +18,7 @@ nothing vanishes without a trace.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -72,6 +75,19 @@ def record(
         return None
     log.error("dead letter %d from queue %s (%d bytes): %s", letter_id, queue, len(raw), what)
     return letter_id
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {"base64": base64.b64encode(bytes(value)).decode()}
+    return repr(value)
+
+
+def task_message(task: str, task_id: str | None, args: Any, kwargs: Any) -> bytes:
+    """A task run's message as JSON (``task``, ``id``, ``args``, ``kwargs``; bytes as base64),
+    what a dead letter of a task that failed for good keeps, so that it can be sent again."""
+    body = {"task": task, "id": task_id, "args": args, "kwargs": kwargs}
+    return json.dumps(body, default=_jsonable).encode()
 
 
 def as_dict(letter: DeadLetter, *, with_raw: bool = False) -> dict[str, Any]:

@@ -22,6 +22,12 @@ UUID_PATTERN = ids.UUID_RE.pattern
 PROJECT_ID_PATTERN = r"^[0-9a-fA-F]{32}$"
 #: A Celery task or queue name a producer may name for its callback.
 CELERY_NAME = r"^[A-Za-z0-9_.:@-]{1,255}$"
+#: The most batches a request can have in flight that means anything: a request holds at most
+#: a million servers (``BMSREBOOT_MAX_REQUEST_SERVERS``), so at most that many batches. (Far
+#: below what the audit database's integer columns hold: 2**31 - 1.)
+MAX_IN_FLIGHT = 1_000_000
+#: The farthest a ``not_after`` may lie ahead: a maintenance window, not a date in years.
+MAX_NOT_AFTER_DAYS = 366
 
 
 def _only(schema: dict[str, Any], shape: dict[str, Any]) -> None:
@@ -37,9 +43,15 @@ class RebootRequestMessage(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         title="bmsreboot.request_reboot",
-        # Exactly one of the two forms of the server ids.
         json_schema_extra={
-            "oneOf": [{"required": ["server_ids"]}, {"required": ["server_ids_packed"]}]
+            "allOf": [
+                # Exactly one of the two forms of the server ids.
+                {"oneOf": [{"required": ["server_ids"]}, {"required": ["server_ids_packed"]}]},
+                # A retried message must be recognised as the same request: without either,
+                # a producer's retry (after a broker timeout, say) would reboot every server
+                # again. The producer API and `bmsreboot submit` always set request_id.
+                {"anyOf": [{"required": ["request_id"]}, {"required": ["idempotency_key"]}]},
+            ]
         },
     )
 
@@ -66,7 +78,9 @@ class RebootRequestMessage(BaseModel):
         ),
     )
     request_id: uuid.UUID | None = Field(
-        None, description="Chosen by the producer; the same id is never recorded twice."
+        None,
+        description="Chosen by the producer; the same id is never recorded twice. A request "
+        "needs this or idempotency_key, so that a producer's retry is recognised.",
     )
     type: Literal["HARD", "SOFT"] = Field(
         "HARD", description="HARD (default) or SOFT (documented as ineffective on BMS)."
@@ -87,7 +101,7 @@ class RebootRequestMessage(BaseModel):
         None, ge=1, le=MAX_BATCH_SIZE, description="Servers per API call (default 1000)."
     )
     max_in_flight: StrictInt | None = Field(
-        None, ge=1, description="At most this many batches submitted at once."
+        None, ge=1, le=MAX_IN_FLIGHT, description="At most this many batches submitted at once."
     )
     canary_size: StrictInt | None = Field(
         None, ge=1, le=MAX_BATCH_SIZE, description="Batch 0 holds this many servers, first."
@@ -96,7 +110,10 @@ class RebootRequestMessage(BaseModel):
         None, ge=0, le=100, description="Halt when more than this percent fail or are unknown."
     )
     not_after: str | None = Field(
-        None, description="No batch released after: ISO 8601 with a zone, or a duration (2h)."
+        None,
+        max_length=64,
+        description="No batch released after: ISO 8601 with a zone, or a duration (2h); at "
+        f"most {MAX_NOT_AFTER_DAYS} days ahead.",
     )
     notify_task: str | None = Field(
         None,

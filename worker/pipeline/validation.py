@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL, POWER_TYPES
-from worker.pipeline.message import PROJECT_ID_PATTERN, RebootRequestMessage
+from worker.pipeline.message import MAX_NOT_AFTER_DAYS, PROJECT_ID_PATTERN, RebootRequestMessage
 
 MAX_BATCH_SIZE = MAX_SERVERS_PER_CALL
 REBOOT_TYPES = POWER_TYPES
@@ -99,15 +99,19 @@ def safe_text(value: Any, limit: int = MAX_TEXT) -> str:
 
 
 def parse_duration(text: str) -> dt.timedelta | None:
-    """``90s``, ``30m``, ``2h``, ``1d``, ``1h30m`` (or a number of seconds); None if not one."""
+    """``90s``, ``30m``, ``2h``, ``1d``, ``1h30m`` (or a number of seconds); None if not one
+    (or too long for any clock: more than a few million years)."""
     text = text.strip().lower()
-    if text.isdigit():
-        return dt.timedelta(seconds=int(text))
-    match = _DURATION_RE.match(text)
-    if not text or match is None:
+    try:
+        if text.isdigit():
+            return dt.timedelta(seconds=int(text))
+        match = _DURATION_RE.match(text)
+        if not text or match is None:
+            return None
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        return dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:
         return None
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
 def parse_not_after(value: Any, now: dt.datetime) -> tuple[dt.datetime | None, str | None]:
@@ -115,10 +119,16 @@ def parse_not_after(value: Any, now: dt.datetime) -> tuple[dt.datetime | None, s
     duration from ``now`` (``2h``); returns (the time in UTC, None) or (None, the reason)."""
     if not isinstance(value, str) or not value.strip():
         return None, f"not_after must be an ISO 8601 time or a duration, got {_short(value)}"
+    longest = dt.timedelta(days=MAX_NOT_AFTER_DAYS)
     duration = parse_duration(value)
     if duration is not None:
         if duration <= dt.timedelta(0):
             return None, f"not_after must be a positive duration, got {_short(value)}"
+        if duration > longest:
+            return (
+                None,
+                f"not_after must be at most {MAX_NOT_AFTER_DAYS} days ahead, got {_short(value)}",
+            )
         return now + duration, None
     try:
         moment = dt.datetime.fromisoformat(value.strip())
@@ -129,9 +139,17 @@ def parse_not_after(value: Any, now: dt.datetime) -> tuple[dt.datetime | None, s
         )
     if moment.tzinfo is None:
         return None, f"not_after needs a time zone (Z or +08:00), got {_short(value)}"
-    moment = moment.astimezone(dt.UTC)
+    try:
+        moment = moment.astimezone(dt.UTC)
+    except OverflowError:
+        return None, f"not_after is not a time a clock can hold, got {_short(value)}"
     if moment <= now:
         return None, f"not_after is already past: {moment.isoformat()}"
+    if moment - now > longest:
+        return (
+            None,
+            f"not_after must be at most {MAX_NOT_AFTER_DAYS} days ahead, got {_short(value)}",
+        )
     return moment, None
 
 
@@ -309,6 +327,12 @@ def validate_request(
         not_after, problem = parse_not_after(fields["not_after"], now)
         if problem:
             found["not_after"] = problem
+    if "request_id" not in given and "idempotency_key" not in given:
+        reasons.append(
+            "give request_id or idempotency_key: without either, a producer that sends the "
+            "same request again (a retry after a broker timeout) would reboot every server "
+            "twice (the producer API and `bmsreboot submit` set request_id)"
+        )
     packed, servers_given = _server_ids(given, max_servers, reasons)
     duplicates = servers_given - ids.count(packed) if packed else 0
     if duplicates:
