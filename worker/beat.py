@@ -12,20 +12,53 @@ relies on (the reconciler must run after the broker lost its data):
 - **A flushed schedule is not reinstalled**: the static entries (``beat_schedule``) are written
   to Redis at start only. Here, when the set of static entries is gone, they are installed
   again before the tick.
+
+Each loop of beat (leader or follower) also touches ``beat.alive`` in the data dir: ``python -m
+worker.beat`` exits 0 while that file is younger than ``BMSREBOOT_BEAT_LOCK_TIMEOUT`` (the
+healthcheck of docker-compose's beat). A loop runs at least every ``beat_max_loop_interval``
+(5 s); a beat that has not looped for a lock timeout is stuck (on Redis, or in a tick), and a
+leader that stuck has lost its lock anyway. That its process exists would not show it. (One
+file per data dir: beats that share a data dir share it; each container has its own.)
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from redbeat.schedulers import RedBeatScheduler, get_redis
 from redis.exceptions import LockError
 
+from worker.settings import Settings, get_settings
+
 log = logging.getLogger("bmsreboot.beat")
 
 # redbeat ships no type information.
 _Base: Any = RedBeatScheduler
+
+HEARTBEAT = "beat.alive"
+
+
+def heartbeat_path(settings: Settings) -> Path:
+    return settings.data_dir / HEARTBEAT
+
+
+def beat_is_alive(settings: Settings, now: float | None = None) -> tuple[bool, str]:
+    """Whether a beat looped within the lock timeout (its heartbeat file), and a line saying so."""
+    path = heartbeat_path(settings)
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+    except FileNotFoundError:
+        return False, f"beat: not alive: it never looped ({path} does not exist)"
+    if age > settings.beat_lock_timeout:
+        return False, (
+            f"beat: not alive: its last loop was {age:.0f} s ago "
+            f"(more than BMSREBOOT_BEAT_LOCK_TIMEOUT, {settings.beat_lock_timeout:.0f} s)"
+        )
+    return True, f"beat: alive (last loop {age:.0f} s ago)"
 
 
 class Scheduler(_Base):  # type: ignore[misc]
@@ -33,6 +66,7 @@ class Scheduler(_Base):  # type: ignore[misc]
     entries, after Redis lost them."""
 
     def tick(self, *args: Any, **kwargs: Any) -> Any:
+        self._heartbeat()
         if self.lock_key and self.lock is not None and not self._still_leader():
             return self.max_interval
         client = get_redis(self.app)
@@ -40,6 +74,12 @@ class Scheduler(_Base):  # type: ignore[misc]
             log.warning("beat: the schedule is gone from Redis (flushed?); installing it again")
             self.setup_schedule()
         return super().tick(*args, **kwargs)
+
+    def _heartbeat(self) -> None:
+        try:
+            heartbeat_path(get_settings()).touch()
+        except OSError as exc:
+            log.warning("beat: cannot touch its heartbeat file: %s", exc)
 
     def _still_leader(self) -> bool:
         """True when this beat holds the lock, taking it again if nobody does."""
@@ -56,3 +96,14 @@ class Scheduler(_Base):  # type: ignore[misc]
             pass
         log.info("beat: another beat holds the lock; waiting as a follower")
         return False
+
+
+def main() -> int:
+    """``python -m worker.beat``: exit 0 if this machine's beat looped lately (a healthcheck)."""
+    alive, line = beat_is_alive(get_settings())
+    print(line, file=sys.stdout if alive else sys.stderr)
+    return 0 if alive else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
+from worker import censor
 from worker.broker import transport_for
 from worker.pipeline.backoff import VISIBILITY_SHARE
 from worker.settings import Settings, get_settings, is_redis_url
@@ -175,6 +176,8 @@ def beat_scheduler(settings: Settings, broker_url: str) -> dict[str, Any]:
     lock = settings.beat_lock_timeout
     return {
         "beat_scheduler": "worker.beat:Scheduler",
+        # Set, not left to redbeat's fallback to broker_url (which it says goes away in 2.5.0);
+        # its password is masked wherever Celery shows the configuration (worker.censor).
         "redbeat_redis_url": broker_url,
         "redbeat_key_prefix": "bmsreboot:beat:",
         "redbeat_lock_key": "bmsreboot:beat:lock",
@@ -187,6 +190,9 @@ def beat_scheduler(settings: Settings, broker_url: str) -> dict[str, Any]:
 def make_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     check_timing(settings)
+    # `celery inspect conf`, Flower's worker page and `celery report` mask every URL's password
+    # (Celery's own censoring misses redbeat_redis_url): worker.censor.
+    censor.install()
     celery_app = Celery("bmsreboot", include=["tasks"])
     celery_app.conf.update(celery_config(settings))
     return celery_app
