@@ -228,6 +228,24 @@ def test_schedules_check_of_proc_self_environ_prints_one_line_and_no_secret(
     assert PLANTED_AK not in run.stdout + run.stderr
 
 
+def test_symlinks_that_stay_inside_the_directory_are_followed(tmp_path: Path) -> None:
+    # Given a Kubernetes ConfigMap's layout: the schedule file and the ids file are symlinks
+    # into a hidden directory next to them
+    conf = tmp_path / "conf"
+    data = conf / "..2030_01_07"
+    data.mkdir(parents=True)
+    servers = ids(2)
+    (data / "group.txt").write_text("\n".join(servers) + "\n")
+    probe(data, "group.txt")
+    (conf / "schedules.toml").symlink_to(data / "schedules.toml")
+    (conf / "group.txt").symlink_to(data / "group.txt")
+    # When the schedule file is loaded by its symlink
+    (entry,), problems = load(conf / "schedules.toml")
+    # Then the entry and its ids are read
+    assert problems == []
+    assert entry.server_ids() == servers
+
+
 def test_a_symlink_out_of_the_schedule_directory_is_refused(tmp_path: Path) -> None:
     # Given an ids file inside the directory that is a symlink to a file outside it
     secret = tmp_path / "secret.txt"

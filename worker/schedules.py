@@ -222,12 +222,12 @@ def _contained(path: Path, dirs: Sequence[Path]) -> Path:
 def _read_regular(path: Path, limit: int) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes. Opened without blocking (a FIFO
     would hang the reader) and checked on the open descriptor (``/dev/zero`` and friends are
-    refused before a byte is read)."""
+    refused before a byte is read). Raises ``FileNotFoundError`` or ``IdsFileError``."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise IdsFileError("does not exist") from None
+        raise
     except OSError as exc:
         raise IdsFileError(f"cannot be opened ({exc.strerror})") from None
     try:
@@ -249,13 +249,16 @@ def _read_regular(path: Path, limit: int) -> bytes:
     return data
 
 
-def read_ids_file(path: Path, dirs: Sequence[Path] = ()) -> list[str]:
+def read_ids_file(path: Path, dirs: Sequence[Path]) -> list[str]:
     """The ids of an ids file (one a line; blank lines and ``#`` comments skipped). The file
-    must be inside one of ``dirs`` (when given), regular and at most ``MAX_IDS_FILE_BYTES``;
+    must be inside one of ``dirs``, regular and at most ``MAX_IDS_FILE_BYTES``;
     every other line must be a UUID. Raises ``IdsFileError``, whose message never holds more
     of the file than excerpts of its bad lines, and none of a file without a single id."""
-    resolved = _contained(path, dirs) if dirs else path
-    data = _read_regular(resolved, MAX_IDS_FILE_BYTES)
+    resolved = _contained(path, dirs)
+    try:
+        data = _read_regular(resolved, MAX_IDS_FILE_BYTES)
+    except FileNotFoundError:
+        raise IdsFileError("does not exist") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -296,12 +299,11 @@ def read_file(path: Path) -> dict[str, Any]:
     """The parsed schedule file; raises ``ScheduleFileError`` (one line) when it cannot be
     read or parsed."""
     try:
-        data = _read_regular(path, MAX_SCHEDULE_FILE_BYTES)
-    except IdsFileError as exc:
-        reason = str(exc)
-        if reason == "does not exist":
-            raise ScheduleFileError(f"{path}: no such schedule file") from None
-        raise ScheduleFileError(f"{path}: {reason}") from None
+        data = _read_regular(path.resolve(), MAX_SCHEDULE_FILE_BYTES)
+    except FileNotFoundError:
+        raise ScheduleFileError(f"{path}: no such schedule file") from None
+    except IdsFileError as exc:  # not a regular file, too large, not readable
+        raise ScheduleFileError(f"{path}: {exc}") from None
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
