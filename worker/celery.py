@@ -280,7 +280,7 @@ def _prepare_beat(**_: Any) -> None:
     if settings.schedule_file is not None:
         from worker.schedules import load
 
-        entries, problems = load(settings.schedule_file)
+        entries, problems = load(settings.schedule_file, settings.schedule_ids_dir)
         for problem in problems:
             log.error("schedule file: %s (this entry is not run; the others are)", problem)
         log.info(

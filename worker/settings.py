@@ -138,8 +138,16 @@ class Settings(BaseSettings):
     schedule_file: Path | None = Field(
         None, description="The TOML file of scheduled reboots (see worker.schedules)."
     )
+    schedule_ids_dir: Path | None = Field(
+        None,
+        description="A directory an entry's servers_file may be in besides the schedule file's "
+        "own (default: only the schedule file's directory).",
+    )
     schedule_grace: float = Field(
-        600.0, ge=0, description="A tick missed by more than this is skipped, not fired late."
+        600.0,
+        ge=0,
+        description="Only the latest missed tick fires, and only if missed by at most this; "
+        "older ticks are skipped, never fired late.",
     )
     beat_lock_timeout: float = Field(
         60.0, gt=5, description="With Redis: a beat that stops renewing its lock is replaced."

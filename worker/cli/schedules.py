@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from worker.schedules import load
+from worker.schedules import ScheduleFileError, load, load_entries
 
 
 def _file_or_setting(path: str | None) -> Path:
@@ -58,6 +58,15 @@ def _last_ticks(names: list[str], per_entry: int) -> dict[str, list[dict[str, An
     return out
 
 
+def _outcome(tick: dict[str, Any]) -> str:
+    """What a recorded tick did: its request and the request's status, or why it did not
+    fire."""
+    if tick["status"] == "fired" and tick["request_id"]:
+        return f"request {tick['request_id']}  {tick['request_status'] or 'not recorded yet'}"
+    request = f"request {tick['request_id']}  " if tick["request_id"] else ""
+    return f"{request}{tick['status']}: {tick['detail'] or 'no reason recorded'}"
+
+
 def _schedules_command() -> Any:
     import json
 
@@ -72,8 +81,13 @@ def _schedules_command() -> Any:
         last ticks created."""
         if ctx.invoked_subcommand is not None:
             return
+        from worker.settings import get_settings
+
         source = _file_or_setting(path)
-        entries, problems = load(source)
+        try:
+            entries, problems = load_entries(source, get_settings().schedule_ids_dir)
+        except ScheduleFileError as exc:
+            raise click.ClickException(str(exc)) from None
         now = dt.datetime.now(dt.UTC)
         last = _last_ticks([e.name for e in entries], 3)
         rows: list[dict[str, Any]] = [
@@ -82,12 +96,14 @@ def _schedules_command() -> Any:
                 "cron": e.cron,
                 "timezone": e.timezone,
                 "enabled": e.enabled,
+                "concurrency": e.concurrency,
                 "project_id": e.project_id,
                 "servers": len(e.servers) if e.servers is not None else str(e.servers_file),
                 "window": e.window.total_seconds() if e.window else None,
+                # A disabled entry has no next tick: it fires none.
                 "next_ticks": [
                     {"local": t.isoformat(), "utc": t.astimezone(dt.UTC).isoformat()}
-                    for t in e.next_ticks(now)
+                    for t in (e.next_ticks(now) if e.enabled else [])
                 ],
                 "last_ticks": last[e.name],
             }
@@ -97,14 +113,15 @@ def _schedules_command() -> Any:
             click.echo(json.dumps({"file": str(source), "schedules": rows, "problems": problems}))
             return
         for row in rows:
-            state = "enabled" if row["enabled"] else "disabled"
-            click.echo(f"{row['name']}  ({state})  cron {row['cron']!r} {row['timezone']}")
+            state = "enabled" if row["enabled"] else "disabled: no tick fires"
+            click.echo(
+                f"{row['name']}  ({state})  cron {row['cron']!r} {row['timezone']}"
+                f"  concurrency {row['concurrency']}"
+            )
             for tick in row["next_ticks"]:
                 click.echo(f"  next  {tick['local']}  ({tick['utc']} UTC)")
             for tick in row["last_ticks"]:
-                request = tick["request_id"] or "-"
-                status = tick["request_status"] or tick["status"]
-                click.echo(f"  last  {tick['tick']}  request {request}  {status}")
+                click.echo(f"  last  {tick['tick']}  {_outcome(tick)}")
         for problem in problems:
             click.echo(f"problem: {problem}", err=True)
 
@@ -112,8 +129,10 @@ def _schedules_command() -> Any:
     @click.argument("path", required=False)
     def check(path: str | None) -> None:
         """Check a schedule file: one line per problem; exit 1 if there is any."""
+        from worker.settings import get_settings
+
         source = _file_or_setting(path)
-        entries, problems = load(source)
+        entries, problems = load(source, get_settings().schedule_ids_dir)
         for problem in problems:
             click.echo(problem, err=True)
         click.echo(f"{source}: {len(entries)} valid entries, {len(problems)} problems")

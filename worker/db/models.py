@@ -278,8 +278,10 @@ class ScheduleTick(Base):
     id: Mapped[bigint_pk]
     name: Mapped[str255]
     tick_at: Mapped[timestamp]
-    #: ``fired`` (a request was created or found), ``rejected`` (intake refused it: see
-    #: ``detail``) or ``skipped`` (missed beyond the grace, or the entry is gone).
+    #: ``fired`` (claimed, then its request created or found), ``rejected`` (intake refused
+    #: it: see ``detail``) or ``skipped`` (``detail`` says why: superseded by a later tick,
+    #: missed beyond the grace, before a new entry's first check, the previous request still
+    #: running, past its window, or the entry is gone).
     status: Mapped[str] = mapped_column(String(16))
     request_id: Mapped[uuid.UUID | None] = mapped_column(Uuid())
     detail: Mapped[str | None] = mapped_column(Text())
