@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.fleet import Fleet, fleet_on
 from tests.fixtures.pipeline import new_ids
-from tests.fixtures.services import PostgresCluster
+from tests.fixtures.services import PostgresCluster, RedisServer
 from worker.cli.localworker import kill_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
@@ -179,3 +180,57 @@ def test_two_workers_share_the_budget_and_see_no_429(fleet: Fleet) -> None:
     assert stats["calls"]["action"]["throttled"] == 0
     assert stats["calls"]["jobs"]["throttled"] == 0
     assert fleet.verify(request_id) == {"succeeded": len(servers)}
+
+
+def test_a_redis_restarted_mid_run_is_ridden_out_by_the_worker_and_beat(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    # A Redis of this test's own, restarted as an operator would (SHUTDOWN NOSAVE, down for
+    # 4 s, back on the same port, empty): nothing restarts the worker or beat for us. Jobs of
+    # 6 s first polled after 4 s: at each restart the worker waits on an empty queue while it
+    # holds the polls as countdown messages, the case that ended Celery 5.7.0's worker.
+    with fleet_on(tmp_path, broker_url=own_redis.url(0)) as fleet:
+        fleet.configure(job_duration=6.0)
+        fleet.env["BMSREBOOT_POLL_FIRST_DELAY"] = "4"
+        fleet.env["BMSREBOOT_POLL_MAX_INTERVAL"] = "2"
+        servers = new_ids(scaled(3_000))
+        beat = fleet.start_beat("beat")
+        worker = fleet.start_worker(concurrency=2, beat=False)
+        request_id = fleet.send(servers, batch_size=100)
+        fleet.wait_recorded(request_id)
+        for _ in range(2):
+            # Every batch submitted, its polls held back by their countdowns, and the worker
+            # waiting on its queues (a BRPOP in flight)
+            _wait_until(lambda: _all_submitted(fleet, request_id), fleet, 60)
+            _wait_until(lambda: _waiting_on_queues(own_redis), fleet, 30)
+            own_redis.stop()
+            time.sleep(4.0)
+            own_redis.start()
+        status = fleet.wait(request_id, timeout=seconds(240))
+        outcomes = fleet.verify(request_id)
+        # Both processes lived through it on their own
+        assert worker.poll() is None, fleet.tail()
+        assert beat.poll() is None, (tmp_path / "beat.log").read_text(errors="replace")[-3000:]
+        reboots = fleet.stats()["reboots"]
+    assert outcomes == {"succeeded": len(servers)}
+    assert status["status"] == "succeeded"
+    assert sorted(set(reboots.values())) == [1]
+
+
+def _all_submitted(fleet: Fleet, request_id: str) -> bool:
+    status = fleet.status(request_id)
+    return status is not None and all(b["status"] == "submitted" for b in status["batches"])
+
+
+def _waiting_on_queues(server: RedisServer) -> bool:
+    import redis
+
+    with redis.Redis.from_url(server.url()) as client:
+        return any(c.get("cmd") == "brpop" for c in client.client_list())
+
+
+def _wait_until(check: Callable[[], bool], fleet: Fleet, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, fleet.tail()
+        time.sleep(0.2)

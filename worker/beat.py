@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from redbeat.schedulers import RedBeatScheduler, get_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.settings import Settings, get_settings
 
@@ -40,6 +42,10 @@ log = logging.getLogger("bmsreboot.beat")
 _Base: Any = RedBeatScheduler
 
 HEARTBEAT = "beat.alive"
+#: Redis is not answering: beat tries again at its next loop instead of ending.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+#: Seconds between two tries while Redis does not answer.
+REDIS_RETRY = 1.0
 
 
 def heartbeat_path(settings: Settings) -> Path:
@@ -62,10 +68,31 @@ def beat_is_alive(settings: Settings, now: float | None = None) -> tuple[bool, s
 
 
 class Scheduler(_Base):  # type: ignore[misc]
-    """``redbeat.RedBeatScheduler`` that takes its lock again, and reinstalls its static
-    entries, after Redis lost them."""
+    """``redbeat.RedBeatScheduler`` that rides out a Redis that is down for a while, takes its
+    lock again, and reinstalls its static entries, after Redis lost them."""
+
+    lock: Any  # redbeat's redis-py Lock (None when this beat holds none)
 
     def tick(self, *args: Any, **kwargs: Any) -> Any:
+        # redbeat's tick and Celery's beat loop let a ConnectionError end beat (a Redis
+        # restart or failover: sibson/redbeat#285): try again shortly instead; once Redis
+        # answers, _still_leader takes the lock again if it was lost with Redis's data.
+        try:
+            return self._tick(*args, **kwargs)
+        except REDIS_DOWN as exc:
+            log.warning(
+                "beat: Redis is not answering (%s); trying again in %.0f s", exc, REDIS_RETRY
+            )
+            return REDIS_RETRY
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except REDIS_DOWN as exc:
+            log.warning("beat: lock not released, Redis is not answering (%s); it expires", exc)
+            self.lock = None
+
+    def _tick(self, *args: Any, **kwargs: Any) -> Any:
         self._heartbeat()
         if self.lock_key and self.lock is not None and not self._still_leader():
             return self.max_interval

@@ -25,6 +25,7 @@ import json
 from queue import Empty
 from typing import Any
 
+import redis.exceptions as redis_errors
 from celery import signals
 from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer as CeleryConsumer
@@ -175,6 +176,22 @@ class _DeliverGuard:
 
 
 class RedisChannel(_RedisChannelBase):  # type: ignore[misc]
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # Celery 5.7.0 (celery/celery#10242) closes the connection once more after
+        # ``collect()`` dropped its transport. On a Redis that went away (restarted, failed
+        # over) kombu's first ``Channel.close()`` stopped on the dead socket before it marked
+        # the channel closed, so the second one tries to give the held (countdown) messages
+        # back through ``connection.client``, which is None by then: an AttributeError
+        # ('NoneType' object has no attribute 'hostname') that is not a connection error, so
+        # Celery's consumer does not ignore it and the worker dies ("Unrecoverable error").
+        # Said as what it is, a connection error, the consumer ignores it and reconnects.
+        # The held messages stay in Redis's unacked hash when Redis kept its data (redelivered
+        # after the visibility timeout) and are gone when it did not; either way the audit
+        # database still holds their work, which the reconciler re-drives within its grace.
+        if self.connection is None or self.connection.client is None:
+            raise redis_errors.ConnectionError("the broker connection is closed")
+        return super()._connparams(asynchronous=asynchronous)
+
     def _brpop_read(self, **options: Any) -> Any:
         # BRPOP has already taken the entry off the list when kombu parses it: keep the raw
         # reply, so that an entry that is not JSON can be recorded rather than crash the loop.
