@@ -124,3 +124,15 @@ def test_given_a_job_id_with_a_slash_when_api_job_then_usage_error(
     assert result.exit_code == 2
     assert "job_id" in result.stderr
     assert sum(simulator.stats()["calls"]["jobs"].values()) == 0
+
+
+def test_given_a_project_id_that_is_not_32_hex_when_api_job_then_usage_error_and_no_call(
+    simulator: SimulatorHandle,
+) -> None:
+    # When
+    result = run("job", "nothex", "abc", **aksk_env(simulator))
+    # Then
+    assert result.exit_code == 2
+    assert "'PROJECT_ID': not a project id (32 hexadecimal characters): 'nothex'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sum(simulator.stats()["calls"]["jobs"].values()) == 0

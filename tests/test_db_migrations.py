@@ -64,5 +64,5 @@ def test_db_check_fails_until_the_database_is_upgraded(empty_db_url: str) -> Non
     assert after.exit_code == 0, after.output
     current = runner.invoke(db, ["current", "--url", empty_db_url])
     assert f"current: {head_revision()}" in current.output
-    down = runner.invoke(db, ["downgrade", "base", "--url", empty_db_url])
+    down = runner.invoke(db, ["downgrade", "base", "--yes", "--url", empty_db_url])
     assert (down.exit_code, down.output.strip()) == (0, "base")

@@ -6,12 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
+import requests
 
-from tests.fixtures.pipeline import PROJECT, Pipeline, new_ids
+from tests.fixtures.pipeline import BASE_SIM, PROJECT, Pipeline, new_ids, worker_env
 from tests.fixtures.services import claim_redis_db
+from worker.cli.localworker import start_worker, stop_worker
+from worker.simulator.server import SimulatorServer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
@@ -160,3 +167,78 @@ def test_submit_says_sent_and_how_to_start_a_worker_when_none_records_it(
     assert json.loads(run.stdout)["status"] == "sent"
     assert "no worker has recorded request" in run.stderr
     assert "celery -A worker worker -B" in run.stderr
+
+
+def test_submit_wait_shows_progress_and_ends_within_its_timeout(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    # Given servers whose job runs until the batch's deadline (6 s in the tests' clocks)
+    pipe = pipeline_redis_pg
+    servers = new_ids(2)
+    pipe.configure(stuck_servers=servers)
+    # When
+    started = time.monotonic()
+    run = bmsreboot(pipe, "submit", "--project-id", PROJECT, *servers, "--wait", "--timeout", "3")
+    elapsed = time.monotonic() - started
+    # Then it showed the request's progress, and gave up at its timeout
+    assert run.returncode == 3, run.stderr
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert any(line.startswith("running: batches 0/1 done, 1 in flight") for line in lines), lines
+    assert lines[-1].startswith("Error: gave up waiting for request ")
+    assert "after 3 s (--timeout); it goes on: bmsreboot watch " in lines[-1]
+    assert elapsed < 3 + 4.5  # the interpreter's start, not another wait
+
+
+def test_submit_wait_on_a_new_data_dir_waits_for_a_worker_and_succeeds_once_one_runs(
+    tmp_path: Path,
+) -> None:
+    # Given a data dir no worker has created, and the simulator
+    data_dir = tmp_path / "new" / "data"
+    with SimulatorServer(BASE_SIM) as simulator:
+        env = worker_env(data_dir, simulator.base_url, None, None)
+        # When a request is submitted and followed before any worker runs
+        servers = new_ids(3)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "submit",
+                "--project-id",
+                PROJECT,
+                *servers,
+                "--wait",
+                "--timeout",
+                "150",
+                "--json",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        worker = None
+        try:
+            assert proc.stderr is not None
+            # Then it says that it waits for a worker
+            notice = proc.stderr.readline()
+            while "no worker has recorded request" not in notice:
+                assert notice, "submit --wait ended without saying it waits for a worker"
+                assert "Traceback" not in notice
+                notice = proc.stderr.readline()
+            assert "celery -A worker worker -B (still waiting)" in notice
+            # And once a worker runs, the request is carried out
+            worker = start_worker(
+                env, tmp_path / "worker.log", f"test-{uuid.uuid4().hex[:8]}", cwd=ROOT
+            )
+            out, errors = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+            proc.wait()
+            if worker is not None:
+                stop_worker(worker)
+        assert proc.returncode == 0, errors
+        assert json.loads(out)["status"] == "succeeded"
+        stats = requests.get(f"{simulator.base_url}/_simulator/stats", timeout=10).json()
+        assert stats["reboots"] == dict.fromkeys(servers, 1)

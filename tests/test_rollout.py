@@ -221,6 +221,33 @@ def test_an_operator_decides_on_an_unknown_batch(
     assert "not unknown" in again.stderr
 
 
+def test_status_events_show_who_decided_on_an_unknown_batch_and_why(pipe: Pipeline) -> None:
+    # Given an unknown batch an operator decided on
+    request_id = _unknown_batch(pipe, new_ids(10))
+    decided = cli(
+        pipe,
+        "resolve-unknown",
+        request_id,
+        "--as",
+        "failed",
+        "--reason",
+        "consoles show no reboot",
+        "--actor",
+        "sre:carol",
+    )
+    assert decided.returncode == 0, decided.stderr
+    # When
+    run = cli(pipe, "status", request_id, "--events")
+    # Then the decision is among the request's events, with who made it and why
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.split("events, newest first", 1)[1].splitlines()
+    decision = [line for line in lines if "batch 0" in line and "unknown -> failed" in line]
+    assert len(decision) == 1, run.stdout
+    assert "by sre:carol" in decision[0]
+    assert "decision=failed" in decision[0]
+    assert "reason=consoles show no reboot" in decision[0]
+
+
 def test_a_dry_run_records_and_sends_nothing(pipe: Pipeline) -> None:
     import json
 

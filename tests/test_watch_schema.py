@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -60,3 +61,39 @@ def test_schema_is_the_json_schema_of_the_intake_message() -> None:
     packed = build_payload(PROJECT, new_ids(PACK_ABOVE + 1))
     assert "server_ids" not in packed
     RebootRequestMessage.model_validate(packed)
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_watch_piped_prints_a_line_each_time_the_request_changes(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    # Given a request whose job runs until the batch's deadline (6 s in the tests' clocks)
+    pipe = pipeline_redis_pg
+    servers = new_ids(2)
+    pipe.configure(stuck_servers=servers)
+    request_id = pipe.send(server_ids=servers)
+    # When it is watched through a pipe
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "watch", request_id, "--interval", "0.2"],
+        env=pipe.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        # Then the first line comes while the request still runs, not at its end
+        assert proc.poll() is None, first
+        rest, errors = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1, errors
+    progress = [first.rstrip("\n"), *rest.split(f"request {request_id}", 1)[0].splitlines()]
+    assert all(": batches " in line for line in progress), progress
+    assert all(a != b for a, b in itertools.pairwise(progress)), progress
+    assert progress[-1].startswith(pipe.status(request_id)["status"] + ": batches 1/1 done")  # type: ignore[index]
+    assert any(line.startswith("running: batches 0/1 done, 1 in flight") for line in progress)

@@ -13,6 +13,7 @@ from worker.cli.api import api
 from worker.cli.db import db
 from worker.cli.deadletters import dead_letters
 from worker.cli.demo import demo
+from worker.cli.errors import OneLineGroup
 from worker.cli.metrics import metrics_cli
 from worker.cli.reading import history, list_requests
 from worker.cli.reboots import cancel, resolve_unknown, status, submit
@@ -31,10 +32,12 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bmsreboot")
 def cli() -> None:
-    """Reboot Huawei Cloud bare-metal servers at fleet scale, with an audit trail."""
+    """Reboot Huawei Cloud bare-metal servers at fleet scale, with an audit trail.
+
+    Every error is one line on stderr with a non-zero exit code (2: a usage error)."""
 
 
 for command in (

@@ -12,17 +12,19 @@ import click
 
 from worker.bms.client import BmsClient
 from worker.bms.errors import BmsError
+from worker.cli.errors import OneLineGroup
+from worker.cli.params import JOB_ID, PROJECT_ID
 from worker.settings import Settings
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 def api() -> None:
     """Direct, read-only calls to the BMS API (debugging aid)."""
 
 
 @api.command()
-@click.argument("project_id")
-@click.argument("job_id")
+@click.argument("project_id", type=PROJECT_ID)
+@click.argument("job_id", type=JOB_ID)
 def job(project_id: str, job_id: str) -> None:
     """Print a job (GET /v1/PROJECT_ID/jobs/JOB_ID) as the API's JSON."""
     try:

@@ -6,21 +6,24 @@ import json
 
 import click
 
+from worker.cli.errors import audit_database_errors
+from worker.cli.params import limit_option
 from worker.deadletter import as_dict, recent
 
 
 @click.command("dead-letters")
-@click.option("--limit", type=int, default=50, show_default=True, help="How many, newest first.")
+@limit_option()
 @click.option("--raw", "with_raw", is_flag=True, help="With --json: each message's bytes, base64.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def dead_letters(limit: int, with_raw: bool, as_json: bool) -> None:
-    """List broker messages the worker could not read (moved aside, never lost)."""
-    from worker.cli.reading import audit_database_errors
+    """List broker messages the worker could not read (moved aside, never lost), newest
+    first."""
     from worker.db.session import get_engine
     from worker.settings import get_settings
 
-    with audit_database_errors():
-        letters = recent(get_engine(get_settings().effective_database_url), limit)
+    url = get_settings().effective_database_url
+    with audit_database_errors(url):
+        letters = recent(get_engine(url), limit)
     rows = [as_dict(letter, with_raw=with_raw) for letter in letters]
     if as_json:
         click.echo(json.dumps(rows, indent=2))

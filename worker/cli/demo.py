@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from worker.cli.errors import safe_url
 from worker.cli.localworker import WorkerDidNotStart, start_worker, stop_worker
 from worker.simulator.config import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK, SimulatorConfig
 
@@ -78,8 +79,8 @@ def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
             data_dir=data_dir, broker_url=base.broker_url, database_url=base.database_url
         )
         upgrade_database(settings.effective_database_url)
-        click.echo(f"audit database: {_safe(settings.effective_database_url)}")
-        click.echo(f"broker: {_safe(settings.effective_broker_url)}")
+        click.echo(f"audit database: {safe_url(settings.effective_database_url)}")
+        click.echo(f"broker: {safe_url(settings.effective_broker_url)}")
         log_path = data_dir / "worker.log"
         click.echo(f"starting a worker (log: {log_path}) ...")
         try:
@@ -172,25 +173,28 @@ def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
             stop_worker(worker)
 
 
-def _safe(url: str) -> str:
-    """A URL without its password, for printing."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
-
-
 @click.command()
-@click.option("--servers", default=2500, show_default=True, help="How many servers to reboot.")
+@click.option(
+    "--servers",
+    type=click.IntRange(min=1),
+    default=2500,
+    show_default=True,
+    help="How many servers to reboot.",
+)
 @click.option(
     "--fail-fraction",
+    type=click.FloatRange(0, 1),
     default=0.02,
     show_default=True,
-    help="Share of servers whose reboot the simulator fails.",
+    help="Share of servers whose reboot the simulator fails (0 to 1).",
 )
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait.",
+)
 def demo(servers: int, fail_fraction: float, timeout: float) -> None:
     """Run the whole pipeline against the built-in simulator."""
     sys.exit(run_demo(servers, fail_fraction, timeout))

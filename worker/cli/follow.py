@@ -14,6 +14,11 @@ EXIT_ALL_SUCCEEDED = 0
 EXIT_NOT_ALL_SUCCEEDED = 1
 EXIT_INVALID = 2
 EXIT_WAIT_TIMEOUT = 3
+EXIT_NOT_RECORDED = 4
+
+
+class NotRecorded(TimeoutError):
+    """No worker recorded the request in time (or there is no such request)."""
 
 
 def follow(
@@ -22,20 +27,34 @@ def follow(
     timeout: float | None,
     interval: float = 1.0,
     on_status: Callable[[dict[str, Any] | None], None] | None = None,
+    record_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Call ``load`` every ``interval`` seconds until the request it returns is final; return
-    that status. ``on_status`` sees every status read (None: not recorded yet). Raises
-    TimeoutError after ``timeout`` seconds (None: never)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    that status. ``on_status`` sees every status read (None: not recorded yet).
+
+    Raises :class:`NotRecorded` when the request is still not recorded after
+    ``record_timeout`` seconds, or at ``timeout``; TimeoutError when it is recorded but not
+    final after ``timeout`` seconds (None: never). The last sleep is cut short so that
+    ``timeout`` is kept."""
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+    record_deadline = None if record_timeout is None else start + record_timeout
+    recorded = False
     while True:
         status = load()
         if on_status is not None:
             on_status(status)
-        if status is not None and status["status"] in TERMINAL_REQUEST_STATES:
-            return status
-        if deadline is not None and time.monotonic() > deadline:
+        if status is not None:
+            recorded = True
+            if status["status"] in TERMINAL_REQUEST_STATES:
+                return status
+        now = time.monotonic()
+        ends = [d for d in (deadline, None if recorded else record_deadline) if d is not None]
+        if ends and now >= min(ends):
+            if not recorded:
+                raise NotRecorded("no worker recorded the request in time")
             raise TimeoutError("the request did not finish in time")
-        time.sleep(interval)
+        time.sleep(min([interval, *(end - now for end in ends)]))
 
 
 def exit_code(status: dict[str, Any]) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.cli.errors import ensure_data_dir, port_errors
+from worker.cli.params import PORT
 from worker.metrics import counters_for, serve
 
 
@@ -11,7 +13,9 @@ def _metrics_command() -> Any:
     import click
 
     @click.command("metrics")
-    @click.option("--port", type=int, default=9808, show_default=True, help="Port to serve on.")
+    @click.option(
+        "--port", type=PORT, default=9808, show_default=True, help="Port to serve on (1-65535)."
+    )
     @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
     def metrics(port: int, host: str) -> None:
         """Serve Prometheus metrics at http://HOST:PORT/metrics (counters shared by every
@@ -23,8 +27,10 @@ def _metrics_command() -> Any:
         from worker.settings import get_settings
 
         settings = get_settings()
+        ensure_data_dir(settings)
         engine = get_engine(settings.effective_database_url)
-        serve(host, port, counters_for(settings.broker_url, engine), engine)
+        with port_errors(host, port):
+            serve(host, port, counters_for(settings.broker_url, engine), engine)
         click.echo(f"bmsreboot metrics on http://{host}:{port}/metrics")
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -1,12 +1,13 @@
-"""Read commands for operators: recent requests (``bmsreboot list``) and every reboot of one
-server (``bmsreboot history``). Both read the audit database only, and print JSON with
-``--json``; an error is one line, never a traceback."""
+"""Read commands for operators: recent requests (``bmsreboot list``), and every reboot of one
+server or the events of one request (``bmsreboot history``). They read the audit database
+only, and print JSON with ``--json``; an error is one line, never a traceback. Times are
+ISO 8601 with their zone (UTC)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,37 +15,35 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.db.models import RebootRequest
-from worker.db.states import RequestStatus
+from worker.cli.errors import audit_database_errors
+from worker.cli.params import PROJECT_ID, REQUEST_OR_SERVER_ID, limit_option
+from worker.db.models import Batch, Event, RebootRequest
+from worker.db.states import EventEntity, RequestStatus
 
-
-def _engine() -> Any:
-    from worker.db.session import get_engine
-    from worker.settings import get_settings
-
-    return get_engine(get_settings().effective_database_url)
-
-
-@contextlib.contextmanager
-def audit_database_errors() -> Iterator[None]:
-    """An audit database that cannot be read is one line for the operator, never a traceback
-    (every command that reads it)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        raise click.ClickException(
-            f"cannot read the audit database ({type(exc).__name__}); "
-            "is it reachable and upgraded (`bmsreboot db upgrade`)?"
-        ) from None
+__all__ = [
+    "audit_database_errors",
+    "event_lines",
+    "history",
+    "list_requests",
+    "recent_requests",
+    "request_events",
+]
 
 
 def _read(fn: Any) -> Any:
-    from worker.db.session import unit_of_work
+    from worker.db.session import get_engine, unit_of_work
+    from worker.settings import get_settings
 
-    with audit_database_errors(), unit_of_work(_engine()) as session:
+    url = get_settings().effective_database_url
+    with audit_database_errors(url), unit_of_work(get_engine(url)) as session:
         return fn(session)
+
+
+def when(iso: str | None) -> str:
+    """An ISO 8601 time to the second, with its zone: ``2026-11-28T03:00:00+00:00``."""
+    if iso is None:
+        return "-"
+    return dt.datetime.fromisoformat(iso).isoformat(timespec="seconds")
 
 
 def _since(value: str | None) -> dt.datetime | None:
@@ -58,8 +57,64 @@ def _since(value: str | None) -> dt.datetime | None:
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"not a time or a duration (2h, 1d): {value!r}") from None
+        raise click.BadParameter(
+            f"not a time or a duration (2h, 1d): {value!r}", param_hint="'--since'"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def request_events(
+    session: Session, request_id: uuid.UUID, *, servers: bool = False, limit: int = 50
+) -> list[dict[str, Any]]:
+    """A request's events, newest first: every state change of the request and its batches
+    (and, with ``servers``, of each server), who made it, and its detail (a cancel's reason,
+    an operator's decision). One query on the (request_id, at) index."""
+    query = (
+        select(Event, Batch.index)
+        .outerjoin(Batch, Batch.id == Event.batch_id)
+        .where(Event.request_id == request_id)
+        .order_by(Event.at.desc(), Event.id.desc())
+        .limit(limit)
+    )
+    if not servers:
+        query = query.where(Event.entity != EventEntity.SERVER)
+    return [
+        {
+            "at": event.at.isoformat(),
+            "entity": event.entity.value,
+            "batch_index": index,
+            "server_id": event.server_id,
+            "from_state": event.from_state,
+            "to_state": event.to_state,
+            "actor": event.actor,
+            "detail": event.detail,
+        }
+        for event, index in session.execute(query)
+    ]
+
+
+def _detail(detail: dict[str, Any] | None) -> str:
+    if not detail:
+        return ""
+    return ", ".join(
+        f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True)}"
+        for k, v in detail.items()
+    )
+
+
+def event_lines(events: list[dict[str, Any]]) -> Iterator[str]:
+    """One line an event: when, what (the request, a batch, a server), the change, who, why."""
+    for e in events:
+        what = e["entity"]
+        if e["entity"] == "batch":
+            what = f"batch {e['batch_index']}"
+        elif e["entity"] == "server":
+            what = f"server {e['server_id']} (batch {e['batch_index']})"
+        change = f"{e['from_state'] or '-'} -> {e['to_state']}"
+        detail = _detail(e["detail"])
+        yield f"{when(e['at'])}  {what:<9} {change:<24} by {e['actor']}" + (
+            f"  {detail}" if detail else ""
+        )
 
 
 def recent_requests(
@@ -104,10 +159,10 @@ def recent_requests(
 @click.option(
     "--status", type=click.Choice([s.value for s in RequestStatus]), help="Only this status."
 )
-@click.option("--project", help="Only this project id.")
+@click.option("--project", type=PROJECT_ID, help="Only this project id (32 hex).")
 @click.option("--source", help="Only this source (an application, schedule:<name>, cli:<user>).")
 @click.option("--since", help="Only requests since a time (ISO 8601) or for a duration (2h, 1d).")
-@click.option("--limit", type=int, default=50, show_default=True, help="At most this many.")
+@limit_option()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_requests(
     status: str | None,
@@ -117,14 +172,15 @@ def list_requests(
     limit: int,
     as_json: bool,
 ) -> None:
-    """List recent reboot requests, newest first."""
+    """List recent reboot requests, newest first (created: when intake recorded it)."""
+    moment = _since(since)
     rows = _read(
         lambda session: recent_requests(
             session,
             status=status,
             project=project,
             source=source,
-            since=_since(since),
+            since=moment,
             limit=limit,
         )
     )
@@ -134,34 +190,51 @@ def list_requests(
     if not rows:
         click.echo("no requests")
         return
+    click.echo(f"{'REQUEST':<36}  {'STATUS':<16} {'CREATED':<25}  {'SOURCE':<24} SERVERS")
     for r in rows:
         click.echo(
-            f"{r['request_id']}  {r['status']:<16} {r['created_at'][:19]}  {r['source']:<24} "
-            f"{r['servers']} servers: {r['succeeded']} succeeded, {r['failed']} failed, "
-            f"{r['unknown']} unknown, {r['cancelled']} cancelled"
+            f"{r['request_id']}  {r['status']:<16} {when(r['created_at']):<25}  "
+            f"{r['source']:<24} {r['servers']}: {r['succeeded']} succeeded, {r['failed']} "
+            f"failed, {r['unknown']} unknown, {r['cancelled']} cancelled"
         )
 
 
 @click.command()
-@click.argument("server_id")
-@click.option("--limit", type=int, default=50, show_default=True, help="At most this many.")
+@click.argument("id_", metavar="REQUEST_ID|SERVER_ID", type=REQUEST_OR_SERVER_ID)
+@limit_option()
+@click.option("--servers", is_flag=True, help="With a request id: each server's events too.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def history(server_id: str, limit: int, as_json: bool) -> None:
-    """Every reboot of one server: when, which request, who asked, the outcome, the job."""
+def history(id_: uuid.UUID, limit: int, servers: bool, as_json: bool) -> None:
+    """The history of a request or of a server, newest first.
+
+    A request id: the request's events (every state change of the request and its batches,
+    who made it and why: a cancel's reason, an operator's decision). A server id: every reboot
+    of that server (when, which request, who asked, the outcome, the job)."""
     from worker.db.status import server_history
 
-    rows = _read(lambda session: server_history(session, server_id.strip().lower(), limit))
+    def read(session: Session) -> tuple[str, list[dict[str, Any]]]:
+        if session.scalar(select(RebootRequest.id).where(RebootRequest.id == id_)) is not None:
+            return "request", request_events(session, id_, servers=servers, limit=limit)
+        return "server", server_history(session, str(id_), limit)
+
+    kind, rows = _read(read)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    if not rows:
-        click.echo(f"no reboot of {server_id} in the audit database")
+    if kind == "request":
+        click.echo(f"request {id_}: events, newest first")
+        for line in event_lines(rows):
+            click.echo(f"  {line}")
         return
+    if not rows:
+        click.echo(f"no request {id_} and no reboot of server {id_} in the audit database")
+        return
+    click.echo(f"server {id_}: reboots, newest first")
     for r in rows:
         outcome = r["status"] + (
             f" ({r['error_code']}: {r['fail_reason']})" if r["error_code"] else ""
         )
         click.echo(
-            f"{r['requested_at'][:19]}  request {r['request_id']}  by {r['source']}  "
+            f"  {when(r['requested_at'])}  request {r['request_id']}  by {r['source']}  "
             f"batch {r['batch_index']} job {r['job_id'] or '-'}  {outcome}"
         )

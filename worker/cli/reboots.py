@@ -1,27 +1,41 @@
 """``bmsreboot submit`` and ``bmsreboot status``: the operator's side of the pipeline.
 
 Exit codes of ``submit``: 0 accepted (with ``--wait``: every server succeeded), 1 the request
-ended with servers not succeeded, 2 invalid input (recorded as rejected), 3 gave up waiting.
+ended with servers not succeeded, 2 invalid input (recorded as rejected), 3 gave up waiting,
+4 no worker recorded the request within ``--timeout``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 import click
 
 from worker.bms.client import POWER_TYPES
-from worker.cli.follow import EXIT_INVALID, EXIT_WAIT_TIMEOUT, exit_code, follow
+from worker.cli.errors import audit_database_errors, broker_errors, database_errors, ensure_data_dir
+from worker.cli.follow import (
+    EXIT_INVALID,
+    EXIT_NOT_RECORDED,
+    EXIT_WAIT_TIMEOUT,
+    NotRecorded,
+    exit_code,
+)
+from worker.cli.params import REQUEST_ID, limit_option, parse_uuid
 
 #: `submit --wait` gives up after this many seconds unless told otherwise.
 WAIT_TIMEOUT = 3600.0
 #: How long `submit` waits for a worker to record what it sent before it says none did.
 NOTICE_WAIT = 5.0
+#: Seconds the CLI waits for Redis to accept a connection or answer: kombu's Redis transport
+#: waits forever by default, and a broker that does not answer must be an error, not a hang.
+BROKER_SOCKET_TIMEOUT = 5.0
 
 
 def read_ids(stream: TextIO) -> bytes | list[str]:
@@ -48,16 +62,49 @@ def read_ids(stream: TextIO) -> bytes | list[str]:
     return bytes(packed)
 
 
-def _load_status(request_id: str, *, servers: bool = False) -> dict[str, Any] | None:
-    from worker.cli.reading import audit_database_errors
+def _load_status(
+    request_id: str | uuid.UUID, *, servers: bool = False, events: int = 0
+) -> dict[str, Any] | None:
+    """The request's status (``events``: with its newest request and batch events)."""
+    from worker.cli.reading import request_events
     from worker.db.session import get_engine, unit_of_work
     from worker.db.status import request_status
     from worker.settings import get_settings
 
     rid = _request_id(request_id)
-    engine = get_engine(get_settings().effective_database_url)
-    with audit_database_errors(), unit_of_work(engine) as session:
-        return request_status(session, rid, include_servers=servers)
+    url = get_settings().effective_database_url
+    with audit_database_errors(url), unit_of_work(get_engine(url)) as session:
+        status = request_status(session, rid, include_servers=servers)
+        if status is not None and events:
+            status["events"] = request_events(session, rid, limit=events)
+        return status
+
+
+def _celery_app(settings: Any) -> Any:
+    """The Celery app a command sends with: the data dir of the embedded defaults created if
+    need be, and a Redis that does not answer an error within seconds (a publish is retried
+    once; Celery's default is 3 times, kombu's socket timeouts are none)."""
+    from worker.celery import ImproperlyConfigured, make_celery_app
+    from worker.settings import is_redis_url
+
+    ensure_data_dir(settings)
+    try:
+        app = make_celery_app(settings)
+    except ImproperlyConfigured as error:
+        raise click.ClickException(str(error)) from None
+    if is_redis_url(settings.effective_broker_url):
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            "socket_connect_timeout": BROKER_SOCKET_TIMEOUT,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT,
+        }
+    app.conf.task_publish_retry_policy = {
+        "max_retries": 1,
+        "interval_start": 0.5,
+        "interval_step": 0.5,
+        "interval_max": 1,
+    }
+    return app
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -103,11 +150,12 @@ def _print_status(status: dict[str, Any]) -> None:
         for s in status["server_results"]:
             table.add_row(s["id"], s["status"], s["error_code"] or "", s["fail_reason"] or "")
         console.print(table)
+    if "events" in status:
+        from worker.cli.reading import event_lines
 
-
-def wait_for_end(request_id: str, timeout: float | None, interval: float = 1.0) -> dict[str, Any]:
-    """Follow a request in the audit database until it reaches a final state."""
-    return follow(lambda: _load_status(request_id), timeout=timeout, interval=interval)
+        console.print("events, newest first (request and batches):")
+        for line in event_lines(status["events"]):
+            console.print(f"  {line}", markup=False, highlight=False)
 
 
 @click.command()
@@ -145,10 +193,10 @@ def wait_for_end(request_id: str, timeout: float | None, interval: float = 1.0) 
 @click.option("--wait", is_flag=True, help="Follow the request to its end.")
 @click.option(
     "--timeout",
-    type=float,
+    type=click.FloatRange(min=0),
     default=WAIT_TIMEOUT,
     show_default=True,
-    help="With --wait: give up after this many seconds (0: never).",
+    help="With --wait: the command ends within this many seconds (0: never).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def submit(
@@ -173,14 +221,16 @@ def submit(
     """Submit a reboot request for server IDS (or --ids-file).
 
     A worker must be running to record and carry out the request (`celery -A worker worker
-    -B`). Exit codes: 0 sent (with --wait: every server succeeded); 1 with --wait, some server
-    did not succeed (failed, unknown, cancelled, or the request was halted); 2 the request is
-    invalid (recorded as rejected); 3 gave up waiting (--timeout).
+    -B`); --wait shows its progress as `watch` does. Exit codes: 0 sent (with --wait: every
+    server succeeded); 1 with --wait, some server did not succeed (failed, unknown, cancelled,
+    or the request was halted); 2 the request is invalid (recorded as rejected); 3 gave up
+    waiting (--timeout); 4 no worker recorded the request within --timeout.
     """
     from worker.pipeline.producer import build_payload, send_payload
     from worker.pipeline.producer import checked as checked_payload
     from worker.settings import get_settings
 
+    started = time.monotonic()
     if bool(ids) == bool(ids_file):
         raise click.UsageError("give server ids either as arguments or with --ids-file")
     server_ids: list[str] | bytes = list(ids) if ids else read_ids(ids_file)  # type: ignore[arg-type]
@@ -210,15 +260,17 @@ def submit(
     for warning in checked.warnings:
         click.echo(f"warning: {warning}", err=True)
 
-    from worker.celery import make_celery_app
-
+    app = _celery_app(settings)
     if settings.database_url is None and wait:
         # Embedded default: make sure the audit database exists before following the request
         # (a worker started later would create it too).
         from worker.db.session import upgrade_database
 
-        upgrade_database(settings.effective_database_url)
-    send_payload(make_celery_app(settings), payload)
+        with database_errors(settings.effective_database_url, "BMSREBOOT_DATA_DIR"):
+            upgrade_database(settings.effective_database_url)
+    with broker_errors(settings):
+        send_payload(app, payload)
+    app.close()
     request_id = payload["request_id"]
     if not checked.valid:
         _emit({"request_id": request_id, "status": "rejected", "reasons": checked.reasons}, as_json)
@@ -235,18 +287,27 @@ def submit(
             return
         _emit({"request_id": request_id, "status": recorded["status"]}, as_json)
         return
+    from worker.cli.watch import follow_request
+
     if not as_json:
         click.echo(f"request {request_id} sent; waiting for it to finish...", err=True)
-    if _recorded_within(request_id, NOTICE_WAIT) is None:
+    left = max(0.0, timeout - (time.monotonic() - started)) if timeout else None
+    try:
+        final = follow_request(uuid.UUID(request_id), timeout=left, to_stderr=True)
+    except NotRecorded:
         click.echo(
-            f"no worker has recorded the request within {NOTICE_WAIT:.0f} s; is one running? "
-            "Start one with: celery -A worker worker -B (still waiting)",
+            f"Error: no worker has recorded request {request_id} within {timeout:.0f} s "
+            "(--timeout); is one running? Start one with: celery -A worker worker -B "
+            "(the request waits in the broker until one does)",
             err=True,
         )
-    try:
-        final = wait_for_end(request_id, timeout or None)
+        sys.exit(EXIT_NOT_RECORDED)
     except TimeoutError:
-        click.echo(f"gave up waiting for request {request_id}", err=True)
+        click.echo(
+            f"Error: gave up waiting for request {request_id} after {timeout:.0f} s "
+            f"(--timeout); it goes on: bmsreboot watch {request_id}",
+            err=True,
+        )
         sys.exit(EXIT_WAIT_TIMEOUT)
     if as_json:
         click.echo(json.dumps(final, indent=2))
@@ -331,12 +392,22 @@ def _emit(data: dict[str, Any], as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("request_id")
+@click.argument("request_id", type=REQUEST_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the status dict as JSON.")
 @click.option("--servers", is_flag=True, help="Include per-server results.")
-def status(request_id: str, as_json: bool, servers: bool) -> None:
-    """Show a reboot request's status from the audit database."""
-    data = _load_status(request_id, servers=servers)
+@click.option(
+    "--events",
+    "with_events",
+    is_flag=True,
+    help="Include the request's and its batches' events: who cancelled or resolved what, why.",
+)
+@limit_option()
+def status(
+    request_id: uuid.UUID, as_json: bool, servers: bool, with_events: bool, limit: int
+) -> None:
+    """Show a reboot request's status from the audit database (--limit: events shown with
+    --events, newest first; `history REQUEST_ID --servers` adds each server's events)."""
+    data = _load_status(request_id, servers=servers, events=limit if with_events else 0)
     if data is None:
         raise click.ClickException(f"no request {request_id} in the audit database")
     if as_json:
@@ -347,14 +418,13 @@ def status(request_id: str, as_json: bool, servers: bool) -> None:
 
 def _cli_runtime(actor: str) -> Any:
     """A runtime for a command that changes state: the configured database and broker."""
-    from worker.celery import make_celery_app
     from worker.db.session import get_engine
     from worker.pipeline.runtime import Runtime
     from worker.pipeline.tasking import CeleryDispatcher, _budget
     from worker.settings import get_settings
 
     settings = get_settings()
-    app = make_celery_app(settings)
+    app = _celery_app(settings)
 
     def no_client() -> Any:
         raise RuntimeError("this command makes no API call")
@@ -369,11 +439,16 @@ def _cli_runtime(actor: str) -> Any:
     )
 
 
-def _request_id(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise click.BadParameter(f"not a request id (UUID): {value!r}") from None
+def _request_id(value: str | uuid.UUID) -> uuid.UUID:
+    return parse_uuid(value, "request id")
+
+
+@contextlib.contextmanager
+def _changing(settings: Any) -> Iterator[None]:
+    """Around a command that changes state: the audit database and the broker, one line each
+    when they fail."""
+    with audit_database_errors(settings.effective_database_url), broker_errors(settings):
+        yield
 
 
 def _actor(actor: str | None) -> str:
@@ -381,17 +456,20 @@ def _actor(actor: str | None) -> str:
 
 
 @click.command()
-@click.argument("request_id")
+@click.argument("request_id", type=REQUEST_ID)
 @click.option("--reason", help="Why (recorded with who asked).")
 @click.option("--actor", help="Who asks (default cli:<user>).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def cancel(request_id: str, reason: str | None, actor: str | None, as_json: bool) -> None:
+def cancel(request_id: uuid.UUID, reason: str | None, actor: str | None, as_json: bool) -> None:
     """Cancel a request: pending batches are cancelled, submitted ones followed to their end.
     Idempotent: a finished request says so and nothing changes."""
     from worker.pipeline.control import cancel as cancel_request
+    from worker.settings import get_settings
 
-    rid = _request_id(request_id)
-    result = cancel_request(rid, _cli_runtime(_actor(actor)), reason=reason, actor=_actor(actor))
+    with _changing(get_settings()):
+        result = cancel_request(
+            request_id, _cli_runtime(_actor(actor)), reason=reason, actor=_actor(actor)
+        )
     if result["status"] is None:
         raise click.ClickException(result["message"])
     if as_json:
@@ -401,7 +479,7 @@ def cancel(request_id: str, reason: str | None, actor: str | None, as_json: bool
 
 
 @click.command("resolve-unknown")
-@click.argument("request_id")
+@click.argument("request_id", type=REQUEST_ID)
 @click.option("--batch", "batch_index", type=int, help="Only this batch (its index).")
 @click.option(
     "--as",
@@ -414,7 +492,7 @@ def cancel(request_id: str, reason: str | None, actor: str | None, as_json: bool
 @click.option("--actor", help="Who decides (default cli:<user>).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def resolve_unknown(
-    request_id: str,
+    request_id: uuid.UUID,
     batch_index: int | None,
     decision: str,
     reason: str,
@@ -423,17 +501,18 @@ def resolve_unknown(
 ) -> None:
     """Record what happened to a request's unknown (or timed out) batches."""
     from worker.pipeline.control import NothingToResolve, resolve
+    from worker.settings import get_settings
 
-    rid = _request_id(request_id)
     try:
-        result = resolve(
-            rid,
-            _cli_runtime(_actor(actor)),
-            decision=decision,
-            reason=reason,
-            actor=_actor(actor),
-            batch_index=batch_index,
-        )
+        with _changing(get_settings()):
+            result = resolve(
+                request_id,
+                _cli_runtime(_actor(actor)),
+                decision=decision,
+                reason=reason,
+                actor=_actor(actor),
+                batch_index=batch_index,
+            )
     except NothingToResolve as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from worker.cli.errors import port_errors
 from worker.simulator.config import (
     DEFAULT_AK,
     DEFAULT_PROJECT_ID,
@@ -116,7 +117,13 @@ def _knob_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=18080, show_default=True, help="Port; 0 picks a free one.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=18080,
+    show_default=True,
+    help="Port (0-65535); 0 picks a free one.",
+)
 @click.option("--no-rate-limit", is_flag=True, help="Turn both rate limits off.")
 @click.option("--verbose", is_flag=True, help="Log one line per request to stderr.")
 @_knob_options
@@ -132,7 +139,8 @@ def simulator(host: str, port: int, no_rate_limit: bool, verbose: bool, **knobs:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    server = SimulatorServer(config, host, port, verbose=verbose).start()
+    with port_errors(host, port):
+        server = SimulatorServer(config, host, port, verbose=verbose).start()
     try:
         click.echo(f"bmsreboot simulator listening on {server.base_url}")
         ak = next(iter(config.credentials), DEFAULT_AK)

@@ -1,13 +1,34 @@
-"""``bmsreboot watch REQUEST_ID``: live progress of a request until it ends."""
+"""``bmsreboot watch REQUEST_ID``: live progress of a request until it ends; ``submit --wait``
+shows the same (:func:`follow_request`).
+
+On a terminal the progress is two live bars; elsewhere (a pipe, a log) one line each time the
+request's state or counts change, flushed at once.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
+import uuid
 from typing import Any
 
 import click
 
-from worker.cli.follow import EXIT_WAIT_TIMEOUT, exit_code, follow, summary
+from worker.cli.follow import (
+    EXIT_NOT_RECORDED,
+    EXIT_WAIT_TIMEOUT,
+    NotRecorded,
+    exit_code,
+    follow,
+    summary,
+)
+from worker.cli.params import REQUEST_ID
+
+#: How long ``watch`` waits for a worker to record the request when no --timeout is given.
+RECORD_WAIT = 30.0
+#: After this many seconds without a record, say that no worker has recorded it yet.
+NOTICE_WAIT = 5.0
+START_A_WORKER = "Start one with: celery -A worker worker -B"
 
 
 def eta_seconds(status: dict[str, Any], action_per_minute: int, learned: float | None) -> float:
@@ -21,30 +42,58 @@ def eta_seconds(status: dict[str, Any], action_per_minute: int, learned: float |
     return pending * 60.0 / action_per_minute + job
 
 
-@click.command()
-@click.argument("request_id")
-@click.option(
-    "--interval", type=float, default=1.0, show_default=True, help="Seconds between reads."
-)
-@click.option(
-    "--timeout", type=float, default=0.0, show_default=True, help="Give up after (0: never)."
-)
-def watch(request_id: str, interval: float, timeout: float) -> None:
-    """Follow a request live until it ends: batches and servers by state, API calls,
-    throttling and the time left. Exit codes as `submit --wait` (0 every server succeeded,
-    1 some did not, 2 rejected, 3 gave up waiting)."""
+def progress_line(status: dict[str, Any]) -> str:
+    """The request's state and counts in one line (what a pipe or a log gets at each change)."""
+    counts = summary(status)
+    states = status["servers"]
+    outcomes = ", ".join(
+        f"{states[k]} {k}" for k in ("succeeded", "failed", "unknown", "cancelled") if states[k]
+    )
+    return (
+        f"{status['status']}: batches {counts['batches_done']}/{counts['batches_total']} done, "
+        f"{counts['batches_in_flight']} in flight; servers {counts['servers_done']}/"
+        f"{counts['servers_total']} done" + (f" ({outcomes})" if outcomes else "") + "; "
+        f"{counts['posts']} POSTs, {counts['gets']} GETs, "
+        f"{counts['throttled_batches']} throttled"
+    )
+
+
+def _change(status: dict[str, Any]) -> tuple[Any, ...]:
+    """What counts as a change: the state, batches by state, servers by state (not the API
+    calls, which grow with every poll)."""
+    return (
+        status["status"],
+        tuple(b["status"] for b in status["batches"]),
+        tuple(sorted(status["servers"].items())),
+    )
+
+
+def follow_request(
+    request_id: uuid.UUID,
+    *,
+    timeout: float | None,
+    interval: float = 1.0,
+    record_timeout: float | None = None,
+    to_stderr: bool = False,
+) -> dict[str, Any]:
+    """Follow a request to its end in the audit database, showing its progress on stdout (or
+    stderr); return its final status. Raises :class:`NotRecorded` or TimeoutError as
+    :func:`worker.cli.follow.follow` does."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from worker.cli.reboots import _load_status, _print_status, _request_id
+    from worker.cli.reboots import _load_status
     from worker.pipeline.control import learned_for
     from worker.settings import get_settings
 
-    _request_id(request_id)
     settings = get_settings()
-    first = _load_status(request_id)
-    learned = learned_for(first["project_id"], settings) if first else None
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    stream = sys.stderr if to_stderr else sys.stdout
+    console = Console(stderr=to_stderr, width=None if stream.isatty() else 200)
+    live = console.is_terminal
+    started = time.monotonic()
+    learned: list[float | None] = []
+    last: list[tuple[Any, ...]] = []
+    noticed = False
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -52,18 +101,34 @@ def watch(request_id: str, interval: float, timeout: float) -> None:
         TextColumn("{task.fields[detail]}"),
         console=console,
         transient=False,
-        disable=not console.is_terminal,
+        disable=not live,
     ) as progress:
         batches = progress.add_task("batches", total=None, detail="")
         servers = progress.add_task("servers", total=None, detail="")
 
         def show(status: dict[str, Any] | None) -> None:
+            nonlocal noticed
             if status is None:
                 progress.update(batches, detail="not recorded yet: is a worker running?")
+                if not noticed and time.monotonic() - started >= NOTICE_WAIT:
+                    noticed = True
+                    click.echo(
+                        f"no worker has recorded request {request_id} within {NOTICE_WAIT:.0f} "
+                        f"s; is one running? {START_A_WORKER} (still waiting)",
+                        err=True,
+                    )
+                return
+            if not learned:
+                learned.append(learned_for(status["project_id"], settings))
+            if not live:
+                change = _change(status)
+                if last != [change]:
+                    last[:] = [change]
+                    click.echo(progress_line(status), err=to_stderr)
                 return
             counts = summary(status)
             states = status["servers"]
-            eta = eta_seconds(status, settings.action_rate_limit, learned)
+            eta = eta_seconds(status, settings.action_rate_limit, learned[0])
             progress.update(
                 batches,
                 total=counts["batches_total"],
@@ -85,15 +150,57 @@ def watch(request_id: str, interval: float, timeout: float) -> None:
                 ),
             )
 
-        try:
-            final = follow(
-                lambda: _load_status(request_id),
-                timeout=timeout or None,
-                interval=interval,
-                on_status=show,
-            )
-        except TimeoutError:
-            click.echo(f"gave up waiting for request {request_id}", err=True)
-            sys.exit(EXIT_WAIT_TIMEOUT)
+        return follow(
+            lambda: _load_status(request_id),
+            timeout=timeout,
+            interval=interval,
+            on_status=show,
+            record_timeout=record_timeout,
+        )
+
+
+@click.command()
+@click.argument("request_id", type=REQUEST_ID)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds between reads.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help=f"Give up after (0: never, but at most {RECORD_WAIT:.0f} s for the request to be "
+    "recorded).",
+)
+def watch(request_id: uuid.UUID, interval: float, timeout: float) -> None:
+    """Follow a request live until it ends: batches and servers by state, API calls,
+    throttling and the time left (on a terminal; piped, one line per change). Exit codes as
+    `submit --wait`: 0 every server succeeded, 1 some did not, 2 rejected, 3 gave up waiting
+    (--timeout), 4 no worker recorded the request (within --timeout, or 30 s without one)."""
+    from worker.cli.reboots import _print_status
+
+    record_wait = timeout or RECORD_WAIT
+    try:
+        final = follow_request(
+            request_id, timeout=timeout or None, interval=interval, record_timeout=record_wait
+        )
+    except NotRecorded:
+        click.echo(
+            f"Error: no worker has recorded request {request_id} within {record_wait:.0f} s: "
+            f"is the id right, and is a worker running? {START_A_WORKER}",
+            err=True,
+        )
+        sys.exit(EXIT_NOT_RECORDED)
+    except TimeoutError:
+        click.echo(
+            f"Error: gave up waiting for request {request_id} after {timeout:.0f} s "
+            "(--timeout); it goes on",
+            err=True,
+        )
+        sys.exit(EXIT_WAIT_TIMEOUT)
     _print_status(final)
     sys.exit(exit_code(final))
