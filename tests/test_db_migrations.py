@@ -66,3 +66,30 @@ def test_db_check_fails_until_the_database_is_upgraded(empty_db_url: str) -> Non
     assert f"current: {head_revision()}" in current.output
     down = runner.invoke(db, ["downgrade", "base", "--yes", "--url", empty_db_url])
     assert (down.exit_code, down.output.strip()) == (0, "base")
+
+
+def test_the_migrated_check_constraints_allow_exactly_the_states_of_the_models(
+    empty_db_url: str,
+) -> None:
+    # Alembic's comparison does not look at CHECK constraints: the states are checked here.
+    import re
+
+    from worker.db.states import BatchStatus, EventEntity, RequestStatus, ServerStatus
+
+    upgrade_database(empty_db_url)
+    engine = make_engine(empty_db_url)
+    try:
+        inspector = inspect(engine)
+        expected = {
+            ("reboot_requests", "ck_reboot_requests_request_status"): RequestStatus,
+            ("reboot_requests", "ck_reboot_requests_stop_request_status"): RequestStatus,
+            ("batches", "ck_batches_batch_status"): BatchStatus,
+            ("server_results", "ck_server_results_server_status"): ServerStatus,
+            ("events", "ck_events_event_entity"): EventEntity,
+        }
+        for (table, name), states in expected.items():
+            (check,) = [c for c in inspector.get_check_constraints(table) if c["name"] == name]
+            allowed = set(re.findall(r"'([a-z_]+)'", check["sqltext"]))
+            assert allowed == {s.value for s in states}, (table, name)
+    finally:
+        engine.dispose()

@@ -38,6 +38,7 @@ def test_terminal_states_are_where_the_pipelines_work_ends() -> None:
         B.REJECTED,
         B.CANCELLED,
         B.TIMED_OUT,
+        B.SKIPPED,
     } == TERMINAL_BATCH_STATES
     assert {
         R.SUCCEEDED,
@@ -50,7 +51,14 @@ def test_terminal_states_are_where_the_pipelines_work_ends() -> None:
     # Nothing leaves these at all; the others only by an operator's decision on unknowns
     for states, table in ((TERMINAL_BATCH_STATES, BATCH_TRANSITIONS),):
         closed = {s for s in states if not table[s]}
-        assert closed == {B.SUCCEEDED, B.FAILED, B.PARTIALLY_FAILED, B.REJECTED, B.CANCELLED}
+        assert closed == {
+            B.SUCCEEDED,
+            B.FAILED,
+            B.PARTIALLY_FAILED,
+            B.REJECTED,
+            B.CANCELLED,
+            B.SKIPPED,
+        }
     assert REQUEST_TRANSITIONS[R.SUCCEEDED] == frozenset()
     assert REQUEST_TRANSITIONS[R.REJECTED] == frozenset()
 

@@ -60,6 +60,7 @@ def test_request_status_has_the_documented_shape(session: Session) -> None:
         "unknown": 0,
         "pending": 1,
         "cancelled": 0,
+        "skipped": 0,
     }
     first_batch, second_batch = status["batches"]
     assert {k: first_batch[k] for k in ("index", "status", "job_id", "size", "polls")} == {

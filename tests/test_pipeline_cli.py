@@ -84,6 +84,7 @@ def test_submit_reads_ids_from_stdin_and_wait_exits_1_on_failures(
         "unknown": 0,
         "pending": 0,
         "cancelled": 0,
+        "skipped": 0,
     }
     assert "1 duplicate server id(s) removed" in run.stderr
 
@@ -242,3 +243,42 @@ def test_submit_wait_on_a_new_data_dir_waits_for_a_worker_and_succeeds_once_one_
         assert json.loads(out)["status"] == "succeeded"
         stats = requests.get(f"{simulator.base_url}/_simulator/stats", timeout=10).json()
         assert stats["reboots"] == dict.fromkeys(servers, 1)
+
+
+def test_submit_with_a_key_already_used_for_other_servers_exits_2_and_reboots_nothing(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    pipe = pipeline_redis_pg
+    pipe.configure()
+    key = f"nightly-{uuid.uuid4().hex[:8]}"
+    first_servers, other_servers = new_ids(2), new_ids(2)
+    # Given a request under a key
+    first = bmsreboot(
+        pipe,
+        "submit",
+        "--project-id",
+        PROJECT,
+        *first_servers,
+        "--idempotency-key",
+        key,
+        *WAIT,
+        "--json",
+    )
+    assert first.returncode == 0, first.stderr
+    existing = json.loads(first.stdout)["request_id"]
+    # When the same key is used for other servers
+    run = bmsreboot(
+        pipe, "submit", "--project-id", PROJECT, *other_servers, "--idempotency-key", key, "--json"
+    )
+    # Then the command fails naming the request that holds the key and what differs
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        f"Error: idempotency key '{key}' is already used by request {existing} with other "
+        "servers: nothing was sent for this one (use another key, or the same request to "
+        "follow that one)"
+    )
+    shown = json.loads(run.stdout)
+    assert (shown["status"], shown["conflicts_with"]) == ("rejected", existing)
+    # And the worker records the refusal under the id the command printed; nothing rebooted
+    assert pipe.wait(shown["request_id"])["status"] == "rejected"
+    assert set(pipe.stats()["reboots"]) == set(first_servers)

@@ -65,6 +65,7 @@ def test_2500_servers_run_in_three_batches_and_each_is_rebooted_once(
         "unknown": 0,
         "pending": 0,
         "cancelled": 0,
+        "skipped": 0,
     }
     assert {b["status"] for b in status["batches"]} == {"partially_failed"}
 

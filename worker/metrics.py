@@ -227,7 +227,13 @@ class Collector:
         yield from self._gauges(GaugeMetricFamily)
 
     def _gauges(self, family: Any) -> Iterator[Any]:
-        from worker.db.models import Batch, DeadLetter, RebootRequest, ServerResult
+        from worker.db.models import (
+            SERVER_COUNT_COLUMNS,
+            Batch,
+            DeadLetter,
+            RebootRequest,
+            ServerResult,
+        )
         from worker.db.queries import packed_pending_servers
         from worker.db.session import unit_of_work
         from worker.db.states import (
@@ -246,10 +252,10 @@ class Collector:
             )
             finished = session.execute(
                 select(
-                    func.coalesce(func.sum(RebootRequest.servers_succeeded), 0),
-                    func.coalesce(func.sum(RebootRequest.servers_failed), 0),
-                    func.coalesce(func.sum(RebootRequest.servers_unknown), 0),
-                    func.coalesce(func.sum(RebootRequest.servers_cancelled), 0),
+                    *(
+                        func.coalesce(func.sum(getattr(RebootRequest, column)), 0)
+                        for column in SERVER_COUNT_COLUMNS.values()
+                    )
                 ).where(
                     RebootRequest.status.not_in((RequestStatus.ACCEPTED, RequestStatus.RUNNING))
                 )
@@ -282,18 +288,7 @@ class Collector:
             by_request.add_metric([request_status.value], float(requests.get(request_status, 0)))
         yield by_request
         servers = family("bmsreboot_servers", "Servers by status", labels=["status"])
-        done = dict(
-            zip(
-                (
-                    ServerStatus.SUCCEEDED,
-                    ServerStatus.FAILED,
-                    ServerStatus.UNKNOWN,
-                    ServerStatus.CANCELLED,
-                ),
-                finished,
-                strict=True,
-            )
-        )
+        done = dict(zip(SERVER_COUNT_COLUMNS, finished, strict=True))
         for status in ServerStatus:
             servers.add_metric(
                 [status.value], float(done.get(status, 0)) + float(active.get(status, 0))

@@ -489,6 +489,6 @@ def tick_key(name: str, tick: dt.datetime) -> str:
 def request_id_for(name: str, tick: dt.datetime) -> uuid.UUID:
     """The request id of an entry's tick: derived from its idempotency key, as the producer
     API derives ids, so that every beat and worker agrees on it."""
-    from worker.pipeline.producer import IDEMPOTENCY_NAMESPACE
+    from worker.names import IDEMPOTENCY_NAMESPACE
 
     return uuid.uuid5(IDEMPOTENCY_NAMESPACE, tick_key(name, tick))

@@ -275,6 +275,20 @@ def submit(
     if not checked.valid:
         _emit({"request_id": request_id, "status": "rejected", "reasons": checked.reasons}, as_json)
         sys.exit(EXIT_INVALID)
+    conflict = _conflict(checked)
+    if conflict is not None:
+        # The worker records the refusal too (under conflict.refused); nothing is rebooted.
+        click.echo(f"Error: {conflict.reason}", err=True)
+        _emit(
+            {
+                "request_id": str(conflict.refused),
+                "status": "rejected",
+                "conflicts_with": str(conflict.existing),
+                "reasons": [conflict.reason],
+            },
+            as_json,
+        )
+        sys.exit(EXIT_INVALID)
     if not wait:
         recorded = _recorded_within(request_id, NOTICE_WAIT)
         if recorded is None:
@@ -314,6 +328,22 @@ def submit(
     else:
         _print_status(final)
     sys.exit(exit_code(final))
+
+
+def _conflict(checked: Any) -> Any:
+    """The recorded request whose id or key this one reuses with another payload, if any
+    (None also when the audit database cannot be read: the worker still refuses it)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker.db.session import get_engine, unit_of_work
+    from worker.pipeline.intake import conflict_of
+    from worker.settings import get_settings
+
+    try:
+        with unit_of_work(get_engine(get_settings().effective_database_url)) as session:
+            return conflict_of(session, checked)
+    except SQLAlchemyError:
+        return None
 
 
 def _recorded_within(request_id: str, seconds: float) -> dict[str, Any] | None:

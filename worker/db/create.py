@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, Uuid, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
@@ -50,6 +50,7 @@ def create_request(
     notify_queue: str | None = None,
     not_after: dt.datetime | None = None,
     duplicates_removed: int = 0,
+    fingerprint: dict[str, Any] | None = None,
     actor: str,
 ) -> RebootRequest:
     """Record an accepted request and its batches (the ids split in order).
@@ -92,7 +93,9 @@ def create_request(
         servers_failed=0,
         servers_unknown=0,
         servers_cancelled=0,
+        servers_skipped=0,
         duplicates_removed=duplicates_removed,
+        fingerprint=fingerprint,
         created_at=now,
     )
     session.add(request)
@@ -246,6 +249,7 @@ def create_rejected_request(
         servers_failed=0,
         servers_unknown=0,
         servers_cancelled=0,
+        servers_skipped=0,
         duplicates_removed=duplicates_removed,
         created_at=now,
         finished_at=now,

@@ -38,6 +38,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -161,6 +162,7 @@ class RebootRequest(Base):
     servers_failed: Mapped[count]
     servers_unknown: Mapped[count]
     servers_cancelled: Mapped[count]
+    servers_skipped: Mapped[count]
     duplicates_removed: Mapped[count]
     created_at: Mapped[timestamp_now]
     started_at: Mapped[timestamp | None]
@@ -172,11 +174,30 @@ class RebootRequest(Base):
     rejected_idempotency_key: Mapped[str255 | None]
     #: When the completion callback was handed to the broker (at least once: see notify.py).
     notified_at: Mapped[timestamp | None]
+    #: What the producer asked for, as intake compares a retry with it (the same request id or
+    #: idempotency key must come with the same servers, type, project and policy):
+    #: ``worker.pipeline.validation.fingerprint``. None for requests recorded before it.
+    fingerprint: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         Index(None, "status", "finished_at"),
         Index(None, "created_at"),
     )
+
+
+#: The request's final counts by server state: the column each state's count is kept in.
+SERVER_COUNT_COLUMNS: dict[ServerStatus, str] = {
+    ServerStatus.SUCCEEDED: "servers_succeeded",
+    ServerStatus.FAILED: "servers_failed",
+    ServerStatus.UNKNOWN: "servers_unknown",
+    ServerStatus.CANCELLED: "servers_cancelled",
+    ServerStatus.SKIPPED: "servers_skipped",
+}
+
+
+def count_columns(counts: dict[ServerStatus, int]) -> dict[str, int]:
+    """The request's count columns from its servers' counts by state (0 for none)."""
+    return {column: counts.get(state, 0) for state, column in SERVER_COUNT_COLUMNS.items()}
 
 
 class Batch(Base):
@@ -321,6 +342,14 @@ class ServerResult(Base):
 
     __table_args__ = (
         Index(None, "server_id", "updated_at"),  # history of server X
+        # Servers pending in some request (few at any time): one server in two requests
+        # (worker.db.overlap).
+        Index(
+            "ix_server_results_pending_server_id",
+            "server_id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
         Index(None, "request_id", "status"),  # counts per request
         Index(None, "batch_id", "status"),  # settle a batch's pending servers
     )

@@ -28,7 +28,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from worker.db.events import add_event, add_server_events
-from worker.db.models import Batch, RebootRequest, ServerResult
+from worker.db.models import Batch, RebootRequest, ServerResult, count_columns
 from worker.db.queries import server_counts
 from worker.db.states import (
     TERMINAL_BATCH_STATES,
@@ -331,12 +331,7 @@ def recompute(
     statuses = list(session.scalars(select(Batch.status).where(Batch.request_id == request_id)))
     counts = server_counts(session, request_id)
     final = request.stop or derive_request_status(statuses, counts)
-    values = {
-        "servers_succeeded": counts.get(ServerStatus.SUCCEEDED, 0),
-        "servers_failed": counts.get(ServerStatus.FAILED, 0),
-        "servers_unknown": counts.get(ServerStatus.UNKNOWN, 0),
-        "servers_cancelled": counts.get(ServerStatus.CANCELLED, 0),
-    }
+    values = count_columns(counts)
     if final == request.status:
         session.execute(
             update(RebootRequest)

@@ -33,6 +33,8 @@ class BatchStatus(StrEnum):
     REJECTED = "rejected"
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
+    #: Nothing left to send: every server of the batch was skipped (see ServerStatus).
+    SKIPPED = "skipped"
 
 
 class RequestStatus(StrEnum):
@@ -52,6 +54,9 @@ class ServerStatus(StrEnum):
     FAILED = "failed"
     UNKNOWN = "unknown"
     CANCELLED = "cancelled"
+    #: Not sent, and why (``fail_reason``): the server was pending or in flight in another
+    #: active request when its batch was claimed.
+    SKIPPED = "skipped"
 
 
 class RebootType(StrEnum):
@@ -71,7 +76,7 @@ class EventEntity(StrEnum):
 
 _B = BatchStatus
 BATCH_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
-    _B.PENDING: frozenset({_B.SUBMITTING, _B.CANCELLED}),
+    _B.PENDING: frozenset({_B.SUBMITTING, _B.CANCELLED, _B.SKIPPED}),
     _B.SUBMITTING: frozenset({_B.SUBMITTED, _B.PENDING, _B.UNKNOWN, _B.REJECTED, _B.FAILED}),
     _B.SUBMITTED: frozenset({_B.SUCCEEDED, _B.FAILED, _B.PARTIALLY_FAILED, _B.TIMED_OUT}),
     _B.SUCCEEDED: frozenset(),
@@ -83,6 +88,7 @@ BATCH_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
     _B.TIMED_OUT: frozenset({_B.SUCCEEDED, _B.FAILED, _B.PENDING}),
     _B.REJECTED: frozenset(),
     _B.CANCELLED: frozenset(),
+    _B.SKIPPED: frozenset(),
 }
 
 _R = RequestStatus
@@ -102,12 +108,13 @@ REQUEST_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
 
 _S = ServerStatus
 SERVER_TRANSITIONS: dict[ServerStatus, frozenset[ServerStatus]] = {
-    _S.PENDING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.UNKNOWN, _S.CANCELLED}),
+    _S.PENDING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.UNKNOWN, _S.CANCELLED, _S.SKIPPED}),
     _S.SUCCEEDED: frozenset(),
     _S.FAILED: frozenset(),
     # An operator's decision only, as for unknown batches.
     _S.UNKNOWN: frozenset({_S.SUCCEEDED, _S.FAILED, _S.PENDING}),
     _S.CANCELLED: frozenset(),
+    _S.SKIPPED: frozenset(),
 }
 
 #: Where the pipeline's work on an entity ends. Named, not derived from the tables: an
@@ -121,13 +128,11 @@ TERMINAL_BATCH_STATES: frozenset[BatchStatus] = frozenset(
         _B.REJECTED,
         _B.CANCELLED,
         _B.TIMED_OUT,
+        _B.SKIPPED,
     }
 )
 TERMINAL_REQUEST_STATES: frozenset[RequestStatus] = frozenset(
     {_R.SUCCEEDED, _R.PARTIALLY_FAILED, _R.FAILED, _R.HALTED, _R.CANCELLED, _R.REJECTED}
-)
-TERMINAL_SERVER_STATES: frozenset[ServerStatus] = frozenset(
-    {_S.SUCCEEDED, _S.FAILED, _S.UNKNOWN, _S.CANCELLED}
 )
 #: Batches an operator decides on: the reboot may or may not have happened.
 UNDECIDED_BATCH_STATES: frozenset[BatchStatus] = frozenset({_B.UNKNOWN, _B.TIMED_OUT})
@@ -164,8 +169,8 @@ def derive_request_status(
     - no server succeeded → ``failed``;
     - otherwise → ``partially_failed``.
 
-    ``unknown``, ``failed``, ``cancelled`` and any leftover ``pending`` server all count against
-    success: a server we cannot vouch for was not successfully rebooted.
+    ``unknown``, ``failed``, ``cancelled``, ``skipped`` and any leftover ``pending`` server all
+    count against success: a server we cannot vouch for was not successfully rebooted.
     """
     batches = list(batch_statuses)
     total = sum(server_counts.values())

@@ -29,7 +29,14 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from worker.db.create import record_servers
 from worker.db.events import add_event, add_server_events
-from worker.db.models import Batch, RebootRequest, ServerResult, UTCDateTime, utcnow
+from worker.db.models import (
+    Batch,
+    RebootRequest,
+    ServerResult,
+    UTCDateTime,
+    count_columns,
+    utcnow,
+)
 from worker.db.queries import server_counts
 from worker.db.session import is_postgresql
 from worker.db.states import (
@@ -387,6 +394,43 @@ def settle_batch(
     return batch
 
 
+def skip_servers(
+    session: Session, batch_id: uuid.UUID, reasons: Mapping[str, str], *, actor: str
+) -> int:
+    """Settle the given pending servers of a batch as ``skipped`` (not sent), each with its
+    reason, and write their events; the batch itself goes on. Returns how many."""
+    table = _SERVERS
+    now = utcnow()
+    by_reason: dict[str, list[str]] = {}
+    for server_id, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(server_id)
+    skipped: list[tuple[str, str]] = []
+    for reason, server_ids in by_reason.items():
+        rows = session.execute(
+            update(table)
+            .where(
+                table.c.batch_id == batch_id,
+                table.c.status == ServerStatus.PENDING,
+                table.c.server_id.in_(server_ids),
+            )
+            .values(status=ServerStatus.SKIPPED, fail_reason=fit(reason, 4000), updated_at=now)
+            .returning(table.c.server_id)
+        ).all()
+        skipped.extend((sid, reason) for (sid,) in rows)
+    request_id = session.scalar(select(Batch.request_id).where(Batch.id == batch_id))
+    if skipped and request_id is not None:
+        add_server_events(
+            session,
+            request_id,
+            batch_id,
+            ServerStatus.PENDING.value,
+            ((sid, ServerStatus.SKIPPED.value, {"reason": reason}) for sid, reason in skipped),
+            actor,
+            at=now,
+        )
+    return len(skipped)
+
+
 _PG_SETTLE_SERVERS = text(
     "UPDATE server_results AS s SET status = v.status, error_code = v.error_code,"
     " fail_reason = v.fail_reason, sub_job_id = v.sub_job_id, begin_time = v.begin_time,"
@@ -448,8 +492,5 @@ def finalize_request_if_done(
         final,
         actor=actor,
         detail={"servers": {str(k): v for k, v in counts.items()}},
-        servers_succeeded=counts.get(ServerStatus.SUCCEEDED, 0),
-        servers_failed=counts.get(ServerStatus.FAILED, 0),
-        servers_unknown=counts.get(ServerStatus.UNKNOWN, 0),
-        servers_cancelled=counts.get(ServerStatus.CANCELLED, 0),
+        **count_columns(counts),
     )

@@ -4,10 +4,13 @@ The request, its batches and its server rows are written in one transaction; its
 then ``pending`` and due, and one ``bmsreboot.release`` message for the project asks the release
 step to send them as the API budget allows (``worker.pipeline.release``).
 
-The same ``request_id`` or ``idempotency_key`` returns
-the request already recorded (also when two identical messages race: the unique constraints
-decide, the loser reads the winner's row) and never reboots again: submission itself is
-compare-and-set on each batch, so re-driving a duplicate is harmless.
+The same ``request_id`` or ``idempotency_key`` with the same payload returns the request already
+recorded (also when two identical messages race: the unique constraints decide, the loser
+reads the winner's row) and never reboots again: submission itself is compare-and-set on each
+batch, so re-driving a duplicate is harmless. The same id or key with *another* payload (other
+servers, type, project or rollout limits: ``validation.fingerprint``) is refused: a request
+``rejected`` with a reason naming the existing request and what differs, under an id derived
+from both (``validation.conflict_id``), so the same mistake sent twice is recorded once.
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ from worker.db.models import Batch, RebootRequest
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus
 from worker.pipeline.runtime import Runtime, log
-from worker.pipeline.validation import ValidatedRequest, validate_request
+from worker.pipeline.validation import (
+    ValidatedRequest,
+    conflict_id,
+    conflict_reason,
+    differences,
+    validate_request,
+)
 
 
 @dataclass
@@ -111,22 +120,77 @@ def _create(session: Session, checked: ValidatedRequest, rt: Runtime) -> RebootR
     )
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """A request id or idempotency key already recorded for another payload."""
+
+    existing: uuid.UUID
+    refused: uuid.UUID  # the id this request is recorded under, rejected
+    reason: str
+
+
+def conflict_of(
+    session: Session, checked: ValidatedRequest, request: RebootRequest | None = None
+) -> Conflict | None:
+    """Whether ``checked`` reuses the id or key of a recorded request with another payload
+    (``request``: that request, if the caller found it already)."""
+    if request is None:
+        request = find_existing(
+            session, request_id=checked.request_id, idempotency_key=checked.idempotency_key
+        )
+    if request is None or not checked.valid:
+        return None
+    differ = differences(request.fingerprint, checked.fingerprint)
+    if not differ:
+        return None
+    by_key = checked.idempotency_key and request.idempotency_key == checked.idempotency_key
+    reason = conflict_reason(checked.idempotency_key if by_key else None, request.id, differ)
+    return Conflict(request.id, conflict_id(request.id, checked.fingerprint), reason)
+
+
 def _existing(checked: ValidatedRequest, rt: Runtime) -> IntakeResult | None:
     """The request already recorded under this id or key, with its project's release step
-    re-driven (a previous intake may have committed and died before asking for it)."""
+    re-driven (a previous intake may have committed and died before asking for it); or, when
+    it asked for something else, the rejection of this one."""
     with unit_of_work(rt.engine) as session:
         request = find_existing(
             session, request_id=checked.request_id, idempotency_key=checked.idempotency_key
         )
         if request is None:
             return None
+        conflict = conflict_of(session, checked, request)
         request_id, status, project_id = request.id, str(request.status), request.project_id
         pending = session.scalar(
             select(Batch.id)
             .where(Batch.request_id == request_id, Batch.status == BatchStatus.PENDING)
             .limit(1)
         )
+    if conflict is not None:
+        return _conflict(checked, rt, conflict)
     log.info("request %s already recorded (status %s): not created again", request_id, status)
     if pending is not None:
         rt.dispatcher.release(project_id)
     return IntakeResult(request_id, status, False)
+
+
+def _conflict(checked: ValidatedRequest, rt: Runtime, conflict: Conflict) -> IntakeResult:
+    """Record (once) that this request was refused for reusing another's id or key."""
+    refused, reason = conflict.refused, conflict.reason
+    log.warning("request refused as %s: %s", refused, reason)
+    try:
+        with unit_of_work(rt.engine) as session:
+            if session.get(RebootRequest, refused) is None:
+                create_rejected_request(
+                    session,
+                    request_id=refused,
+                    project_id=checked.project_id,
+                    type=checked.type,
+                    source=checked.source,
+                    reasons=[reason],
+                    idempotency_key=checked.idempotency_key,
+                    servers_total=checked.servers,
+                    actor=rt.actor,
+                )
+    except IntegrityError:
+        pass  # the same refusal, recorded a moment ago by another worker
+    return IntakeResult(refused, "rejected", True, [reason], checked.warnings)

@@ -18,6 +18,7 @@ from celery import Celery
 
 from worker import ids
 from worker.celery import INTAKE_QUEUE
+from worker.names import IDEMPOTENCY_NAMESPACE
 from worker.pipeline.validation import (
     ID_FIELDS,
     KNOWN_FIELDS,
@@ -30,8 +31,6 @@ TASK_NAME = "bmsreboot.request_reboot"
 #: Requests of more ids than this travel packed (``server_ids_packed``).
 PACK_ABOVE = 1000
 CANCEL_TASK = "bmsreboot.cancel_request"
-#: Request ids derived from idempotency keys live in this UUID namespace.
-IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0e7c8a-3f7e-4c59-9f65-6a1d2b7e4a10")
 
 
 class InvalidRequest(ValueError):

@@ -37,11 +37,18 @@ from worker.bms.errors import ApiError, BmsError, ServerError, ThrottledError
 from worker.bms.retry import may_resubmit
 from worker.budget import ACTION
 from worker.db.models import Batch, RebootRequest
+from worker.db.overlap import held_elsewhere
 from worker.db.queries import batch_server_ids
 from worker.db.schedule import end_may_release, learned_job_duration, split_batch
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition, RequestStatus, ServerStatus
-from worker.db.transitions import settle_batch, transition_batch, transition_request
+from worker.db.transitions import (
+    ServerOutcome,
+    settle_batch,
+    skip_servers,
+    transition_batch,
+    transition_request,
+)
 from worker.pipeline.backoff import first_poll_delay, submit_retry_delay, with_jitter
 from worker.pipeline.notify import Notification, finalize, send
 from worker.pipeline.release import schedule_release
@@ -99,10 +106,24 @@ class Claim:
     server_ids: list[str]
 
 
+@dataclass(frozen=True)
+class Ended:
+    """A batch that ended at its claim, without a POST (every server held elsewhere)."""
+
+    notification: Notification | None
+    project_id: str
+    opens: bool
+
+
 def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
     """Submit one batch. Returns what happened, one word, for logs and tests."""
     with unit_of_work(rt.engine) as session:
         claim = _claim(session, batch_id, rt)
+    if isinstance(claim, Ended):
+        send(claim.notification, rt)
+        if claim.opens:
+            rt.dispatcher.release(claim.project_id)
+        return "skipped"
     if not isinstance(claim, Claim):
         outcome, notification = claim
         send(notification, rt)
@@ -118,7 +139,7 @@ def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
 
 def _claim(
     session: Session, batch_id: uuid.UUID, rt: Runtime
-) -> Claim | tuple[str, Notification | None]:
+) -> Claim | Ended | tuple[str, Notification | None]:
     """Move the batch ``pending -> submitting`` (and its request to ``running``), or say why
     not: a second message for the same batch must never POST again."""
     batch = session.get(Batch, batch_id)
@@ -153,7 +174,11 @@ def _claim(
         log.info("batch %s not submitted: its request's not_after has passed", batch_id)
         rt.dispatcher.release(batch.project_id)
         return "cut_off", None
+    server_ids = batch_server_ids(session, batch_id)
+    held = held_elsewhere(session, request, server_ids)
     try:
+        if held and len(held) == len(server_ids):
+            return _all_held(session, batch_id, request, held, rt)
         # The transition counts the attempt itself (submit_attempts + 1, in the same UPDATE).
         claimed = transition_batch(
             session, batch_id, BatchStatus.SUBMITTING, actor=rt.actor, released_at=None
@@ -161,6 +186,14 @@ def _claim(
     except IllegalTransition as exc:
         log.info("batch %s claimed by another worker (%s): not POSTing", batch_id, exc)
         return "skipped", None
+    if held:
+        skip_servers(session, batch_id, held, actor=rt.actor)
+        log.warning(
+            "batch %s: %d of %d servers not sent, another request holds them",
+            batch_id,
+            len(held),
+            len(server_ids),
+        )
     if request.status == RequestStatus.ACCEPTED:
         # Another batch of the same request may have started it a moment ago.
         with contextlib.suppress(IllegalTransition):
@@ -169,8 +202,36 @@ def _claim(
         claimed.submit_attempts,
         request.project_id,
         request.type,
-        batch_server_ids(session, batch_id),
+        [s for s in server_ids if s not in held],
     )
+
+
+def _all_held(
+    session: Session,
+    batch_id: uuid.UUID,
+    request: RebootRequest,
+    held: dict[str, str],
+    rt: Runtime,
+) -> Ended:
+    """Every server of the batch is held by another request: it ends ``skipped``, no POST."""
+    batch = settle_batch(
+        session,
+        batch_id,
+        BatchStatus.SKIPPED,
+        actor=rt.actor,
+        outcomes={
+            sid: ServerOutcome(ServerStatus.SKIPPED, fail_reason=why) for sid, why in held.items()
+        },
+        default_status=ServerStatus.SKIPPED,
+        detail={"reason": "every server is held by another request"},
+        released_at=None,
+    )
+    log.warning("batch %s not sent: another request holds each of its servers", batch_id)
+    if request.status == RequestStatus.ACCEPTED:
+        with contextlib.suppress(IllegalTransition):
+            transition_request(session, request.id, RequestStatus.RUNNING, actor=rt.actor)
+    notification = finalize(session, batch.request_id, rt)
+    return Ended(notification, request.project_id, end_may_release(session, batch))
 
 
 def _found_submitting(

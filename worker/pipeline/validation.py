@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import re
 import uuid
 from collections.abc import Mapping
@@ -55,6 +56,8 @@ class ValidatedRequest:
     not_after: dt.datetime | None
     servers_given: int
     duplicates_removed: int
+    #: What the producer asked for, compared when a request id or key comes again.
+    fingerprint: dict[str, Any] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -79,6 +82,65 @@ class ValidatedRequest:
     def server_ids(self) -> list[str]:
         """The unique server ids as text (lower case), in order."""
         return ids.unpack(self.packed_ids)
+
+
+#: What a retry under the same request id or idempotency key must repeat: the servers (a digest
+#: of the ids in the order given, duplicates removed), the type, the project and the rollout
+#: limits as the producer gave them (the operator's defaults are not part of it). Not the
+#: window (``not_after``): a retry of ``--not-after 2h`` computes it anew.
+FINGERPRINT_FIELDS = (
+    "project_id",
+    "type",
+    "servers",
+    "batch_size",
+    "max_in_flight",
+    "canary_size",
+    "failure_threshold",
+)
+
+
+def fingerprint(payload: Mapping[str, Any], packed: bytes) -> dict[str, Any]:
+    """What the producer asked for (``FINGERPRINT_FIELDS``), as plain JSON."""
+    threshold = payload.get("failure_threshold")
+    kind = payload.get("type")
+    return {
+        "project_id": str(payload.get("project_id", "")).lower(),
+        "type": kind.upper() if isinstance(kind, str) else "HARD",
+        "servers": f"{ids.count(packed)}:{hashlib.sha256(packed).hexdigest()}",
+        "batch_size": payload.get("batch_size"),
+        "max_in_flight": payload.get("max_in_flight"),
+        "canary_size": payload.get("canary_size"),
+        "failure_threshold": None if threshold is None else float(threshold),
+    }
+
+
+def differences(recorded: Mapping[str, Any] | None, asked: Mapping[str, Any]) -> list[str]:
+    """The fields in which ``asked`` differs from what a recorded request asked for (none for a
+    request recorded without a fingerprint)."""
+    if not recorded:
+        return []
+    return [name for name in FINGERPRINT_FIELDS if recorded.get(name) != asked.get(name)]
+
+
+def conflict_id(existing: uuid.UUID, asked: Mapping[str, Any]) -> uuid.UUID:
+    """The id under which a request refused for reusing ``existing``'s id or key with another
+    payload is recorded: the same for the same retry, so it is recorded once."""
+    from worker.names import IDEMPOTENCY_NAMESPACE
+
+    digest = hashlib.sha256(repr(sorted(asked.items())).encode()).hexdigest()
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"conflict:{existing}:{digest}")
+
+
+def conflict_reason(key: str | None, existing: uuid.UUID, differ: list[str]) -> str:
+    what = (
+        f"idempotency key {key!r} is already used by request {existing}"
+        if key
+        else f"request id {existing} is already recorded"
+    )
+    return (
+        f"{what} with other {', '.join(differ)}: nothing was sent for this one (use another "
+        "key, or the same request to follow that one)"
+    )
 
 
 def _short(value: Any) -> str:
@@ -361,6 +423,7 @@ def validate_request(
         not_after=not_after,
         servers_given=servers_given,
         duplicates_removed=duplicates,
+        fingerprint=fingerprint(payload, packed),
         reasons=reasons,
         warnings=warnings,
     )
