@@ -33,6 +33,7 @@ from celery import Task
 from sqlalchemy.exc import OperationalError
 
 from worker import deadletter
+from worker.broker import PRODUCER_ETA
 from worker.celery import INTAKE_QUEUE, POLL_QUEUE, SUBMIT_QUEUE, app
 from worker.db.retention import purge_finished
 from worker.db.session import get_engine, unit_of_work
@@ -126,8 +127,11 @@ def _runtime(task: Task[Any, Any]) -> Runtime:
 @app.task(name="bmsreboot.request_reboot", queue=INTAKE_QUEUE, base=IntakeTask, **COMMON)
 def request_reboot(self: Task[Any, Any], /, *args: Any, **payload: Any) -> dict[str, Any]:
     # Positional arguments are not part of the message format; they are recorded as a reason
-    # for rejection rather than failing the task, so nothing a producer sends is lost.
-    return intake.accept_request(payload, _runtime(self), positional=len(args)).as_dict()
+    # for rejection rather than failing the task, so nothing a producer sends is lost. A
+    # countdown the producer gave the message is its not_before (worker.broker.eta_refusal).
+    eta = getattr(self.request, PRODUCER_ETA, None)
+    rt = _runtime(self)
+    return intake.accept_request(payload, rt, positional=len(args), eta=eta).as_dict()
 
 
 @app.task(name="bmsreboot.submit_batch", queue=SUBMIT_QUEUE, base=PipelineTask, **COMMON)

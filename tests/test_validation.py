@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -86,6 +87,23 @@ def test_each_problem_has_its_reason(fields: dict[str, Any], reason: str) -> Non
     result = check(**fields)
     assert not result.valid
     assert result.reasons == [reason]
+
+
+def test_not_before_delays_the_release_and_must_come_before_not_after() -> None:
+    now = datetime.now(UTC)
+    later = check(not_before="2h")
+    assert later.valid
+    assert later.not_before is not None
+    assert timedelta(hours=1, minutes=59) < later.not_before - now < timedelta(hours=2, minutes=1)
+    # A time already past is now, not a mistake (a countdown that came due in the queue)
+    past = check(not_before=(now - timedelta(minutes=5)).isoformat())
+    assert past.valid
+    assert past.not_before is not None
+    assert past.not_before >= now
+    assert check(not_before="3h", not_after="2h").reasons[0].startswith("not_before (")
+    assert check(not_before="400d").reasons == [
+        "not_before must be at most 366 days ahead, got '400d'"
+    ]
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -118,6 +118,10 @@ class Consumer(_CeleryConsumer):  # type: ignore[misc]
 
         def guarded(message: Any) -> Any:
             try:
+                refused = eta_refusal(message)
+                if refused is not None:
+                    dead_letter_message(message, refused)
+                    return None
                 return handler(message)
             except Exception as exc:
                 # Anything the handler did not expect (a body that is not [args, kwargs,
@@ -126,6 +130,65 @@ class Consumer(_CeleryConsumer):  # type: ignore[misc]
                 return None
 
         return guarded
+
+
+#: The header a producer's ETA moves to when a request is recorded at once (``eta_refusal``):
+#: intake makes it the request's ``not_before``.
+PRODUCER_ETA = "bmsreboot_producer_eta"
+#: Intake's tasks: they take no countdown from a producer (their own retries carry one).
+INTAKE_TASKS = frozenset(
+    {"bmsreboot.request_reboot", "bmsreboot.cancel_request", "bmsreboot.schedule_tick"}
+)
+#: Beyond the longest countdown the worker ever gives (``countdown_ceiling``), this margin.
+ETA_MARGIN = 60.0
+
+
+def eta_refusal(message: Any) -> str | None:
+    """A countdown (ETA) message is held in the worker's memory until it is due, and a worker
+    holding ``worker_eta_task_limit`` of them consumes nothing else, polls included: a
+    producer's mistake (or abuse) must not hold the pipeline hostage.
+
+    - A request (``bmsreboot.request_reboot``) sent with a countdown is recorded at once: its
+      ETA moves to a header intake makes the request's ``not_before`` (no batch is released
+      before it), and the message runs now.
+    - Intake's other tasks take no countdown from a producer (their own retries carry one:
+      ``retries`` > 0): the reason, for a dead letter.
+    - Any message due later than the worker ever schedules its own (``countdown_ceiling``) is
+      not one of ours: the reason, for a dead letter.
+
+    Returns None when the message goes on to Celery (changed or not)."""
+    from datetime import UTC, datetime
+
+    from worker.pipeline.backoff import countdown_ceiling
+    from worker.settings import get_settings
+
+    headers = getattr(message, "headers", None)
+    if not isinstance(headers, dict) or not isinstance(headers.get("eta"), str):
+        return None
+    try:
+        eta = datetime.fromisoformat(headers["eta"])
+    except ValueError:
+        return None  # Celery refuses it as an invalid task (a dead letter)
+    if eta.tzinfo is None:
+        eta = eta.replace(tzinfo=UTC)
+    task = headers.get("task")
+    ahead = (eta - datetime.now(UTC)).total_seconds()
+    if task == "bmsreboot.request_reboot" and not headers.get("retries"):
+        headers[PRODUCER_ETA] = eta.isoformat()
+        headers["eta"] = None
+        return None
+    if task in INTAKE_TASKS and not headers.get("retries"):
+        return (
+            f"{task} takes no countdown or ETA (this one is due {ahead:.0f} s from now): send it "
+            "without one"
+        )
+    limit = countdown_ceiling(get_settings()) + ETA_MARGIN
+    if ahead > limit:
+        return (
+            f"an ETA {ahead:.0f} s from now: this worker never schedules its own messages more "
+            f"than {limit:.0f} s ahead, so this one is not its own"
+        )
+    return None
 
 
 class CheckedRequest(_CeleryRequest):  # type: ignore[misc]

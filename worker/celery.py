@@ -116,8 +116,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # takes with it until the visibility timeout.
         "worker_prefetch_multiplier": 1,
         # Countdown (ETA) messages are not bound by the prefetch window; bound them so thousands
-        # of pending polls cannot pile into one worker's memory.
-        "worker_eta_task_limit": 5000,
+        # of pending polls cannot pile into one worker's memory. A producer's countdown never
+        # counts against it: worker.broker.eta_refusal.
+        "worker_eta_task_limit": settings.eta_task_limit,
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": max(settings.task_time_limit - 30, 10),
         # On broker connection loss, an acks-late task can no longer ack and is redelivered to

@@ -166,6 +166,12 @@ class Settings(BaseSettings):
         3600, gt=0, description="Redis visibility timeout; every countdown must stay far below it."
     )
     task_time_limit: int = Field(300, gt=0, description="Hard time limit of one task run.")
+    eta_task_limit: int = Field(
+        5000,
+        ge=100,
+        description="Countdown messages one worker holds at most (polls are): above it, it "
+        "takes no more until some are due.",
+    )
 
     # --- logs -------------------------------------------------------------------------------
     log_format: str = Field(

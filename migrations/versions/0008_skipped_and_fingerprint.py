@@ -11,6 +11,8 @@ Create Date: 2026-12-01
 - ``reboot_requests.servers_skipped``: the final count of those.
 - ``reboot_requests.fingerprint``: what the producer asked for (servers, type, project,
   policy), which a retry under the same request id or idempotency key must repeat.
+- ``reboot_requests.not_before``: no batch is released before it (a producer's own field, or
+  the countdown it put on the message).
 - A partial index of the servers pending in some request, for the question "does another
   request hold this server?" asked at every claim.
 """
@@ -63,6 +65,7 @@ def upgrade() -> None:
             sa.Column("servers_skipped", sa.Integer(), nullable=False, server_default="0")
         )
         batch.add_column(sa.Column("fingerprint", json, nullable=True))
+        batch.add_column(sa.Column("not_before", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("reboot_requests") as batch:
         batch.alter_column("servers_skipped", server_default=None)
     op.create_index(
@@ -92,6 +95,7 @@ def downgrade() -> None:
         )
     op.drop_index("ix_server_results_pending_server_id", table_name="server_results")
     with op.batch_alter_table("reboot_requests") as batch:
+        batch.drop_column("not_before")
         batch.drop_column("fingerprint")
         batch.drop_column("servers_skipped")
     _states("server_results", "server_status", SERVER_STATES)

@@ -148,6 +148,8 @@ class RebootRequest(Base):
     failure_threshold: Mapped[float | None] = mapped_column(Float())
     #: No batch is released after this time (a maintenance window's end).
     not_after: Mapped[timestamp | None]
+    #: No batch is released before this time (its batches are due then).
+    not_before: Mapped[timestamp | None]
     #: Set when a rollout control stopped the request (``halted``: failure brake, failed canary,
     #: cut-off; ``cancelled``: cancel): nothing more is released, pending batches are cancelled,
     #: and the request ends in this state once its batches in flight have ended. ``reason``

@@ -28,7 +28,8 @@ from worker.db.create import create_rejected_request, create_request, find_exist
 from worker.db.models import Batch, RebootRequest
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus
-from worker.pipeline.runtime import Runtime, log
+from worker.pipeline.release import schedule_release
+from worker.pipeline.runtime import Runtime, log, utcnow
 from worker.pipeline.validation import (
     ValidatedRequest,
     conflict_id,
@@ -56,8 +57,16 @@ class IntakeResult:
         }
 
 
-def accept_request(payload: Mapping[str, Any], rt: Runtime, *, positional: int = 0) -> IntakeResult:
-    """Validate and record a request; dispatch its batches. Never raises on bad input."""
+def accept_request(
+    payload: Mapping[str, Any], rt: Runtime, *, positional: int = 0, eta: str | None = None
+) -> IntakeResult:
+    """Validate and record a request; dispatch its batches. Never raises on bad input.
+
+    ``eta``: the countdown the producer put on the message (``worker.broker.eta_refusal``):
+    the request is recorded now, and released no sooner (its ``not_before``, unless it gives
+    one itself)."""
+    if eta is not None and payload.get("not_before") is None:
+        payload = {**payload, "not_before": eta}
     checked = validate_request(
         payload,
         max_servers=rt.settings.max_request_servers,
@@ -104,7 +113,12 @@ def accept_request(payload: Mapping[str, Any], rt: Runtime, *, positional: int =
             checked.batch_size,
             checked.source,
         )
-        rt.dispatcher.release(checked.project_id)
+        wait = (checked.not_before - utcnow()).total_seconds() if checked.not_before else 0.0
+        if wait > 0:
+            # Nothing is due before not_before: one wake-up of the project, not a release now.
+            schedule_release(rt, checked.project_id, wait)
+        else:
+            rt.dispatcher.release(checked.project_id)
     else:
         log.warning("request %s rejected: %s", checked.request_id, "; ".join(checked.reasons))
     return IntakeResult(checked.request_id, status, True, checked.reasons, checked.warnings)

@@ -115,6 +115,13 @@ class RebootRequestMessage(BaseModel):
         description="No batch released after: ISO 8601 with a zone, or a duration (2h); at "
         f"most {MAX_NOT_AFTER_DAYS} days ahead.",
     )
+    not_before: str | None = Field(
+        None,
+        max_length=64,
+        description="No batch released before: ISO 8601 with a zone, or a duration (2h); at "
+        f"most {MAX_NOT_AFTER_DAYS} days ahead. A countdown or ETA on the message itself "
+        "becomes this (the request is recorded at once).",
+    )
     notify_task: str | None = Field(
         None,
         pattern=CELERY_NAME,

@@ -25,6 +25,7 @@ from worker.budget import ACTION, Reservation
 from worker.db.rollout import cut_off_due
 from worker.db.schedule import mark_released, next_due_at, releasable
 from worker.db.session import unit_of_work
+from worker.pipeline.backoff import countdown_ceiling
 from worker.pipeline.notify import finalize, send
 from worker.pipeline.runtime import Runtime, log, utcnow
 
@@ -54,7 +55,10 @@ def wake_key(rt: Runtime, project_id: str) -> str:
 
 def schedule_release(rt: Runtime, project_id: str, delay: float) -> None:
     """Have the project's release step run in ``delay`` seconds, unless one is already due by
-    then (one pending wake-up per project, shared by every worker)."""
+    then (one pending wake-up per project, shared by every worker). A delay beyond the longest
+    countdown a message may carry (a ``not_before`` hours ahead) wakes the step at that
+    ceiling instead, which looks again; the reconciler also releases what falls due."""
+    delay = min(delay, countdown_ceiling(rt.settings))
     if rt.budgets.claim_wake(wake_key(rt, project_id), delay):
         rt.dispatcher.release(project_id, countdown=delay)
 

@@ -54,6 +54,7 @@ class ValidatedRequest:
     notify_task: str | None
     notify_queue: str | None
     not_after: dt.datetime | None
+    not_before: dt.datetime | None
     servers_given: int
     duplicates_removed: int
     #: What the producer asked for, compared when a request id or key comes again.
@@ -176,41 +177,46 @@ def parse_duration(text: str) -> dt.timedelta | None:
         return None
 
 
-def parse_not_after(value: Any, now: dt.datetime) -> tuple[dt.datetime | None, str | None]:
+def parse_not_after(
+    value: Any, now: dt.datetime, *, name: str = "not_after", past: bool = False
+) -> tuple[dt.datetime | None, str | None]:
     """A cut-off time from an ISO 8601 time with a zone (``2026-11-28T03:00:00Z``) or a
-    duration from ``now`` (``2h``); returns (the time in UTC, None) or (None, the reason)."""
+    duration from ``now`` (``2h``); returns (the time in UTC, None) or (None, the reason).
+    ``past``: a time already past is ``now`` (``not_before``), not a mistake."""
     if not isinstance(value, str) or not value.strip():
-        return None, f"not_after must be an ISO 8601 time or a duration, got {_short(value)}"
+        return None, f"{name} must be an ISO 8601 time or a duration, got {_short(value)}"
     longest = dt.timedelta(days=MAX_NOT_AFTER_DAYS)
     duration = parse_duration(value)
     if duration is not None:
         if duration <= dt.timedelta(0):
-            return None, f"not_after must be a positive duration, got {_short(value)}"
+            return None, f"{name} must be a positive duration, got {_short(value)}"
         if duration > longest:
             return (
                 None,
-                f"not_after must be at most {MAX_NOT_AFTER_DAYS} days ahead, got {_short(value)}",
+                f"{name} must be at most {MAX_NOT_AFTER_DAYS} days ahead, got {_short(value)}",
             )
         return now + duration, None
     try:
         moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
         return None, (
-            "not_after must be an ISO 8601 time with a zone (2026-11-28T03:00:00Z) or a "
+            f"{name} must be an ISO 8601 time with a zone (2026-11-28T03:00:00Z) or a "
             f"duration (90m, 2h, 1d), got {_short(value)}"
         )
     if moment.tzinfo is None:
-        return None, f"not_after needs a time zone (Z or +08:00), got {_short(value)}"
+        return None, f"{name} needs a time zone (Z or +08:00), got {_short(value)}"
     try:
         moment = moment.astimezone(dt.UTC)
     except OverflowError:
-        return None, f"not_after is not a time a clock can hold, got {_short(value)}"
+        return None, f"{name} is not a time a clock can hold, got {_short(value)}"
     if moment <= now:
-        return None, f"not_after is already past: {moment.isoformat()}"
+        if past:
+            return now, None
+        return None, f"{name} is already past: {moment.isoformat()}"
     if moment - now > longest:
         return (
             None,
-            f"not_after must be at most {MAX_NOT_AFTER_DAYS} days ahead, got {_short(value)}",
+            f"{name} must be at most {MAX_NOT_AFTER_DAYS} days ahead, got {_short(value)}",
         )
     return moment, None
 
@@ -301,6 +307,7 @@ _WHAT_IT_MUST_BE = {
     "type": "HARD or SOFT",
     "failure_threshold": "a percentage from 0 to 100",
     "not_after": "an ISO 8601 time or a duration",
+    "not_before": "an ISO 8601 time or a duration",
 }
 
 
@@ -384,11 +391,22 @@ def validate_request(
             found[name] = f"{name} must be a non-empty string, got {_short(value)}"
         else:
             fields[name] = value.strip()
-    not_after = None
+    not_after = not_before = None
     if "not_after" in fields and "not_after" not in found:
         not_after, problem = parse_not_after(fields["not_after"], now)
         if problem:
             found["not_after"] = problem
+    if "not_before" in fields and "not_before" not in found:
+        not_before, problem = parse_not_after(
+            fields["not_before"], now, name="not_before", past=True
+        )
+        if problem:
+            found["not_before"] = problem
+        elif not_before is not None and not_after is not None and not_before >= not_after:
+            found["not_before"] = (
+                f"not_before ({not_before.isoformat()}) must come before not_after "
+                f"({not_after.isoformat()})"
+            )
     if "request_id" not in given and "idempotency_key" not in given:
         reasons.append(
             "give request_id or idempotency_key: without either, a producer that sends the "
@@ -421,6 +439,7 @@ def validate_request(
         notify_task=ok.notify_task,
         notify_queue=ok.notify_queue,
         not_after=not_after,
+        not_before=not_before,
         servers_given=servers_given,
         duplicates_removed=duplicates,
         fingerprint=fingerprint(payload, packed),
