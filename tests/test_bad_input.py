@@ -223,3 +223,18 @@ def test_split_batches_draw_from_the_same_budget(
         for b in halves
     ]
     assert gaps == [pytest.approx(1.0, abs=1e-3), pytest.approx(2.0, abs=1e-3)]
+
+
+def test_a_request_for_a_project_this_deployment_does_not_serve_is_rejected_with_no_call(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    other = "fedcba9876543210fedcba9876543210"
+    rt = make_rt(allowed_projects=f" {other.upper()} , 00000000000000000000000000000000")
+    status = _rejected(rt, build_payload(PROJECT, GOOD_IDS))
+    assert status["rejection_reasons"] == [
+        f"project {PROJECT} is not one this deployment serves (BMSREBOOT_ALLOWED_PROJECTS): "
+        "nothing was sent to the cloud"
+    ]
+    # A project on the list (ids compared without case) is served
+    assert intake.accept_request(build_payload(other, GOOD_IDS), rt).status == "accepted"
+    assert sum(simulator.stats()["calls"]["action"].values()) == 0

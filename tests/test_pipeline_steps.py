@@ -245,3 +245,51 @@ def test_a_server_missing_from_the_sub_jobs_is_not_counted_as_succeeded() -> Non
     assert poll.batch_status_from(outcomes, [a, b, c]) == BatchStatus.PARTIALLY_FAILED
     assert poll.batch_status_from(outcomes, [a]) == BatchStatus.SUCCEEDED
     assert poll.batch_status_from(outcomes, [b, c]) == BatchStatus.FAILED
+
+
+def test_a_job_that_ends_without_sub_jobs_makes_its_batch_unknown_not_failed(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    # Given a job API that answers without entities.sub_jobs
+    simulator.configure(job_duration=0.1)
+    simulator.inject("jobs", "no_sub_jobs", count=1000)
+    rt = make_rt()
+    servers = ids(3)
+    status = run_to_end(rt, accept(rt, servers))
+    # Then its servers are unknown (they may well have been rebooted), and so is the batch:
+    # "failed" would invite a resubmission
+    assert [b["status"] for b in status["batches"]] == ["unknown"]
+    assert {s["status"] for s in status["server_results"]} == {"unknown"}
+    assert status["batches"][0]["last_error"]["message"] == (
+        "the job ended without a usable sub-job for any server: outcome unknown"
+    )
+    assert simulator.stats()["reboots"] == dict.fromkeys(servers, 1)
+
+
+def test_a_job_the_api_stops_knowing_makes_its_batch_unknown_after_a_while(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    # Given a job the API answers 404 for, poll after poll
+    simulator.configure(job_duration=30)
+    simulator.inject("jobs", "404", count=1000)
+    rt = make_rt(job_missing_after=1.0)
+    status = run_to_end(rt, accept(rt, ids(2)))
+    # Then the batch is unknown once the API has not known it for the grace, not polled to
+    # its deadline
+    (batch,) = status["batches"]
+    assert batch["status"] == "unknown"
+    assert batch["last_error"]["status"] == 404
+    assert 2 <= batch["polls"] < 50
+    (reason,) = {s["fail_reason"] for s in status["server_results"]}
+    assert reason.startswith(f"the API has not known job {batch['job_id']} for ")
+    assert reason.endswith(" s (BMS.0404): outcome unknown")
+
+
+def test_a_404_once_then_the_job_again_goes_on_polling(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    simulator.configure(job_duration=0.5)
+    simulator.inject("jobs", "404", count=2)
+    rt = make_rt(job_missing_after=60.0)
+    status = run_to_end(rt, accept(rt, ids(2)))
+    assert status["status"] == "succeeded"

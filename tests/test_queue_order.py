@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from kombu import Consumer, Message, Queue
 
 from worker.celery import INTAKE_QUEUE, POLL_QUEUE, QUEUES, celery_config, make_celery_app
@@ -44,5 +46,22 @@ def test_a_worker_reads_the_intake_queue_before_the_follow_ups(
         # Round robin (kombu's default) would read r1, poll, r2: a queue goes to the back of
         # the line once read
         assert seen == ["r1", "r2", "poll"]
+    finally:
+        app.close()
+
+
+def test_an_empty_queue_is_counted_as_empty_without_a_warning(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from worker.pipeline.tasking import CeleryDispatcher
+
+    # Given a Redis broker on which nothing was ever sent to the submit queue (kombu keeps no
+    # key for an empty queue: asking for it answers NOT_FOUND)
+    app = make_celery_app(Settings(data_dir=tmp_path, broker_url=redis_url))
+    try:
+        with caplog.at_level(logging.WARNING):
+            # Then it is an empty queue, not a failure worth a warning every 30 s
+            assert CeleryDispatcher(app).waiting("bmsreboot.submit") == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     finally:
         app.close()

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
     read_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a response.")
 
+    allowed_projects: str | None = Field(
+        None,
+        description="Comma-separated project ids this deployment may touch; a request for any "
+        "other is rejected with no API call. Unset: any project the credentials reach.",
+    )
+
     # --- requests ----------------------------------------------------------------------------
     max_request_servers: int = Field(
         1_000_000, gt=0, description="Largest number of server ids one request may hold."
@@ -106,6 +112,11 @@ class Settings(BaseSettings):
     poll_max_interval: float = Field(60.0, gt=0, description="Cap of the delay between polls.")
     poll_jitter: float = Field(0.2, ge=0, le=1, description="Random fraction added to delays.")
     job_deadline: float = Field(3600.0, gt=0, description="A job older than this is timed_out.")
+    job_missing_after: float = Field(
+        180.0,
+        ge=0,
+        description="A job the API has answered 404 for this long makes its batch unknown.",
+    )
     poll_history: int = Field(
         20, ge=1, description="Recently finished jobs of a project that teach its job duration."
     )
@@ -197,6 +208,13 @@ class Settings(BaseSettings):
             "not_after": self.default_not_after,
         }
         return {k: v for k, v in values.items() if v is not None}
+
+    @property
+    def allowed_project_ids(self) -> frozenset[str] | None:
+        """``allowed_projects`` as a set of lower-case ids (None: no list)."""
+        if self.allowed_projects is None or not self.allowed_projects.strip():
+            return None
+        return frozenset(p.strip().lower() for p in self.allowed_projects.split(",") if p.strip())
 
     @property
     def effective_bms_endpoint(self) -> str:

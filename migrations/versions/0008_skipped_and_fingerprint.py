@@ -13,6 +13,8 @@ Create Date: 2026-12-01
   policy), which a retry under the same request id or idempotency key must repeat.
 - ``reboot_requests.not_before``: no batch is released before it (a producer's own field, or
   the countdown it put on the message).
+- ``batches.job_missing_since``: since when the job API has not known the batch's job (it
+  ends ``unknown`` after a while instead of being polled until its deadline).
 - A partial index of the servers pending in some request, for the question "does another
   request hold this server?" asked at every claim.
 """
@@ -68,6 +70,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("not_before", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("reboot_requests") as batch:
         batch.alter_column("servers_skipped", server_default=None)
+    op.add_column("batches", sa.Column("job_missing_since", sa.DateTime(timezone=True)))
     op.create_index(
         "ix_server_results_pending_server_id",
         "server_results",
@@ -94,6 +97,8 @@ def downgrade() -> None:
             "know: purge those requests before downgrading"
         )
     op.drop_index("ix_server_results_pending_server_id", table_name="server_results")
+    with op.batch_alter_table("batches") as batch:
+        batch.drop_column("job_missing_since")
     with op.batch_alter_table("reboot_requests") as batch:
         batch.drop_column("not_before")
         batch.drop_column("fingerprint")

@@ -240,6 +240,8 @@ class Batch(Base):
     next_poll_at: Mapped[timestamp | None]
     deadline_at: Mapped[timestamp | None]
     poll_count: Mapped[count]
+    #: Since when the job API has answered that it does not know the job (404).
+    job_missing_since: Mapped[timestamp | None]
     last_error_code: Mapped[str64 | None]
     last_error_message: Mapped[str | None] = mapped_column(Text())
     last_error_status: Mapped[int | None]

@@ -78,7 +78,9 @@ _B = BatchStatus
 BATCH_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
     _B.PENDING: frozenset({_B.SUBMITTING, _B.CANCELLED, _B.SKIPPED}),
     _B.SUBMITTING: frozenset({_B.SUBMITTED, _B.PENDING, _B.UNKNOWN, _B.REJECTED, _B.FAILED}),
-    _B.SUBMITTED: frozenset({_B.SUCCEEDED, _B.FAILED, _B.PARTIALLY_FAILED, _B.TIMED_OUT}),
+    _B.SUBMITTED: frozenset(
+        {_B.SUCCEEDED, _B.FAILED, _B.PARTIALLY_FAILED, _B.TIMED_OUT, _B.UNKNOWN}
+    ),
     _B.SUCCEEDED: frozenset(),
     _B.FAILED: frozenset(),
     _B.PARTIALLY_FAILED: frozenset(),

@@ -278,14 +278,17 @@ def record_poll(
     error: ErrorInfo | None = None,
     expect: BatchStatus = BatchStatus.SUBMITTED,
     seq: int | None = None,
+    job_missing_since: dt.datetime | None = None,
 ) -> bool:
     """Book one poll of a batch's job: ``poll_count + 1`` (atomically), ``last_polled_at`` now,
-    the next poll time, and the error if the poll failed. False if the batch left ``expect``,
-    or (with ``seq``) if its poll count is no longer ``seq``: another message booked it."""
+    the next poll time, the error if the poll failed, and since when the API has not known
+    the job (None: it knew it). False if the batch left ``expect``, or (with ``seq``) if its
+    poll count is no longer ``seq``: another message booked it."""
     values: dict[str, Any] = {
         "poll_count": Batch.poll_count + 1,
         "last_polled_at": utcnow(),
         "next_poll_at": next_poll_at,
+        "job_missing_since": job_missing_since,
     }
     if error is not None:
         values.update(error.columns())

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from worker.bms.errors import BmsError, ThrottledError
+from worker.bms.errors import BmsError, NotFoundError, ThrottledError
 from worker.bms.models import Job
 from worker.budget import JOB
 from worker.db.models import Batch
@@ -49,6 +49,7 @@ from worker.pipeline.runtime import Runtime, describe, error_info, log, utcnow
 MAX_SLEEP = 1.0
 
 MISSING_FROM_JOB = "the server is missing from the job's sub_jobs: outcome unknown"
+NOTHING_KNOWN = "the job ended without a usable sub-job for any server: outcome unknown"
 TIMED_OUT = "the job did not finish before the batch's deadline: outcome unknown"
 
 
@@ -58,6 +59,8 @@ class _Poll:
     job_id: str
     polls: int
     deadline: datetime | None
+    #: Since when the API answers that it does not know the job (None: it knows it).
+    missing_since: datetime | None
 
 
 def poll_batch(
@@ -76,7 +79,13 @@ def poll_batch(
             return "done"  # a duplicate poll message for a batch already settled
         if seq is not None and seq != batch.poll_count:
             return "stale"  # another message carries this batch's poll chain
-        this = _Poll(batch.project_id, batch.job_id, batch.poll_count, batch.deadline_at)
+        this = _Poll(
+            batch.project_id,
+            batch.job_id,
+            batch.poll_count,
+            batch.deadline_at,
+            batch.job_missing_since,
+        )
 
     if not reserved:
         slot = rt.budgets.reserve(rt.budget_key(this.project_id, JOB), rt.rate(JOB))
@@ -105,6 +114,8 @@ def poll_batch(
             cooldown = retry_after if retry_after is not None else rt.settings.throttle_cooldown
             rt.budgets.cooldown(rt.budget_key(this.project_id, JOB), rt.rate(JOB), cooldown)
         log.warning("batch %s: poll of job %s failed: %s", batch_id, this.job_id, describe(exc))
+        if isinstance(exc, NotFoundError):
+            return _job_missing(batch_id, this, rt, exc)
         return _again(batch_id, this, rt, error=error_info(exc), at_least=retry_after)
 
     if not job.is_terminal:
@@ -125,15 +136,16 @@ def poll_batch(
 
 
 def batch_status_from(outcomes: dict[str, ServerOutcome], server_ids: list[str]) -> BatchStatus:
-    """``succeeded`` if every server of the batch succeeded, ``failed`` if none did, else
+    """``succeeded`` if every server of the batch succeeded, ``unknown`` if the job says
+    nothing usable about any of them (no sub-jobs, or none ended: ``failed`` would invite a
+    resubmission of servers that may have been rebooted), ``failed`` if none succeeded, else
     ``partially_failed`` (a server missing from the job counts against success)."""
-    succeeded = sum(
-        1
-        for sid in server_ids
-        if sid in outcomes and outcomes[sid].status == ServerStatus.SUCCEEDED
-    )
+    known = [outcomes[sid] for sid in server_ids if sid in outcomes]
+    succeeded = sum(1 for o in known if o.status == ServerStatus.SUCCEEDED)
     if succeeded == len(server_ids):
         return BatchStatus.SUCCEEDED
+    if all(o.status == ServerStatus.UNKNOWN for o in known):
+        return BatchStatus.UNKNOWN
     if succeeded == 0:
         return BatchStatus.FAILED
     return BatchStatus.PARTIALLY_FAILED
@@ -191,10 +203,61 @@ def _settle_job(
         },
         job_ended_at=ended,
         detected_at=now,
+        **({"last_error_message": NOTHING_KNOWN} if to is BatchStatus.UNKNOWN else {}),
     )
     log.info("batch %s finished: job %s is %s, batch %s", batch_id, job.job_id, job.status, to)
     notification = finalize(session, batch.request_id, rt)
     return notification, (now - ended).total_seconds(), end_may_release(session, batch)
+
+
+def _job_missing(batch_id: uuid.UUID, this: _Poll, rt: Runtime, exc: BmsError) -> str:
+    """The API says it does not know the job (404, ``BMS.0008``). Once or twice may be the
+    API catching up with a job just created; for ``BMSREBOOT_JOB_MISSING_AFTER`` seconds in a
+    row, it will not learn it: the batch is ``unknown`` (its POST was accepted, so the reboot
+    may have happened), rather than polled until the deadline."""
+    now = utcnow()
+    since = this.missing_since or now
+    missing = (now - since).total_seconds()
+    if missing < rt.settings.job_missing_after:
+        return _again(batch_id, this, rt, error=error_info(exc), job_missing_since=since)
+    reason = (
+        f"the API has not known job {this.job_id} for {missing:.0f} s "
+        f"({exc.code or 'HTTP 404'}): outcome unknown"
+    )
+    return _end_unanswered(batch_id, this, rt, BatchStatus.UNKNOWN, reason, error_info(exc))
+
+
+def _end_unanswered(
+    batch_id: uuid.UUID,
+    this: _Poll,
+    rt: Runtime,
+    to: BatchStatus,
+    reason: str,
+    error: ErrorInfo | None,
+    job_status: str | None = None,
+) -> str:
+    """End a batch whose job gave no outcome (timed out, or no longer known): its servers
+    ``unknown``."""
+    with unit_of_work(rt.engine) as session:
+        if not record_poll(session, batch_id, next_poll_at=None, error=error, seq=this.polls):
+            return "stale"
+        batch = settle_batch(
+            session,
+            batch_id,
+            to,
+            actor=rt.actor,
+            default_status=ServerStatus.UNKNOWN,
+            default_fail_reason=reason,
+            detail={"reason": reason, "last_job_status": job_status},
+            **(error.columns() if error else {"last_error_message": reason}),
+        )
+        notification = finalize(session, batch.request_id, rt)
+        opens = end_may_release(session, batch)
+    log.error("batch %s ended %s after %d polls: %s", batch_id, to, this.polls + 1, reason)
+    send(notification, rt)
+    if opens:
+        rt.dispatcher.release(this.project_id)
+    return str(to)
 
 
 def _again(
@@ -205,31 +268,15 @@ def _again(
     error: ErrorInfo | None = None,
     at_least: float | None = None,
     job_status: str | None = None,
+    job_missing_since: datetime | None = None,
 ) -> str:
     """Schedule the next poll, or time the batch out if its deadline has passed."""
     now = utcnow()
     polls = this.polls + 1
     if this.deadline is not None and now >= this.deadline:
-        with unit_of_work(rt.engine) as session:
-            if not record_poll(session, batch_id, next_poll_at=None, error=error, seq=this.polls):
-                return "stale"
-            batch = settle_batch(
-                session,
-                batch_id,
-                BatchStatus.TIMED_OUT,
-                actor=rt.actor,
-                default_status=ServerStatus.UNKNOWN,
-                default_fail_reason=TIMED_OUT,
-                detail={"reason": TIMED_OUT, "last_job_status": job_status},
-                **(error.columns() if error else {}),
-            )
-            notification = finalize(session, batch.request_id, rt)
-            opens = end_may_release(session, batch)
-        log.error("batch %s timed out after %d polls", batch_id, polls)
-        send(notification, rt)
-        if opens:
-            rt.dispatcher.release(this.project_id)
-        return "timed_out"
+        return _end_unanswered(
+            batch_id, this, rt, BatchStatus.TIMED_OUT, TIMED_OUT, error, job_status
+        )
     with unit_of_work(rt.engine) as session:
         learned = learned_job_duration(session, this.project_id, rt.settings.poll_history)
         delay = poll_delay(
@@ -247,6 +294,7 @@ def _again(
             next_poll_at=now + timedelta(seconds=delay),
             error=error,
             seq=this.polls,
+            job_missing_since=job_missing_since,
         )
     if not booked:
         return "stale"

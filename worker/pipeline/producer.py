@@ -115,6 +115,7 @@ def checked(payload: dict[str, Any], settings: Settings) -> ValidatedRequest:
         max_servers=settings.max_request_servers,
         default_batch_size=settings.default_batch_size,
         policy_defaults=settings.policy_defaults,
+        allowed_projects=settings.allowed_project_ids,
     )
     key = payload.get("idempotency_key")
     derived = (

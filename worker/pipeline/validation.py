@@ -344,6 +344,7 @@ def validate_request(
     positional: int = 0,
     policy_defaults: Mapping[str, Any] | None = None,
     now: dt.datetime | None = None,
+    allowed_projects: frozenset[str] | None = None,
 ) -> ValidatedRequest:
     """Check and normalise a request payload (the intake task's keyword arguments).
 
@@ -353,7 +354,8 @@ def validate_request(
     is blank or holds NUL, ``not_after`` as a time or a duration. ``positional`` counts
     arguments a producer sent without names (never accepted). ``policy_defaults`` fills the
     rollout policy's fields the payload leaves out (the operator's settings); ``not_after``
-    durations count from ``now``. A field given as None counts as not given."""
+    durations count from ``now``. A field given as None counts as not given.
+    ``allowed_projects``: the only projects this deployment serves (None: any)."""
     now = now or dt.datetime.now(dt.UTC)
     given = {k: v for k, v in payload.items() if v is not None}
     if policy_defaults:
@@ -425,6 +427,12 @@ def validate_request(
     if ok.type == "SOFT":
         warnings.append(SOFT_WARNING)
     project_id = ok.project_id if "project_id" in fields and "project_id" not in found else None
+    outside = allowed_projects is not None and project_id is not None
+    if outside and str(project_id).lower() not in (allowed_projects or ()):
+        reasons.append(
+            f"project {project_id} is not one this deployment serves "
+            "(BMSREBOOT_ALLOWED_PROJECTS): nothing was sent to the cloud"
+        )
     return ValidatedRequest(
         request_id=uuid.UUID(str(ok.request_id)) if ok.request_id else uuid.uuid4(),
         project_id=project_id or safe_text(given.get("project_id", ""), 64),

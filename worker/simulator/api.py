@@ -10,6 +10,7 @@ accepted), then acceptance, after which an injected after-accept fault or a rand
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 
@@ -107,6 +108,9 @@ def _before(state: SimulatorState, route: str, request: Incoming) -> Reply | Non
     if name == "drop_before":
         state.count(route, "dropped")
         return wire.DROP
+    if name == "404":
+        state.count(route, "rejected")
+        return wire.bms_error(404, wire.BMS_NO_JOB)
     state.count(route, "faulted")
     return wire.internal_error()
 
@@ -151,4 +155,8 @@ def _after(state: SimulatorState, route: str, fault: Fault | None, reply: Reply)
         return dataclasses.replace(reply, delay=fault.delay)
     if name == "gateway_502":
         return wire.gateway_502()
+    if name == "no_sub_jobs":
+        body = json.loads(reply.body)
+        body.get("entities", {}).pop("sub_jobs", None)
+        return wire.json_reply(reply.status, body)
     return wire.json_reply(200, {})  # no_job_id

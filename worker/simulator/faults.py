@@ -3,7 +3,9 @@
 ``POST /_simulator/inject {"route", "fault", "count", "delay"?}`` appends ``count`` copies of a
 fault to the route's queue. Faults that strike *before acceptance* (``5xx``, ``429``, ``401``,
 ``drop_before``) are taken by the next request on the route, whatever it holds. Faults that
-strike *after acceptance* (``drop``, ``slow``, ``gateway_502``, ``no_job_id``) wait at the head
+strike *after acceptance* (``drop``, ``slow``, ``gateway_502``, ``no_job_id``, ``no_sub_jobs``:
+the job's answer without ``entities.sub_jobs``; ``404`` before acceptance: the job API says
+it does not know the job) wait at the head
 of the queue for the next request that is accepted: a rejected request does not consume them,
 so a test's injected "accept then drop" always lands on a real, executed action.
 
@@ -16,8 +18,8 @@ from collections import deque
 from dataclasses import dataclass
 
 ROUTES = ("action", "jobs", "tokens")
-BEFORE_ACCEPT = frozenset({"5xx", "429", "401", "drop_before"})
-AFTER_ACCEPT = frozenset({"drop", "slow", "gateway_502", "no_job_id"})
+BEFORE_ACCEPT = frozenset({"5xx", "429", "401", "404", "drop_before"})
+AFTER_ACCEPT = frozenset({"drop", "slow", "gateway_502", "no_job_id", "no_sub_jobs"})
 FAULTS = BEFORE_ACCEPT | AFTER_ACCEPT
 DEFAULT_SLOW_DELAY = 10.0
 
