@@ -28,7 +28,6 @@ import requests
 from tests.fixtures.simulator import SimulatorHandle
 from tests.test_signing import CaptureServer, capture_server  # noqa: F401 - a fixture
 from worker import __version__
-from worker.bms import retry
 from worker.bms.auth import TokenAuth
 from worker.bms.client import (
     DEFAULT_USER_AGENT,
@@ -98,9 +97,7 @@ def client(simulator: SimulatorHandle) -> Iterator[BmsClient]:
     ("call", "action"),
     [
         (lambda c, ids: c.batch_reboot(PROJECT, ids), "reboot"),
-        (lambda c, ids: c.batch_start(PROJECT, ids), "os-start"),
-        (lambda c, ids: c.batch_stop(PROJECT, ids), "os-stop"),
-        (lambda c, ids: c.batch_stop(PROJECT, ids, stop_type="HARD"), "os-stop"),
+        (lambda c, ids: c.batch_reboot(PROJECT, ids, "SOFT"), "reboot"),
     ],
 )
 def test_given_servers_when_a_power_action_is_sent_then_it_returns_the_job_id(
@@ -288,7 +285,7 @@ def sdk_send(base_url: str, kind: str, ids: list[str], stop_type: str | None) ->
 
 @pytest.mark.parametrize(
     ("kind", "stop_type"),
-    [("reboot", None), ("start", None), ("stop", None), ("stop", "HARD"), ("stop", "SOFT")],
+    [("reboot", None)],
 )
 def test_given_the_official_sdk_when_both_send_an_action_then_bodies_match_byte_for_byte(
     capture_server: CaptureServer,  # noqa: F811 - the imported fixture
@@ -303,12 +300,7 @@ def test_given_the_official_sdk_when_both_send_an_action_then_bodies_match_byte_
     client = BmsClient(capture_server.base_url, AkSkAuth("AK", "SK"))
     # When
     sdk_send(capture_server.base_url, kind, ids, stop_type)
-    if kind == "reboot":
-        client.batch_reboot(PROJECT, ids)
-    elif kind == "start":
-        client.batch_start(PROJECT, ids)
-    else:
-        client.batch_stop(PROJECT, ids, stop_type=stop_type)
+    client.batch_reboot(PROJECT, ids)
     # Then
     theirs, ours = capture_server.requests
     assert ours.body == theirs.body
@@ -346,7 +338,6 @@ def test_given_a_wrong_sk_when_rebooting_then_authentication_error(
     assert (error.status, error.code) == (401, "APIGW.0301")
     assert error.request_id
     assert not error.maybe_accepted
-    assert not error.retryable
     assert simulator.stats()["reboots"] == {}
 
 
@@ -407,7 +398,6 @@ def test_given_a_rate_limit_with_retry_after_when_exceeded_then_throttled_with_t
     # Then
     error = caught.value
     assert (error.status, error.code, error.retry_after) == (429, "APIGW.0308", 7.0)
-    assert error.retryable
     assert not error.maybe_accepted
 
 
@@ -422,7 +412,6 @@ def test_given_a_closed_port_when_rebooting_then_connect_error_not_accepted() ->
         client.batch_reboot(PROJECT, new_ids(1))
     # Then
     assert not caught.value.maybe_accepted
-    assert caught.value.retryable
     assert caught.value.status is None
 
 
@@ -523,8 +512,6 @@ def test_given_a_slow_answer_when_the_read_times_out_then_the_reboot_did_happen(
         client.batch_reboot(PROJECT, [server])
     # Then: this is why maybe_accepted exists
     assert caught.value.maybe_accepted
-    assert caught.value.retryable
-    assert not retry.may_resubmit(caught.value)
     assert simulator.stats()["reboots"] == {server: 1}
 
 
@@ -555,7 +542,7 @@ def test_given_token_auth_when_calling_repeatedly_then_the_token_is_fetched_once
     # When
     job_id = client.batch_reboot(PROJECT, new_ids(1))
     client.get_job(PROJECT, job_id)
-    client.batch_start(PROJECT, new_ids(1))
+    client.batch_reboot(PROJECT, new_ids(1))
     # Then
     assert token_calls(simulator) == 1
 
@@ -786,29 +773,6 @@ def test_given_a_ca_bundle_when_from_settings_then_it_is_the_verify_value(
     # Then
     assert client.verify == "/etc/ssl/our-ca.pem"
     assert client.endpoint == "https://bms.cn-north-4.myhuaweicloud.com"
-
-
-# --- retry policy (pure) ---------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("error", "retryable", "resubmit"),
-    [
-        (ThrottledError("t", status=429), True, True),
-        (ServerError("s", status=500), True, True),
-        (ServerError("s", status=502, maybe_accepted=True), True, False),
-        (ConnectError("c"), True, True),
-        (RequestTimeout("t", maybe_accepted=True), True, False),
-        (ConnectionDropped("d", maybe_accepted=True), True, False),
-        (RejectedError("r", status=400), False, False),
-        (AuthenticationError("a", status=401), False, False),
-        (ProtocolError("p", maybe_accepted=True), False, False),
-        (ValueError("v"), False, False),
-    ],
-)
-def test_given_an_error_when_asked_then_retryable_and_resubmit_follow_the_table(
-    error: BaseException, retryable: bool, resubmit: bool
-) -> None:
-    assert retry.is_retryable(error) is retryable
-    assert retry.may_resubmit(error) is resubmit
 
 
 # --- TLS: verification on by default, a CA bundle option, and what a TLS failure means ----------

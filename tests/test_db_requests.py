@@ -10,11 +10,11 @@ from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
-from tests.fixtures.db import new_request, server_names, sid
+from tests.fixtures.db import new_request, pending_batches, server_names, sid
 from worker.db.create import create_rejected_request, find_existing, record_servers
-from worker.db.models import Base, Batch, Event, RebootRequest, ServerResult
-from worker.db.queries import batch_server_ids, batches_due_for_poll, pending_batches
-from worker.db.session import make_engine, session_factory, unit_of_work
+from worker.db.models import Batch, Event, RebootRequest, ServerResult
+from worker.db.queries import batch_server_ids
+from worker.db.session import session_factory, unit_of_work
 from worker.db.states import BatchStatus, RequestStatus, ServerStatus
 from worker.db.status import request_status
 from worker.db.transitions import transition_batch
@@ -143,45 +143,6 @@ def test_a_rejected_request_keeps_its_reasons_and_has_no_batches(session: Sessio
     assert session.scalar(select(func.count()).select_from(Batch)) == 0
     [event] = session.scalars(select(Event)).all()
     assert (event.to_state, event.detail) == ("rejected", {"reasons": request.rejection_reasons})
-
-
-def test_batches_due_for_poll_are_the_submitted_ones_whose_time_came(session: Session) -> None:
-    now = dt.datetime.now(dt.UTC)
-    request = new_request(session, 8, batch_size=2)
-    b0, b1, b2, b3 = pending_batches(session, request.id)
-    for batch, due in ((b0, now - dt.timedelta(seconds=5)), (b1, now - dt.timedelta(seconds=9))):
-        transition_batch(session, batch.id, B.SUBMITTING, actor="t")
-        transition_batch(session, batch.id, B.SUBMITTED, actor="t", next_poll_at=due)
-    transition_batch(session, b2.id, B.SUBMITTING, actor="t")
-    transition_batch(session, b2.id, B.SUBMITTED, actor="t", next_poll_at=now + dt.timedelta(1))
-    assert batches_due_for_poll(session, now, 10) == [b1.id, b0.id]
-    assert batches_due_for_poll(session, now, 1) == [b1.id]
-    assert [b.id for b in pending_batches(session, request.id)] == [b3.id]
-
-
-def test_a_locked_due_batch_is_skipped_by_another_poller(pg_url: str) -> None:
-    # PostgreSQL only: SQLite has a single writer, so a second poller waits rather than skips.
-    engine = make_engine(pg_url)
-    Base.metadata.create_all(engine)
-    now = dt.datetime.now(dt.UTC)
-    with unit_of_work(engine) as session:
-        request = new_request(session, 4, batch_size=2)
-        for batch in pending_batches(session, request.id):
-            transition_batch(session, batch.id, B.SUBMITTING, actor="t")
-            transition_batch(session, batch.id, B.SUBMITTED, actor="t", next_poll_at=now)
-    first, second = session_factory(engine)(), session_factory(engine)()
-    try:
-        mine = batches_due_for_poll(first, now, 1)
-        theirs = batches_due_for_poll(second, now, 10)
-        assert len(mine) == 1
-        assert len(theirs) == 1
-        assert mine != theirs
-    finally:
-        first.rollback()
-        second.rollback()
-        first.close()
-        second.close()
-        engine.dispose()
 
 
 def test_the_database_refuses_a_status_that_is_not_in_the_enum(session: Session) -> None:

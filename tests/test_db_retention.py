@@ -8,9 +8,8 @@ from typing import cast
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
-from tests.fixtures.db import new_request
+from tests.fixtures.db import new_request, pending_batches
 from worker.db.models import Batch, Event, RebootRequest, ServerResult
-from worker.db.queries import pending_batches
 from worker.db.retention import purge_finished
 from worker.db.states import BatchStatus, RequestStatus, ServerStatus
 from worker.db.transitions import settle_batch, transition_request

@@ -7,8 +7,7 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from tests.fixtures.db import new_request, sid
-from worker.db.queries import pending_batches
+from tests.fixtures.db import new_request, pending_batches, sid
 from worker.db.states import BatchStatus, ServerStatus
 from worker.db.status import request_status, server_history
 from worker.db.transitions import (

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
-from tests.fixtures.db import new_request, server_names, sid
+from tests.fixtures.db import new_request, pending_batches, server_names, sid
 from worker.db.create import record_servers
 from worker.db.models import Batch, Event, RebootRequest, ServerResult
-from worker.db.queries import batch_server_ids, pending_batches
+from worker.db.queries import batch_server_ids
 from worker.db.session import session_factory, unit_of_work
 from worker.db.states import (
     BATCH_TRANSITIONS,

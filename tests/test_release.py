@@ -16,19 +16,6 @@ from sqlalchemy import select, update
 
 from tests.fixtures.simulator import SimulatorHandle
 from tests.fixtures.steps import PROJECT, accept, drain_releases, ids, run_to_end, sent
-from worker.bms.errors import (
-    AuthenticationError,
-    BmsError,
-    ConfigurationError,
-    ConnectError,
-    ConnectionDropped,
-    NotFoundError,
-    ProtocolError,
-    RejectedError,
-    RequestTimeout,
-    ServerError,
-    ThrottledError,
-)
 from worker.budget import ACTION
 from worker.db.create import record_servers
 from worker.db.models import Batch, RebootRequest
@@ -37,38 +24,6 @@ from worker.db.states import BatchStatus
 from worker.db.status import request_status
 from worker.pipeline import poll, reconcile, release, submit
 from worker.pipeline.runtime import RecordingDispatcher, Runtime
-from worker.pipeline.submit import Next, decide
-
-
-def _api(cls: type[BmsError], status: int, **kw: Any) -> BmsError:
-    return cls("x", status=status, code="C", **kw)
-
-
-@pytest.mark.parametrize(
-    ("error", "attempt", "expected"),
-    [
-        (RuntimeError("not a client error"), 1, Next.UNKNOWN),
-        (RequestTimeout("read", maybe_accepted=True), 1, Next.UNKNOWN),
-        (ConnectionDropped("drop", maybe_accepted=True), 1, Next.UNKNOWN),
-        (ProtocolError("no job id", maybe_accepted=True), 1, Next.UNKNOWN),
-        (_api(ServerError, 502, maybe_accepted=True), 1, Next.UNKNOWN),  # a proxy's page
-        (_api(ThrottledError, 429), 1, Next.THROTTLED),
-        (_api(ThrottledError, 429), 99, Next.THROTTLED),  # 429 never uses up attempts
-        (_api(RejectedError, 400), 1, Next.REJECTED),
-        (_api(NotFoundError, 404), 1, Next.REJECTED),
-        (_api(AuthenticationError, 401), 1, Next.REJECTED),
-        (_api(ServerError, 500), 1, Next.RETRY),  # 5xx with the API's body: not accepted
-        (_api(ServerError, 500), 10, Next.FAILED),  # the last attempt
-        (ConnectError("refused"), 3, Next.RETRY),
-        (RequestTimeout("connect"), 3, Next.RETRY),
-        (ConnectError("refused"), 10, Next.FAILED),
-        (ConfigurationError("no credentials"), 1, Next.FAILED),  # no attempt can help
-    ],
-)
-def test_what_happens_after_a_failed_post(
-    error: BaseException, attempt: int, expected: Next
-) -> None:
-    assert decide(error, attempt, max_attempts=10) is expected
 
 
 def _batches(rt: Runtime, request_id: uuid.UUID) -> list[Batch]:

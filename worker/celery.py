@@ -60,7 +60,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # kombu's SQLAlchemy transport hands every transport option to create_engine(), which
     # refuses unknown ones: the embedded broker gets none (it has no visibility timeout, and
     # polls its table once a second).
-    transport_options = dict(visibility) if settings.broker_url is not None else {}
+    transport_options = {} if settings.embedded_broker else dict(visibility)
     broker_url, transport = transport_for(settings.effective_broker_url)
     broker_options: dict[str, Any] = dict(transport_options)
     if is_redis_url(broker_url):
@@ -201,7 +201,7 @@ def make_celery_app(settings: Settings | None = None) -> Celery:
 
 app = make_celery_app()
 
-if "flower" in sys.argv[1:] and get_settings().broker_url is None:
+if "flower" in sys.argv[1:] and get_settings().embedded_broker:
     # Flower needs events and broadcasts, which Celery's SQLAlchemy transport does not carry.
     print(
         "bmsreboot: Flower on the embedded broker shows no worker and no task (its transport "
@@ -235,7 +235,7 @@ def _prepare_database(**_: Any) -> None:
         # The data dir holds beat's schedule file (worker -B) even when the databases are
         # elsewhere.
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if settings.database_url is None:
+        if settings.embedded_database:
             upgrade_database(url)
         elif not database_is_current(url):
             raise ImproperlyConfigured(

@@ -237,6 +237,7 @@ class Collector:
         from worker.db.queries import packed_pending_servers
         from worker.db.session import unit_of_work
         from worker.db.states import (
+            ACTIVE_REQUEST_STATES,
             TERMINAL_BATCH_STATES,
             BatchStatus,
             RequestStatus,
@@ -256,17 +257,13 @@ class Collector:
                         func.coalesce(func.sum(getattr(RebootRequest, column)), 0)
                         for column in SERVER_COUNT_COLUMNS.values()
                     )
-                ).where(
-                    RebootRequest.status.not_in((RequestStatus.ACCEPTED, RequestStatus.RUNNING))
-                )
+                ).where(RebootRequest.status.not_in(ACTIVE_REQUEST_STATES))
             ).one()
             active = dict(
                 session.execute(
                     select(ServerResult.status, func.count())
                     .join(RebootRequest, RebootRequest.id == ServerResult.request_id)
-                    .where(
-                        RebootRequest.status.in_((RequestStatus.ACCEPTED, RequestStatus.RUNNING))
-                    )
+                    .where(RebootRequest.status.in_(ACTIVE_REQUEST_STATES))
                     .group_by(ServerResult.status)
                 ).all()
             )

@@ -233,9 +233,14 @@ class Settings(BaseSettings):
         return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
 
     @property
-    def embedded(self) -> bool:
-        """True when running on the zero-setup defaults (SQLite everywhere)."""
-        return self.broker_url is None or self.database_url is None
+    def embedded_broker(self) -> bool:
+        """The broker is the zero-setup default: Celery's SQLAlchemy transport in the data dir."""
+        return self.broker_url is None
+
+    @property
+    def embedded_database(self) -> bool:
+        """The audit database is the zero-setup default: SQLite in the data dir."""
+        return self.database_url is None
 
 
 @lru_cache(maxsize=1)

@@ -1,54 +1,11 @@
 """The Huawei Cloud BMS API client.
 
-- :mod:`worker.bms.client`: :class:`BmsClient` (batch reboot/start/stop, job queries).
-- :mod:`worker.bms.errors`: the error tree; ``maybe_accepted`` decides whether a POST may be resent.
+- :mod:`worker.bms.client`: :class:`~worker.bms.client.BmsClient` (batch reboot, job queries).
+- :mod:`worker.bms.errors`: the error tree; ``maybe_accepted`` decides whether a POST may be sent
+  again (what the pipeline does after an error: ``worker.pipeline.failures``).
 - :mod:`worker.bms.signing`: AK/SK request signing (SDK-HMAC-SHA256).
 - :mod:`worker.bms.auth`: IAM password-token auth.
-- :mod:`worker.bms.models`: typed :class:`Job` / :class:`SubJob`.
-- :mod:`worker.bms.retry`: retry policy as pure functions, for the task layer.
+- :mod:`worker.bms.models`: typed jobs and sub-jobs.
+
+Import from the modules themselves; this package re-exports nothing.
 """
-
-from worker.bms.auth import TokenAuth
-from worker.bms.client import MAX_SERVERS_PER_CALL, BmsClient
-from worker.bms.errors import (
-    ApiError,
-    AuthenticationError,
-    BmsError,
-    ConfigurationError,
-    ConnectError,
-    ConnectionDropped,
-    NotFoundError,
-    PermissionDeniedError,
-    ProtocolError,
-    RejectedError,
-    RequestTimeout,
-    ServerError,
-    ThrottledError,
-    TransportError,
-)
-from worker.bms.models import TERMINAL_JOB_STATUSES, Job, SubJob
-from worker.bms.signing import AkSkAuth
-
-__all__ = [
-    "MAX_SERVERS_PER_CALL",
-    "TERMINAL_JOB_STATUSES",
-    "AkSkAuth",
-    "ApiError",
-    "AuthenticationError",
-    "BmsClient",
-    "BmsError",
-    "ConfigurationError",
-    "ConnectError",
-    "ConnectionDropped",
-    "Job",
-    "NotFoundError",
-    "PermissionDeniedError",
-    "ProtocolError",
-    "RejectedError",
-    "RequestTimeout",
-    "ServerError",
-    "SubJob",
-    "ThrottledError",
-    "TokenAuth",
-    "TransportError",
-]

@@ -1,8 +1,8 @@
-"""The BMS API client: batch reboot/start/stop and job queries over ``requests``.
+"""The BMS API client: batch reboot and job queries over ``requests``.
 
 One :class:`BmsClient` holds one pooled ``requests.Session``. Every call has a timeout, TLS is
 verified by default, and the client never retries on its own: the task layer owns retries (see
-:mod:`worker.bms.retry`) because only it knows whether a POST may be sent again. The single
+``worker.pipeline.failures``) because only it knows whether a POST may be sent again. The single
 exception is a 401 under token auth, answered by fetching a fresh token and sending once more
 (a 401 means the request was not accepted, so sending it again cannot reboot anything twice).
 
@@ -172,19 +172,6 @@ class BmsClient:
         """Reboot up to 1000 servers; returns the job id."""
         _check_power_type(reboot_type)
         return self._action(project_id, "reboot", {"type": reboot_type}, server_ids)
-
-    def batch_start(self, project_id: str, server_ids: Sequence[str]) -> str:
-        """Start up to 1000 servers; returns the job id."""
-        return self._action(project_id, "os-start", {}, server_ids)
-
-    def batch_stop(
-        self, project_id: str, server_ids: Sequence[str], stop_type: str | None = None
-    ) -> str:
-        """Stop up to 1000 servers; returns the job id. No ``stop_type``: the API's default."""
-        if stop_type is not None:
-            _check_power_type(stop_type)
-        inner = {"type": stop_type} if stop_type is not None else {}
-        return self._action(project_id, "os-stop", inner, server_ids)
 
     # --- job queries ------------------------------------------------------------------------
     def get_job(self, project_id: str, job_id: str) -> Job:

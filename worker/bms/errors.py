@@ -2,7 +2,7 @@
 
 Every error carries ``status`` (HTTP status or None), ``code`` (the API error code, e.g.
 ``BMS.0040`` / ``APIGW.0308``, or None), ``message``, ``request_id`` (the ``X-Request-Id``
-response header) and two flags for the task layer:
+response header) and one flag for the task layer:
 
 ``maybe_accepted``
     Only meaningful for a failed POST (for a GET it is always False). False means the request
@@ -12,9 +12,9 @@ response header) and two flags for the task layer:
     sent, the connection dropped before a response, a 5xx came without an API error body (a
     proxy's 502 page), or a 2xx came without a job id. A maybe-accepted POST must never be
     blindly re-sent; the whole project depends on this to never reboot a server twice.
-``retryable``
-    A new attempt may succeed: throttling, 5xx and transport errors. It says nothing about
-    whether a new attempt is *safe*; check ``maybe_accepted`` first.
+
+What the pipeline does after an error (send again, wait, give up, split) is decided in one
+place, from the error's class and this flag: ``worker.pipeline.failures``.
 
 The tree::
 
@@ -83,8 +83,6 @@ _BODY_EXCERPT = 120
 
 
 class BmsError(Exception):
-    retryable: bool = False
-
     def __init__(
         self,
         message: str,
@@ -142,8 +140,6 @@ class NotFoundError(ApiError):
 class ThrottledError(ApiError):
     """429: over the rate limit. ``retry_after`` is the server's hint in seconds, if any."""
 
-    retryable = True
-
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
@@ -156,13 +152,9 @@ class RejectedError(ApiError):
 class ServerError(ApiError):
     """5xx from the API or a proxy in front of it."""
 
-    retryable = True
-
 
 class TransportError(BmsError):
     """No HTTP answer at all."""
-
-    retryable = True
 
 
 class ConnectError(TransportError):

@@ -116,7 +116,7 @@ def _environment_problem(error: Exception) -> str | None:
 def ensure_data_dir(settings: Any) -> None:
     """Create the data dir when an embedded default (SQLite broker or audit database) lives
     in it: a command may run before any worker has created it."""
-    if not settings.embedded:
+    if not (settings.embedded_broker or settings.embedded_database):
         return
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def broker_errors(settings: Any) -> Iterator[None]:
         yield
     except (BrokerError, OSError) as error:
         reason = first_line(error, _password(url))
-        if settings.broker_url is None:
+        if settings.embedded_broker:
             raise click.ClickException(
                 f"cannot open the embedded broker {safe_url(url)} ({reason}): check that "
                 f"BMSREBOOT_DATA_DIR ({settings.data_dir}) is a directory you can write"

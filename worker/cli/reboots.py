@@ -261,7 +261,7 @@ def submit(
         click.echo(f"warning: {warning}", err=True)
 
     app = _celery_app(settings)
-    if settings.database_url is None and wait:
+    if settings.embedded_database and wait:
         # Embedded default: make sure the audit database exists before following the request
         # (a worker started later would create it too).
         from worker.db.session import upgrade_database

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, Uuid, bindparam, insert, select, text, update
+from sqlalchemy import Table, Uuid, bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from worker import ids
@@ -286,3 +286,69 @@ def find_existing(
             select(RebootRequest).where(RebootRequest.idempotency_key == idempotency_key)
         )
     return None
+
+
+def split_batch(
+    session: Session, batch_id: uuid.UUID, *, now: dt.datetime, actor: str
+) -> list[uuid.UUID]:
+    """Move the pending servers of ``batch_id`` into two new ``pending`` batches (halves, in
+    order), linked to it by ``parent_batch_id`` and due at once; returns their ids.
+
+    The caller has moved ``batch_id`` to a terminal state in the same transaction. The
+    request's row is locked first, so that two batches of one request splitting at once take
+    distinct indexes."""
+    parent = session.get(Batch, batch_id)
+    assert parent is not None
+    session.execute(
+        select(RebootRequest.id)
+        .where(RebootRequest.id == parent.request_id)
+        .with_for_update(key_share=True)
+    )
+    rows = list(
+        session.scalars(
+            select(ServerResult.id)
+            .where(ServerResult.batch_id == batch_id, ServerResult.status == ServerStatus.PENDING)
+            .order_by(ServerResult.id)
+        )
+    )
+    if len(rows) < 2:
+        return []
+    top = session.scalar(select(func.max(Batch.index)).where(Batch.request_id == parent.request_id))
+    half = len(rows) // 2
+    children: list[uuid.UUID] = []
+    for offset, part in enumerate((rows[:half], rows[half:]), start=1):
+        child = Batch(
+            id=uuid.uuid4(),
+            request_id=parent.request_id,
+            parent_batch_id=batch_id,
+            project_id=parent.project_id,
+            index=(top or 0) + offset,
+            status=BatchStatus.PENDING,
+            size=len(part),
+            submit_attempts=0,
+            poll_count=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(child)
+        session.flush()
+        session.execute(
+            update(ServerResult)
+            .where(ServerResult.id.in_(part))
+            .values(batch_id=child.id, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        add_event(
+            session,
+            EventEntity.BATCH,
+            parent.request_id,
+            None,
+            BatchStatus.PENDING,
+            actor,
+            {"split_from": parent.index, "servers": len(part)},
+            child.id,
+            at=now,
+        )
+        children.append(child.id)
+    return children

@@ -26,9 +26,8 @@ from sqlalchemy.orm import Session, aliased
 
 from worker import ids
 from worker.db.models import Batch, RebootRequest, ServerResult
-from worker.db.states import BatchStatus, RequestStatus, ServerStatus
+from worker.db.states import ACTIVE_REQUEST_STATES, BatchStatus, ServerStatus
 
-ACTIVE = (RequestStatus.ACCEPTED, RequestStatus.RUNNING)
 IN_FLIGHT = (BatchStatus.SUBMITTING, BatchStatus.SUBMITTED)
 
 
@@ -50,7 +49,7 @@ def held_elsewhere(
             ServerResult.server_id.in_(server_ids),
             ServerResult.status == ServerStatus.PENDING,
             ServerResult.request_id != request.id,
-            other.status.in_(ACTIVE),
+            other.status.in_(ACTIVE_REQUEST_STATES),
             or_(Batch.status.in_(IN_FLIGHT), came_first),
         )
     ).all()
@@ -104,7 +103,7 @@ def _waiting_packed(
             Batch.status == BatchStatus.PENDING,
             Batch.pending_ids.is_not(None),
             Batch.request_id != request.id,
-            other.status.in_(ACTIVE),
+            other.status.in_(ACTIVE_REQUEST_STATES),
             _came_first(other, request),
         )
     )

@@ -6,10 +6,11 @@ Every function works inside the caller's session and transaction. (Reading for p
 
 from __future__ import annotations
 
-import datetime as dt
+import statistics
 import uuid
+from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
 
 from worker import ids
@@ -56,25 +57,22 @@ def batch_server_ids(session: Session, batch_id: uuid.UUID) -> list[str]:
     )
 
 
-def batches_due_for_poll(session: Session, now: dt.datetime, limit: int) -> list[uuid.UUID]:
-    """Submitted batches whose next poll is due, oldest first; locked rows are skipped (PG)."""
-    return list(
-        session.scalars(
-            select(Batch.id)
-            .where(Batch.status == BatchStatus.SUBMITTED, Batch.next_poll_at <= now)
-            .order_by(Batch.next_poll_at)
-            .limit(limit)
-            .with_for_update(key_share=True, skip_locked=True)
+def learned_job_duration(session: Session, project_id: str, history: int) -> float | None:
+    """The median time from submission to the job's own end over the project's ``history``
+    most recently ended jobs (one indexed query), or None without history."""
+    rows: Any = session.execute(
+        select(Batch.submitted_at, Batch.job_ended_at)
+        .where(
+            and_(
+                Batch.project_id == project_id,
+                Batch.job_ended_at.is_not(None),
+                Batch.submitted_at.is_not(None),
+            )
         )
-    )
-
-
-def pending_batches(session: Session, request_id: uuid.UUID) -> list[Batch]:
-    """The request's batches still waiting to be submitted, by index."""
-    return list(
-        session.scalars(
-            select(Batch)
-            .where(Batch.request_id == request_id, Batch.status == BatchStatus.PENDING)
-            .order_by(Batch.index)
-        )
-    )
+        .order_by(Batch.job_ended_at.desc())
+        .limit(history)
+    ).all()
+    durations = [
+        max((ended - submitted).total_seconds(), 0.0) for submitted, ended in rows if ended
+    ]
+    return statistics.median(durations) if durations else None

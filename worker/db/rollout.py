@@ -1,7 +1,7 @@
 """Rollout control in the audit database: stopping a request (failure brake, failed canary,
 cut-off, cancel) and operators' decisions on batches whose outcome is unknown.
 
-What may be *released* is decided in one place, ``worker.db.schedule.release_conditions``
+What may be *released* is decided in one place, ``worker.db.plan.release_conditions``
 (``max_in_flight``, the canary gate, the cut-off, a stopped request). What *stops* a request is
 decided here, in the transaction that ended a batch (``check_brakes``), by the release step
 and the reconciler (``cut_off_due``), or by an operator (``stop_request`` with ``cancelled``).
@@ -31,6 +31,7 @@ from worker.db.events import add_event, add_server_events
 from worker.db.models import Batch, RebootRequest, ServerResult, count_columns
 from worker.db.queries import server_counts
 from worker.db.states import (
+    ACTIVE_REQUEST_STATES,
     TERMINAL_BATCH_STATES,
     TERMINAL_REQUEST_STATES,
     UNDECIDED_BATCH_STATES,
@@ -42,8 +43,6 @@ from worker.db.states import (
     derive_request_status,
 )
 from worker.db.transitions import fit, settle_batch, transition_batch, transition_request
-
-ACTIVE = (RequestStatus.ACCEPTED, RequestStatus.RUNNING)
 
 
 def _locked_request(session: Session, request_id: uuid.UUID) -> RebootRequest | None:
@@ -68,7 +67,7 @@ def stop_request(
     (then nothing changes; an earlier stop's reason stands)."""
     assert kind in (RequestStatus.HALTED, RequestStatus.CANCELLED)
     request = _locked_request(session, request_id)
-    if request is None or request.status not in ACTIVE or request.stop is not None:
+    if request is None or request.status not in ACTIVE_REQUEST_STATES or request.stop is not None:
         return False
     now = dt.datetime.now(dt.UTC)
     session.execute(
@@ -125,7 +124,7 @@ def check_brakes(session: Session, request_id: uuid.UUID, *, actor: str) -> str 
     """After a batch of the request ended: trip the canary gate or the failure brake if due.
     Returns the reason when it stopped the request."""
     request = _locked_request(session, request_id)
-    if request is None or request.status not in ACTIVE or request.stop is not None:
+    if request is None or request.status not in ACTIVE_REQUEST_STATES or request.stop is not None:
         return None
     if request.canary_size:
         canary = session.scalar(
@@ -169,7 +168,7 @@ def cut_off_due(
     query = (
         select(RebootRequest.id, RebootRequest.not_after)
         .where(
-            RebootRequest.status.in_(ACTIVE),
+            RebootRequest.status.in_(ACTIVE_REQUEST_STATES),
             RebootRequest.stop.is_(None),
             RebootRequest.not_after <= now,
         )

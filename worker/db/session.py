@@ -11,8 +11,9 @@ the compare-and-set transitions in ``worker.db.transitions`` behave the same on 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +93,22 @@ def is_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+#: The after-commit hooks of the unit of work open in this context (thread), innermost last.
+_open_units: ContextVar[tuple[list[Callable[[], object]], ...]] = ContextVar(
+    "bmsreboot_open_units", default=()
+)
+
+
 @contextmanager
 def unit_of_work(engine: Engine | None = None) -> Iterator[Session]:
-    """One transaction: commit when the block ends normally, roll back when it raises."""
+    """One transaction: commit when the block ends normally, roll back when it raises.
+
+    What is handed to :func:`after_commit` inside the block runs once the transaction has
+    committed, in order, and never if it rolled back: a follow-up message must never name a
+    row its receiver cannot read yet (pypi/warehouse's after-commit hook on its tasks)."""
     session = session_factory(engine or get_engine())()
+    hooks: list[Callable[[], object]] = []
+    token = _open_units.set((*_open_units.get(), hooks))
     try:
         yield session
         session.commit()
@@ -103,7 +116,20 @@ def unit_of_work(engine: Engine | None = None) -> Iterator[Session]:
         session.rollback()
         raise
     finally:
+        _open_units.reset(token)
         session.close()
+    for hook in hooks:
+        hook()
+
+
+def after_commit(hook: Callable[[], object]) -> None:
+    """Run ``hook`` once the innermost open unit of work has committed (now, if none is
+    open): how the pipeline sends its follow-up messages (``worker.pipeline.runtime``)."""
+    units = _open_units.get()
+    if units:
+        units[-1].append(hook)
+    else:
+        hook()
 
 
 def alembic_config(url: str) -> Any:

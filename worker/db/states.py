@@ -17,9 +17,9 @@ A request that a rollout control stopped (failure brake, failed canary, cut-off,
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import TypeVar
 
 
 class BatchStatus(StrEnum):
@@ -136,11 +136,16 @@ TERMINAL_BATCH_STATES: frozenset[BatchStatus] = frozenset(
 TERMINAL_REQUEST_STATES: frozenset[RequestStatus] = frozenset(
     {_R.SUCCEEDED, _R.PARTIALLY_FAILED, _R.FAILED, _R.HALTED, _R.CANCELLED, _R.REJECTED}
 )
+#: Requests still at work: batches of theirs may be released, sent and followed.
+ACTIVE_REQUEST_STATES: frozenset[RequestStatus] = frozenset({_R.ACCEPTED, _R.RUNNING})
 #: Batches an operator decides on: the reboot may or may not have happened.
 UNDECIDED_BATCH_STATES: frozenset[BatchStatus] = frozenset({_B.UNKNOWN, _B.TIMED_OUT})
 
 
-S = TypeVar("S", bound=StrEnum)
+def past_cut_off(not_after: dt.datetime | None, now: dt.datetime) -> bool:
+    """Whether a request's ``not_after`` has come: no batch is released, or POSTed, from then
+    on (the one cut-off test; in SQL: ``worker.db.plan.before_cut_off``)."""
+    return not_after is not None and now >= not_after
 
 
 class IllegalTransition(Exception):
@@ -152,11 +157,6 @@ class IllegalTransition(Exception):
         self.current = current
         self.target = target
         super().__init__(f"{entity} {id}: cannot go from {current} to {target}")
-
-
-def sources_of(table: Mapping[S, frozenset[S]], target: S) -> frozenset[S]:
-    """The states from which ``target`` may be reached."""
-    return frozenset(s for s, targets in table.items() if target in targets)
 
 
 def derive_request_status(

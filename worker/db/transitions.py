@@ -40,6 +40,7 @@ from worker.db.models import (
 from worker.db.queries import server_counts
 from worker.db.session import is_postgresql
 from worker.db.states import (
+    ACTIVE_REQUEST_STATES,
     BATCH_TRANSITIONS,
     REQUEST_TRANSITIONS,
     SERVER_TRANSITIONS,
@@ -478,7 +479,7 @@ def finalize_request_if_done(
         .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )
-    if request is None or request.status not in (RequestStatus.ACCEPTED, RequestStatus.RUNNING):
+    if request is None or request.status not in ACTIVE_REQUEST_STATES:
         return None
     batch_statuses = list(
         session.scalars(select(Batch.status).where(Batch.request_id == request_id))
@@ -496,4 +497,13 @@ def finalize_request_if_done(
         actor=actor,
         detail={"servers": {str(k): v for k, v in counts.items()}},
         **count_columns(counts),
+    )
+
+
+def mark_notified(session: Session, request_id: uuid.UUID, now: dt.datetime) -> None:
+    session.execute(
+        update(RebootRequest)
+        .where(RebootRequest.id == request_id, RebootRequest.notified_at.is_(None))
+        .values(notified_at=now)
+        .execution_options(synchronize_session=False)
     )

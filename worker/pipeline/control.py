@@ -12,11 +12,11 @@ from typing import Any
 
 from worker.db.create import batch_sizes
 from worker.db.models import RebootRequest
+from worker.db.queries import learned_job_duration
 from worker.db.rollout import NothingToResolve, resolve_unknown, stop_request
-from worker.db.schedule import learned_job_duration
 from worker.db.session import unit_of_work
-from worker.db.states import RequestStatus
-from worker.pipeline.notify import finalize, send
+from worker.db.states import ACTIVE_REQUEST_STATES, RequestStatus
+from worker.pipeline.ending import request_changed
 from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.validation import ValidatedRequest
 from worker.settings import Settings
@@ -45,10 +45,10 @@ def cancel(request_id: uuid.UUID, rt: Runtime, *, reason: str | None, actor: str
             f"cancelled by {actor}: {why}",
             actor=actor,
         )
-        notification = finalize(session, request_id, rt) if changed else None
+        if changed:
+            request_changed(session, request_id, rt)
         session.refresh(request)
         status, stop, project_id = request.status, request.stop, request.project_id
-    send(notification, rt)
     if changed:
         log.warning("request %s cancelled by %s: %s", request_id, actor, why)
         message = (
@@ -56,7 +56,7 @@ def cancel(request_id: uuid.UUID, rt: Runtime, *, reason: str | None, actor: str
             if status is RequestStatus.CANCELLED
             else "cancelling: batches already submitted are followed to their end"
         )
-    elif status in (RequestStatus.ACCEPTED, RequestStatus.RUNNING):
+    elif status in ACTIVE_REQUEST_STATES:
         message = f"already stopping ({stop}): nothing changed"
     else:
         message = f"already finished ({status}): nothing changed"
@@ -178,6 +178,7 @@ def learned_for(project_id: str, settings: Settings) -> float | None:
 
     try:
         with unit_of_work(get_engine(settings.effective_database_url)) as session:
-            return learned_job_duration(session, project_id, settings.poll_history)
+            learned = learned_job_duration(session, project_id, settings.poll_history)
     except SQLAlchemyError:
         return None
+    return learned

@@ -18,10 +18,9 @@ from sqlalchemy.orm import Session
 
 from worker.db.models import RebootRequest
 from worker.db.rollout import check_brakes
-from worker.db.schedule import mark_notified
 from worker.db.session import unit_of_work
 from worker.db.status import request_status
-from worker.db.transitions import finalize_request_if_done
+from worker.db.transitions import finalize_request_if_done, mark_notified
 from worker.pipeline.runtime import Runtime, log, utcnow
 
 

@@ -26,23 +26,22 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from worker.bms.errors import BmsError, NotFoundError, ThrottledError
+from worker.bms.errors import BmsError, ThrottledError
 from worker.bms.models import Job
 from worker.budget import JOB
 from worker.db.models import Batch
-from worker.db.queries import batch_server_ids
-from worker.db.schedule import end_may_release, learned_job_duration
+from worker.db.queries import batch_server_ids, learned_job_duration
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, ServerStatus
 from worker.db.transitions import (
     ErrorInfo,
     ServerOutcome,
     record_poll,
-    settle_batch,
     update_batch,
 )
 from worker.pipeline.backoff import countdown_ceiling, poll_delay, with_jitter
-from worker.pipeline.notify import Notification, finalize, send
+from worker.pipeline.ending import end_batch
+from worker.pipeline.failures import Next, after_poll, throttle_cooldown
 from worker.pipeline.runtime import Runtime, describe, error_info, log, utcnow
 
 #: A budget slot at most this far away is waited for in the task; farther ones are a countdown.
@@ -109,29 +108,26 @@ def poll_batch(
     except BmsError as exc:
         if exc.status is None:
             rt.metrics.api_call("job", None)  # no answer came: the response hook saw nothing
-        retry_after = exc.retry_after if isinstance(exc, ThrottledError) else None
-        if isinstance(exc, ThrottledError):
-            cooldown = retry_after if retry_after is not None else rt.settings.throttle_cooldown
-            rt.budgets.cooldown(rt.budget_key(this.project_id, JOB), rt.rate(JOB), cooldown)
         log.warning("batch %s: poll of job %s failed: %s", batch_id, this.job_id, describe(exc))
-        if isinstance(exc, NotFoundError):
+        what = after_poll(exc)
+        if what is Next.MISSING:
             return _job_missing(batch_id, this, rt, exc)
-        return _again(batch_id, this, rt, error=error_info(exc), at_least=retry_after)
+        at_least = None
+        if what is Next.THROTTLED and isinstance(exc, ThrottledError):
+            cooldown = throttle_cooldown(exc, rt.settings)
+            rt.budgets.cooldown(rt.budget_key(this.project_id, JOB), rt.rate(JOB), cooldown)
+            at_least = exc.retry_after
+        return _again(batch_id, this, rt, error=error_info(exc), at_least=at_least)
 
     if not job.is_terminal:
         return _again(batch_id, this, rt, job_status=job.status)
 
     with unit_of_work(rt.engine) as session:
-        settled = _settle_job(session, batch_id, this, job, rt)
-    if settled is None:
+        detection_delay = _settle_job(session, batch_id, this, job, rt)
+    if detection_delay is None:
         return "stale"  # another message of this chain settled it
-    notification, detection_delay, opens = settled
     rt.metrics.observe("bmsreboot_polls_per_job", float(this.polls + 1))
     rt.metrics.observe("bmsreboot_detection_delay_seconds", detection_delay)
-    send(notification, rt)
-    if opens:
-        # The end may open the way for the next batch (max_in_flight, the canary).
-        rt.dispatcher.release(this.project_id)
     return "finished"
 
 
@@ -176,10 +172,9 @@ def outcomes_from(job: Job) -> dict[str, ServerOutcome]:
 
 def _settle_job(
     session: Session, batch_id: uuid.UUID, this: _Poll, job: Job, rt: Runtime
-) -> tuple[Notification | None, float, bool] | None:
-    """Write the ended job's outcomes; returns the completion callback to send, the detection
-    delay and whether to run the release step (``end_may_release``), or None when another
-    message of this poll chain got there first."""
+) -> float | None:
+    """Write the ended job's outcomes and end the batch; returns the detection delay, or None
+    when another message of this poll chain got there first."""
     outcomes = outcomes_from(job)
     to = batch_status_from(outcomes, batch_server_ids(session, batch_id))
     if not record_poll(session, batch_id, next_poll_at=None, seq=this.polls):
@@ -188,14 +183,14 @@ def _settle_job(
     # The job's own end time teaches the project's job duration; without one (or one from a
     # clock ahead of ours) the moment we learned it stands in.
     ended = min(job.end_time, now) if job.end_time else now
-    batch = settle_batch(
+    end_batch(
         session,
         batch_id,
         to,
-        actor=rt.actor,
+        rt,
+        servers=ServerStatus.UNKNOWN,
         outcomes=outcomes,
-        default_status=ServerStatus.UNKNOWN,
-        default_fail_reason=MISSING_FROM_JOB,
+        fail_reason=MISSING_FROM_JOB,
         detail={
             "job_status": job.status,
             "sub_jobs": len(job.sub_jobs),
@@ -206,8 +201,7 @@ def _settle_job(
         **({"last_error_message": NOTHING_KNOWN} if to is BatchStatus.UNKNOWN else {}),
     )
     log.info("batch %s finished: job %s is %s, batch %s", batch_id, job.job_id, job.status, to)
-    notification = finalize(session, batch.request_id, rt)
-    return notification, (now - ended).total_seconds(), end_may_release(session, batch)
+    return (now - ended).total_seconds()
 
 
 def _job_missing(batch_id: uuid.UUID, this: _Poll, rt: Runtime, exc: BmsError) -> str:
@@ -241,22 +235,17 @@ def _end_unanswered(
     with unit_of_work(rt.engine) as session:
         if not record_poll(session, batch_id, next_poll_at=None, error=error, seq=this.polls):
             return "stale"
-        batch = settle_batch(
+        end_batch(
             session,
             batch_id,
             to,
-            actor=rt.actor,
-            default_status=ServerStatus.UNKNOWN,
-            default_fail_reason=reason,
+            rt,
+            servers=ServerStatus.UNKNOWN,
+            fail_reason=reason,
             detail={"reason": reason, "last_job_status": job_status},
             **(error.columns() if error else {"last_error_message": reason}),
         )
-        notification = finalize(session, batch.request_id, rt)
-        opens = end_may_release(session, batch)
     log.error("batch %s ended %s after %d polls: %s", batch_id, to, this.polls + 1, reason)
-    send(notification, rt)
-    if opens:
-        rt.dispatcher.release(this.project_id)
     return str(to)
 
 
@@ -296,7 +285,8 @@ def _again(
             seq=this.polls,
             job_missing_since=job_missing_since,
         )
+        if booked:
+            rt.dispatcher.poll(batch_id, countdown=delay, seq=polls)
     if not booked:
         return "stale"
-    rt.dispatcher.poll(batch_id, countdown=delay, seq=polls)
     return "retry" if error else "running"

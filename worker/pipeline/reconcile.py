@@ -30,7 +30,7 @@ from datetime import timedelta
 
 from worker.celery import SUBMIT_QUEUE
 from worker.db.models import Batch
-from worker.db.schedule import (
+from worker.db.overdue import (
     overdue_polls,
     projects_with_overdue_releases,
     stale_submitting,
@@ -40,7 +40,8 @@ from worker.db.schedule import (
 )
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition
-from worker.pipeline.notify import finalize, notification_for, send
+from worker.pipeline.ending import request_changed
+from worker.pipeline.notify import notification_for, send
 from worker.pipeline.release import cut_off
 from worker.pipeline.runtime import Runtime, log, utcnow
 from worker.pipeline.submit import settle_lost_submit, stale_after
@@ -91,10 +92,9 @@ def reconcile(rt: Runtime) -> dict[str, int]:
                 if batch is None or batch.status != BatchStatus.SUBMITTING:
                     continue
                 age = (utcnow() - batch.updated_at).total_seconds()
-                _, notification = settle_lost_submit(session, batch_id, age, rt)
+                settle_lost_submit(session, batch_id, age, rt)
         except IllegalTransition:
             continue  # its worker recorded an answer after all
-        send(notification, rt)
         done["unknown"] += 1
 
     with unit_of_work(rt.engine) as session:
@@ -107,8 +107,7 @@ def reconcile(rt: Runtime) -> dict[str, int]:
         open_requests = unfinalized_requests(session, PER_RUN)
     for request_id in open_requests:
         with unit_of_work(rt.engine) as session:
-            notification = finalize(session, request_id, rt)
-        send(notification, rt)
+            request_changed(session, request_id, rt)
         done["finalized"] += 1
 
     with unit_of_work(rt.engine) as session:

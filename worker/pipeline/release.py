@@ -1,7 +1,7 @@
 """The release step: which pending batch goes to the API next, and when, from the audit rows.
 
 ``release_project`` runs for one project at a time (task ``bmsreboot.release``). It asks the
-audit database for the project's next releasable batches (``worker.db.schedule.releasable``,
+audit database for the project's next releasable batches (``worker.db.plan.releasable``,
 one query), reserves that project's next slots of the action budget (``worker.budget``, shared
 by every worker), records the slots on the batches in one transaction, and sends each batch's
 submit message with a countdown to its slot. A slot is reserved only when it is at most
@@ -12,7 +12,7 @@ the project (``claim_wake`` keeps it to one pending wake-up, however many caller
 
 Anything that may have made a batch releasable calls ``rt.dispatcher.release(project_id)``:
 intake, a batch back to ``pending``, the end of a batch that a rollout limit waited on
-(``worker.db.schedule.end_may_release``), and the reconciler for work whose message was lost.
+(``worker.db.plan.end_may_release``), and the reconciler for work whose message was lost.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import uuid
 from datetime import UTC, datetime
 
 from worker.budget import ACTION, Reservation
+from worker.db.plan import mark_released, next_due_at, releasable
 from worker.db.rollout import cut_off_due
-from worker.db.schedule import mark_released, next_due_at, releasable
 from worker.db.session import unit_of_work
 from worker.pipeline.backoff import countdown_ceiling
-from worker.pipeline.notify import finalize, send
+from worker.pipeline.ending import request_changed
 from worker.pipeline.runtime import Runtime, log, utcnow
 
 #: Farthest ahead a slot is reserved: ``HORIZON`` seconds, or ``SLOTS_AHEAD`` action intervals
@@ -68,11 +68,10 @@ def cut_off(rt: Runtime, project_id: str | None = None) -> int:
     ``halted`` once their batches in flight end; returns how many were cut off."""
     with unit_of_work(rt.engine) as session:
         stopped = cut_off_due(session, utcnow(), actor=rt.actor, project_id=project_id)
-        notifications = [finalize(session, request_id, rt) for request_id in stopped]
+        for request_id in stopped:
+            request_changed(session, request_id, rt)
     for request_id in stopped:
         log.warning("request %s cut off: its not_after has passed", request_id)
-    for notification in notifications:
-        send(notification, rt)
     return len(stopped)
 
 

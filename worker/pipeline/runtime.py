@@ -2,17 +2,19 @@
 
 The plain functions in ``intake``, ``submit`` and ``poll`` take a :class:`Runtime`, so they run
 the same under a Celery worker (``tasks``) and in a test that records follow-up messages
-instead of sending them. Follow-ups are dispatched only after the unit of work has committed: a
-worker must never receive an id whose row it cannot read yet.
+instead of sending them. Follow-ups leave only after the unit of work they were asked for in
+has committed, by construction (:class:`Dispatcher`): a worker must never receive an id whose
+row it cannot read yet.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -20,6 +22,7 @@ from worker.bms.client import BmsClient
 from worker.bms.errors import BmsError
 from worker.budget import ACTION, JOB, Budget, DatabaseBudget, Rate, budget_key
 from worker.db.models import utcnow as utcnow  # the one utcnow, re-exported for the pipeline
+from worker.db.session import after_commit
 from worker.db.transitions import ErrorInfo
 from worker.metrics import Metrics
 from worker.settings import Settings
@@ -27,26 +30,44 @@ from worker.settings import Settings
 log = logging.getLogger("bmsreboot.pipeline")
 
 
-class Dispatcher(Protocol):
-    """Sends follow-up work. The Celery implementation lives in ``worker.pipeline.tasking``.
+class Dispatcher(ABC):
+    """Sends follow-up work: a project's release step, a batch's submit or poll, a completion
+    callback. Called inside a unit of work, it sends once that unit has committed (and never if
+    it rolled back: ``worker.db.session.after_commit``), so a follow-up never names a row its
+    receiver cannot read yet, wherever the call is written. The Celery implementation lives in
+    ``worker.pipeline.tasking``; tests record instead (``RecordingDispatcher``).
 
-    Every method returns False instead of raising when the broker refused the message: the
-    state it would have driven is already committed, and the reconciler re-drives it."""
+    A send returns False instead of raising when the broker refused the message (True when it
+    waits for a commit): the state it would have driven is committed, and the reconciler
+    re-drives it."""
 
-    def release(self, project_id: str, countdown: float = 0.0) -> bool: ...
+    def release(self, project_id: str, countdown: float = 0.0) -> bool:
+        return self._later("release", project_id, countdown)
 
-    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0) -> bool: ...
+    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0) -> bool:
+        return self._later("submit", batch_id, countdown)
 
     def poll(
         self, batch_id: uuid.UUID, countdown: float, seq: int | None = None, reserved: bool = False
-    ) -> bool: ...
+    ) -> bool:
+        return self._later("poll", batch_id, countdown, seq=seq, reserved=reserved)
 
-    def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool: ...
+    def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
+        return self._later("notify", (task_name, status, queue), 0.0)
 
+    def _later(self, kind: str, item: Any, countdown: float, **options: Any) -> bool:
+        sent: list[bool] = []
+        after_commit(lambda: sent.append(self.deliver(kind, item, countdown, **options)))
+        return sent[0] if sent else True
+
+    @abstractmethod
+    def deliver(self, kind: str, item: Any, countdown: float, **options: Any) -> bool:
+        """Send one follow-up now (``kind``: release, submit, poll or notify)."""
+
+    @abstractmethod
     def waiting(self, queue: str) -> int | None:
         """Messages ready on ``queue`` (not those workers hold for a countdown), or None when
         the broker cannot say."""
-        ...
 
 
 @dataclass
@@ -81,30 +102,30 @@ class Runtime:
         return Rate(s.job_rate_limit, s.job_burst)
 
 
+class Sent(tuple[str, Any, float]):
+    """One recorded follow-up: ``(kind, item, countdown)``, and every other field it was sent
+    with in ``options`` (a poll's ``seq`` and ``reserved``)."""
+
+    options: dict[str, Any]
+
+    def __new__(
+        cls, kind: str, item: Any, countdown: float, options: dict[str, Any] | None = None
+    ) -> Sent:
+        sent = super().__new__(cls, (kind, item, countdown))
+        sent.options = dict(options or {})
+        return sent
+
+
 @dataclass
-class RecordingDispatcher:
+class RecordingDispatcher(Dispatcher):
     """A dispatcher that remembers what it was asked to send (for tests and dry runs)."""
 
-    sent: list[tuple[str, Any, float]] = field(default_factory=list)
+    sent: list[Sent] = field(default_factory=list)
     #: What ``waiting`` answers, by queue (0 when not set).
     backlog: dict[str, int] = field(default_factory=dict)
 
-    def release(self, project_id: str, countdown: float = 0.0) -> bool:
-        self.sent.append(("release", project_id, countdown))
-        return True
-
-    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0) -> bool:
-        self.sent.append(("submit", batch_id, countdown))
-        return True
-
-    def poll(
-        self, batch_id: uuid.UUID, countdown: float, seq: int | None = None, reserved: bool = False
-    ) -> bool:
-        self.sent.append(("poll", batch_id, countdown))
-        return True
-
-    def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
-        self.sent.append(("notify", (task_name, status, queue), 0.0))
+    def deliver(self, kind: str, item: Any, countdown: float, **options: Any) -> bool:
+        self.sent.append(Sent(kind, item, countdown, options))
         return True
 
     def waiting(self, queue: str) -> int | None:

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from worker.db.models import RebootRequest, ScheduleTick
 from worker.db.session import is_postgresql, unit_of_work
-from worker.db.states import RequestStatus
+from worker.db.states import ACTIVE_REQUEST_STATES
 from worker.pipeline import intake
 from worker.pipeline.runtime import Runtime, utcnow
 from worker.schedules import IdsFileError, ScheduleEntry, load, request_id_for, stamp
@@ -36,7 +36,6 @@ from worker.schedules import IdsFileError, ScheduleEntry, load, request_id_for, 
 log = logging.getLogger("bmsreboot.schedules")
 
 #: The states of a request that ``concurrency = "forbid"`` waits for.
-ACTIVE = (RequestStatus.ACCEPTED, RequestStatus.RUNNING)
 #: Rows of one insert of skipped ticks.
 RECORD_CHUNK = 500
 
@@ -221,7 +220,7 @@ def _still_running(
     ).first()
     if previous is None:
         return None
-    if previous.status in ACTIVE:
+    if previous.status in ACTIVE_REQUEST_STATES:
         state = str(previous.status)
     elif previous.status is None and now - previous.recorded_at < _starting(rt):
         # Claimed, its request not recorded yet: its intake is running, or its message is

@@ -11,14 +11,15 @@ A batch is POSTed only once the release step (``worker.pipeline.release``) reser
 of the project's API budget: a message for a batch that was not released, or that comes before
 its slot, sends the work back to the release step instead of POSTing.
 
-What happens after a failed POST is one pure function, :func:`decide`. A failure the client
-classifies as **not accepted** returns the batch to ``pending``, due again after exponential
-backoff with jitter (a 429 is due at once, and cools down the whole budget of the project).
-A **maybe accepted** failure (the API may have taken the
-reboot, we never learned a job id) makes the batch ``unknown``: never resubmitted by the
-pipeline, visible in ``status`` with its reason. A refusal (4xx) makes it ``rejected`` with the
-API's code and message. A batch found in ``submitting`` by a later message, older than any POST
-could take, lost its worker mid-call: it becomes ``unknown`` too.
+What happens after a failed POST is one pure function, ``failures.after_submit``. A failure
+the client classifies as **not accepted** returns the batch to ``pending``, due again after
+exponential backoff with jitter (a 429 is due at once, and cools down the whole budget of the
+project). A **maybe accepted** failure (the API may have taken the reboot, we never learned a
+job id) makes the batch ``unknown``: never resubmitted by the pipeline, visible in ``status``
+with its reason. A refusal (4xx) makes it ``rejected`` with the API's code and message, or,
+when it refused the whole batch for one server it does not name, splits it. A batch found in
+``submitting`` by a later message, older than any POST could take, lost its worker mid-call:
+it becomes ``unknown`` too. Every way a batch ends here goes through ``ending.end_batch``.
 """
 
 from __future__ import annotations
@@ -28,72 +29,45 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import StrEnum
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from worker.bms.errors import ApiError, BmsError, ServerError, ThrottledError
-from worker.bms.retry import may_resubmit
+from worker.bms.errors import BmsError, ThrottledError
 from worker.budget import ACTION
+from worker.db.create import split_batch
 from worker.db.models import Batch, RebootRequest
 from worker.db.overlap import held_elsewhere
-from worker.db.queries import batch_server_ids
-from worker.db.schedule import end_may_release, learned_job_duration, split_batch
+from worker.db.queries import batch_server_ids, learned_job_duration
 from worker.db.session import unit_of_work
-from worker.db.states import BatchStatus, IllegalTransition, RequestStatus, ServerStatus
+from worker.db.states import (
+    ACTIVE_REQUEST_STATES,
+    BatchStatus,
+    IllegalTransition,
+    RequestStatus,
+    ServerStatus,
+    past_cut_off,
+)
 from worker.db.transitions import (
     ServerOutcome,
-    settle_batch,
     skip_servers,
     transition_batch,
     transition_request,
 )
 from worker.pipeline.backoff import first_poll_delay, submit_retry_delay, with_jitter
-from worker.pipeline.notify import Notification, finalize, send
+from worker.pipeline.ending import batch_ended, end_batch
+from worker.pipeline.failures import ISOLATE_CODES, Next, after_submit, throttle_cooldown
 from worker.pipeline.release import schedule_release
 from worker.pipeline.runtime import Runtime, describe, error_info, log, utcnow
 
 #: A submit message this much early for its slot runs anyway (timer resolution).
 EARLY_TOLERANCE = 0.05
 
-#: API refusals of a whole batch for the condition of some server in it, without naming it
-#: (the BMS error table): the server does not exist (BMS.0040), is locked (BMS.0605), or is
-#: powering on, off or rebooting (BMS.0035-0037). Such a batch is split in halves until the
-#: server is found; every other server is rebooted in the smaller batches.
-ISOLATE_CODES = frozenset({"BMS.0040", "BMS.0605", "BMS.0035", "BMS.0036", "BMS.0037"})
-
 
 def stale_after(rt: Runtime) -> float:
     """Seconds after which a batch still ``submitting`` can no longer be in a live POST."""
     s = rt.settings
     return s.connect_timeout + s.read_timeout + s.submit_stale_margin
-
-
-class Next(StrEnum):
-    """What happens to a batch after a failed POST."""
-
-    UNKNOWN = "unknown"  # the API may have taken it: never sent again by the pipeline
-    REJECTED = "rejected"  # the API refused it: its servers failed with the API's code
-    FAILED = "failed"  # certainly not accepted, and no new attempt can help
-    THROTTLED = "throttled"  # 429: due again at once, the project's budget cools down
-    RETRY = "retry"  # not accepted: due again after the backoff
-
-
-def decide(error: BaseException, attempt: int, max_attempts: int) -> Next:
-    """The one decision after a failed POST, from the error alone (a table-tested function).
-
-    Order matters: "may have been accepted" outranks everything, because resending could
-    reboot a server twice."""
-    if not isinstance(error, BmsError) or error.maybe_accepted:
-        return Next.UNKNOWN
-    if isinstance(error, ThrottledError):
-        return Next.THROTTLED
-    if isinstance(error, ApiError) and not isinstance(error, ServerError):
-        return Next.REJECTED
-    if not may_resubmit(error) or attempt >= max_attempts:
-        return Next.FAILED
-    return Next.RETRY
 
 
 @dataclass(frozen=True)
@@ -106,28 +80,12 @@ class Claim:
     server_ids: list[str]
 
 
-@dataclass(frozen=True)
-class Ended:
-    """A batch that ended at its claim, without a POST (every server held elsewhere)."""
-
-    notification: Notification | None
-    project_id: str
-    opens: bool
-
-
 def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
     """Submit one batch. Returns what happened, one word, for logs and tests."""
     with unit_of_work(rt.engine) as session:
         claim = _claim(session, batch_id, rt)
-    if isinstance(claim, Ended):
-        send(claim.notification, rt)
-        if claim.opens:
-            rt.dispatcher.release(claim.project_id)
-        return "skipped"
     if not isinstance(claim, Claim):
-        outcome, notification = claim
-        send(notification, rt)
-        return outcome
+        return claim
     # Committed: the batch is ``submitting`` before any byte goes to the cloud.
 
     try:
@@ -137,55 +95,55 @@ def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
     return _submitted(batch_id, claim.project_id, job_id, rt)
 
 
-def _claim(
-    session: Session, batch_id: uuid.UUID, rt: Runtime
-) -> Claim | Ended | tuple[str, Notification | None]:
+def _claim(session: Session, batch_id: uuid.UUID, rt: Runtime) -> Claim | str:
     """Move the batch ``pending -> submitting`` (and its request to ``running``), or say why
-    not: a second message for the same batch must never POST again."""
+    not, one word: a second message for the same batch must never POST again."""
     batch = session.get(Batch, batch_id)
     if batch is None:
         log.error("batch %s does not exist; nothing to submit", batch_id)
-        return "missing", None
+        return "missing"
     if batch.status == BatchStatus.SUBMITTING:
         return _found_submitting(session, batch, rt)
     if batch.status != BatchStatus.PENDING:
         log.info("batch %s is %s, past pending: not POSTing again", batch_id, batch.status)
-        return "skipped", None
+        return "skipped"
     if batch.released_at is None:
         # Not released: no budget slot is ours. The release step decides when it goes.
         log.info("batch %s was not released; handing it to the release step", batch_id)
         rt.dispatcher.release(batch.project_id)
-        return "not_released", None
-    early = (batch.next_attempt_at - utcnow()).total_seconds() if batch.next_attempt_at else 0.0
+        return "not_released"
+    now = utcnow()
+    early = (batch.next_attempt_at - now).total_seconds() if batch.next_attempt_at else 0.0
     if early > EARLY_TOLERANCE:
         rt.dispatcher.submit(batch_id, countdown=early)
-        return "early", None
+        return "early"
     request = session.get(RebootRequest, batch.request_id)
     assert request is not None
-    if request.status not in (RequestStatus.ACCEPTED, RequestStatus.RUNNING):
+    if request.status not in ACTIVE_REQUEST_STATES:
         log.info("batch %s not submitted: its request is %s", batch_id, request.status)
-        return "skipped", None
+        return "skipped"
     if request.stop is not None:
         log.info("batch %s not submitted: its request was stopped (%s)", batch_id, request.stop)
-        return "skipped", None
-    if request.not_after is not None and utcnow() >= request.not_after:
+        return "skipped"
+    if past_cut_off(request.not_after, now):
         # Released before the cut-off, its slot came after it: never POST after not_after.
         # The release step cuts the request off (and cancels this batch).
         log.info("batch %s not submitted: its request's not_after has passed", batch_id)
         rt.dispatcher.release(batch.project_id)
-        return "cut_off", None
+        return "cut_off"
     server_ids = batch_server_ids(session, batch_id)
     held = held_elsewhere(session, request, server_ids)
     try:
         if held and len(held) == len(server_ids):
-            return _all_held(session, batch_id, request, held, rt)
+            _all_held(session, batch_id, request, held, rt)
+            return "skipped"
         # The transition counts the attempt itself (submit_attempts + 1, in the same UPDATE).
         claimed = transition_batch(
             session, batch_id, BatchStatus.SUBMITTING, actor=rt.actor, released_at=None
         )
     except IllegalTransition as exc:
         log.info("batch %s claimed by another worker (%s): not POSTing", batch_id, exc)
-        return "skipped", None
+        return "skipped"
     if held:
         skip_servers(session, batch_id, held, actor=rt.actor)
         log.warning(
@@ -194,10 +152,7 @@ def _claim(
             len(held),
             len(server_ids),
         )
-    if request.status == RequestStatus.ACCEPTED:
-        # Another batch of the same request may have started it a moment ago.
-        with contextlib.suppress(IllegalTransition):
-            transition_request(session, request.id, RequestStatus.RUNNING, actor=rt.actor)
+    _started(session, request, rt)
     return Claim(
         claimed.submit_attempts,
         request.project_id,
@@ -206,37 +161,38 @@ def _claim(
     )
 
 
+def _started(session: Session, request: RebootRequest, rt: Runtime) -> None:
+    if request.status == RequestStatus.ACCEPTED:
+        # Another batch of the same request may have started it a moment ago.
+        with contextlib.suppress(IllegalTransition):
+            transition_request(session, request.id, RequestStatus.RUNNING, actor=rt.actor)
+
+
 def _all_held(
     session: Session,
     batch_id: uuid.UUID,
     request: RebootRequest,
     held: dict[str, str],
     rt: Runtime,
-) -> Ended:
+) -> None:
     """Every server of the batch is held by another request: it ends ``skipped``, no POST."""
-    batch = settle_batch(
+    _started(session, request, rt)
+    end_batch(
         session,
         batch_id,
         BatchStatus.SKIPPED,
-        actor=rt.actor,
+        rt,
+        servers=ServerStatus.SKIPPED,
         outcomes={
             sid: ServerOutcome(ServerStatus.SKIPPED, fail_reason=why) for sid, why in held.items()
         },
-        default_status=ServerStatus.SKIPPED,
         detail={"reason": "every server is held by another request"},
         released_at=None,
     )
     log.warning("batch %s not sent: another request holds each of its servers", batch_id)
-    if request.status == RequestStatus.ACCEPTED:
-        with contextlib.suppress(IllegalTransition):
-            transition_request(session, request.id, RequestStatus.RUNNING, actor=rt.actor)
-    notification = finalize(session, batch.request_id, rt)
-    return Ended(notification, request.project_id, end_may_release(session, batch))
 
 
-def _found_submitting(
-    session: Session, batch: Batch, rt: Runtime
-) -> tuple[str, Notification | None]:
+def _found_submitting(session: Session, batch: Batch, rt: Runtime) -> str:
     """Another message for a batch already ``submitting``: a duplicate while a worker is in its
     POST, or a redelivery after that worker died. Wait until no POST can still be running,
     then call it ``unknown`` (a resubmit could be a second hard reboot)."""
@@ -244,17 +200,16 @@ def _found_submitting(
     limit = stale_after(rt)
     if age < limit:
         log.info("batch %s is being submitted by another worker; checking again later", batch.id)
-        # Sent before commit on purpose: this transaction wrote nothing the check needs.
         rt.dispatcher.submit(batch.id, countdown=limit - age + 1.0)
-        return "in_progress", None
-    return settle_lost_submit(session, batch.id, age, rt)
+        return "in_progress"
+    settle_lost_submit(session, batch.id, age, rt)
+    return str(BatchStatus.UNKNOWN)
 
 
-def settle_lost_submit(
-    session: Session, batch_id: uuid.UUID, age: float, rt: Runtime
-) -> tuple[str, Notification | None]:
-    """A batch ``submitting`` for longer than any POST can take lost its worker: ``unknown``."""
-    return _settle_in(
+def settle_lost_submit(session: Session, batch_id: uuid.UUID, age: float, rt: Runtime) -> None:
+    """A batch ``submitting`` for longer than any POST can take lost its worker: ``unknown``
+    (a later submit message finds it, or the reconciler)."""
+    _end(
         session,
         batch_id,
         BatchStatus.UNKNOWN,
@@ -270,48 +225,47 @@ def _failed(batch_id: uuid.UUID, claim: Claim, exc: Exception, rt: Runtime) -> s
     attempt = claim.attempt
     if not isinstance(exc, BmsError) or exc.status is None:
         rt.metrics.api_call("action", None)  # no answer came: the response hook saw nothing
-    what = decide(exc, attempt, rt.settings.submit_max_attempts)
+    what = after_submit(
+        exc,
+        attempt=attempt,
+        max_attempts=rt.settings.submit_max_attempts,
+        servers=len(claim.server_ids),
+        isolate=rt.settings.isolate_unknown_servers,
+    )
     if not isinstance(exc, BmsError):
         # Not a classified client error: we cannot tell whether the POST went out.
         log.exception("batch %s: unexpected error around the POST", batch_id)
-        return _settle(batch_id, claim.project_id, BatchStatus.UNKNOWN, rt, reason=describe(exc))
+        return _settle(batch_id, BatchStatus.UNKNOWN, rt, reason=describe(exc))
     if what is Next.UNKNOWN:
         log.error("batch %s: POST may have been accepted (%s): unknown", batch_id, describe(exc))
-        return _settle(
-            batch_id, claim.project_id, BatchStatus.UNKNOWN, rt, reason=describe(exc), error=exc
-        )
+        return _settle(batch_id, BatchStatus.UNKNOWN, rt, reason=describe(exc), error=exc)
+    if what is Next.ISOLATE:
+        log.error("batch %s refused whole by the API: %s", batch_id, describe(exc))
+        return _split(batch_id, claim, exc, rt)
     if what is Next.REJECTED:
         log.error("batch %s rejected by the API: %s", batch_id, describe(exc))
+        whole = None
         if exc.code in ISOLATE_CODES and len(claim.server_ids) > 1:
-            if rt.settings.isolate_unknown_servers:
-                return _split(batch_id, claim, exc, rt)
             whole = (
                 f"not rebooted: the API refused the whole batch of {len(claim.server_ids)} "
                 f"servers ({exc.code}: {exc.message}) without naming a server, and isolation "
                 "is off (BMSREBOOT_ISOLATE_UNKNOWN_SERVERS)"
             )
-            return _settle(
-                batch_id,
-                claim.project_id,
-                BatchStatus.REJECTED,
-                rt,
-                reason=whole,
-                error=exc,
-                why=whole,
-            )
         return _settle(
-            batch_id, claim.project_id, BatchStatus.REJECTED, rt, reason=describe(exc), error=exc
+            batch_id,
+            BatchStatus.REJECTED,
+            rt,
+            reason=whole or describe(exc),
+            error=exc,
+            why=whole,
         )
     if what is Next.FAILED:
         log.error("batch %s cannot be submitted (attempt %d): %s", batch_id, attempt, describe(exc))
-        return _settle(
-            batch_id, claim.project_id, BatchStatus.FAILED, rt, reason=describe(exc), error=exc
-        )
+        return _settle(batch_id, BatchStatus.FAILED, rt, reason=describe(exc), error=exc)
     if what is Next.THROTTLED:
         assert isinstance(exc, ThrottledError)
         # The whole project's budget pauses, not only this batch: every worker waits.
-        delay = exc.retry_after if exc.retry_after is not None else rt.settings.throttle_cooldown
-        delay = min(delay, rt.settings.submit_retry_max)
+        delay = min(throttle_cooldown(exc, rt.settings), rt.settings.submit_retry_max)
         rt.budgets.cooldown(rt.budget_key(claim.project_id, ACTION), rt.rate(ACTION), delay)
         due_in = 0.0
     else:
@@ -332,6 +286,8 @@ def _failed(batch_id: uuid.UUID, claim: Claim, exc: Exception, rt: Runtime) -> s
             next_attempt_at=utcnow() + timedelta(seconds=due_in),
             **error_info(exc).columns(),
         )
+    # Not inside the unit of work: the budget's store may be the audit database itself.
+    schedule_release(rt, claim.project_id, delay)
     log.warning(
         "batch %s not accepted (%s); attempt %d, due again in %.1f s",
         batch_id,
@@ -339,7 +295,6 @@ def _failed(batch_id: uuid.UUID, claim: Claim, exc: Exception, rt: Runtime) -> s
         attempt,
         delay,
     )
-    schedule_release(rt, claim.project_id, delay)
     return str(what)
 
 
@@ -350,7 +305,7 @@ def _split(batch_id: uuid.UUID, claim: Claim, exc: BmsError, rt: Runtime) -> str
     with the API's code; no other server is left out."""
     now = utcnow()
     with unit_of_work(rt.engine) as session:
-        transition_batch(
+        batch = transition_batch(
             session,
             batch_id,
             BatchStatus.REJECTED,
@@ -360,6 +315,8 @@ def _split(batch_id: uuid.UUID, claim: Claim, exc: BmsError, rt: Runtime) -> str
             **error_info(exc).columns(),
         )
         children = split_batch(session, batch_id, now=now, actor=rt.actor)
+        batch_ended(session, batch, rt)
+        rt.dispatcher.release(claim.project_id)  # the halves are due at once
     log.warning(
         "batch %s of %d servers refused whole (%s): split into %d batches to isolate the server",
         batch_id,
@@ -367,7 +324,6 @@ def _split(batch_id: uuid.UUID, claim: Claim, exc: BmsError, rt: Runtime) -> str
         exc.code,
         len(children),
     )
-    rt.dispatcher.release(claim.project_id)
     return "split"
 
 
@@ -389,6 +345,7 @@ def _submitted(batch_id: uuid.UUID, project_id: str, job_id: str, rt: Runtime) -
                     next_poll_at=now + timedelta(seconds=first),
                     deadline_at=now + timedelta(seconds=rt.settings.job_deadline),
                 )
+                rt.dispatcher.poll(batch_id, countdown=first, seq=0)
             break
         except OperationalError:
             if attempt == 3:
@@ -403,13 +360,11 @@ def _submitted(batch_id: uuid.UUID, project_id: str, job_id: str, rt: Runtime) -
             )
             return "conflict"
     log.info("batch %s submitted: job %s, first poll in %.1f s", batch_id, job_id, first)
-    rt.dispatcher.poll(batch_id, countdown=first, seq=0)
     return "submitted"
 
 
 def _settle(
     batch_id: uuid.UUID,
-    project_id: str,
     to: BatchStatus,
     rt: Runtime,
     *,
@@ -418,19 +373,11 @@ def _settle(
     why: str | None = None,
 ) -> str:
     with unit_of_work(rt.engine) as session:
-        outcome, notification = _settle_in(
-            session, batch_id, to, rt, reason=reason, error=error, why=why
-        )
-        batch = session.get(Batch, batch_id)
-        opens = batch is not None and end_may_release(session, batch)
-    send(notification, rt)
-    if opens:
-        # The end may open the way for the next batch (max_in_flight, the canary).
-        rt.dispatcher.release(project_id)
-    return outcome
+        _end(session, batch_id, to, rt, reason=reason, error=error, why=why)
+    return str(to)
 
 
-def _settle_in(
+def _end(
     session: Session,
     batch_id: uuid.UUID,
     to: BatchStatus,
@@ -439,22 +386,20 @@ def _settle_in(
     reason: str,
     error: BmsError | None = None,
     why: str | None = None,
-) -> tuple[str, Notification | None]:
+) -> None:
     """End a batch that never got a job: its servers become ``unknown`` (maybe rebooted) or
     ``failed`` with the API's code (refused, or never accepted); ``why`` overrides the
     servers' fail reason."""
-    server_status = ServerStatus.UNKNOWN if to == BatchStatus.UNKNOWN else ServerStatus.FAILED
     columns = error_info(error).columns() if error else {"last_error_message": reason[:1000]}
-    batch = settle_batch(
+    end_batch(
         session,
         batch_id,
         to,
-        actor=rt.actor,
-        default_status=server_status,
-        default_error_code=error.code if error else None,
-        default_fail_reason=(why or (error.message if error and error.message else reason))[:1000],
+        rt,
+        servers=ServerStatus.UNKNOWN if to == BatchStatus.UNKNOWN else ServerStatus.FAILED,
+        error_code=error.code if error else None,
+        fail_reason=(why or (error.message if error and error.message else reason))[:1000],
         detail={"reason": reason},
         released_at=None,
         **columns,
     )
-    return str(to), finalize(session, batch.request_id, rt)

@@ -4,7 +4,6 @@ runtime a worker builds once (engine and HTTP client are pooled, so they are reu
 from __future__ import annotations
 
 import logging
-import uuid
 from functools import lru_cache
 from typing import Any
 
@@ -14,13 +13,13 @@ from worker.bms.client import BmsClient
 from worker.budget import Budget, budget_for
 from worker.db.session import get_engine
 from worker.metrics import Metrics, counters_for, response_hook
-from worker.pipeline.runtime import Runtime
+from worker.pipeline.runtime import Dispatcher, Runtime
 from worker.settings import get_settings
 
 log = logging.getLogger("bmsreboot.pipeline")
 
 
-class CeleryDispatcher:
+class CeleryDispatcher(Dispatcher):
     """Sends follow-ups as task messages. A publish that fails (broker down, connection lost)
     is logged and reported as False, never raised: the state it would have driven is committed
     already, and ``bmsreboot.reconcile`` re-drives it from the audit database."""
@@ -28,6 +27,46 @@ class CeleryDispatcher:
     def __init__(self, app: Celery, *, callback_expires: float | None = None):
         self._app = app
         self._callback_expires = callback_expires
+
+    def deliver(self, kind: str, item: Any, countdown: float, **options: Any) -> bool:
+        countdown = max(countdown, 0.0)
+        if kind == "release":
+            return self._send(
+                "bmsreboot.release",
+                f"a release of project {item}",
+                args=(item,),
+                countdown=countdown,
+            )
+        if kind == "submit":
+            return self._send(
+                "bmsreboot.submit_batch",
+                f"the submit of batch {item}",
+                args=(str(item),),
+                countdown=countdown,
+            )
+        if kind == "poll":
+            kwargs: dict[str, Any] = {}
+            if options.get("seq") is not None:
+                kwargs["seq"] = options["seq"]
+            if options.get("reserved"):
+                kwargs["reserved"] = True
+            return self._send(
+                "bmsreboot.poll_batch",
+                f"a poll of batch {item}",
+                args=(str(item),),
+                kwargs=kwargs,
+                countdown=countdown,
+            )
+        assert kind == "notify", kind
+        task_name, status, queue = item
+        # A callback nobody consumes expires instead of piling up in its queue for ever.
+        return self._send(
+            task_name,
+            f"the callback {task_name}",
+            args=[status],
+            queue=queue,
+            expires=self._callback_expires,
+        )
 
     def _send(self, name: str, what: str, **options: Any) -> bool:
         try:
@@ -54,48 +93,6 @@ class CeleryDispatcher:
                 "could not count the messages on %s (%s: %s)", queue, type(exc).__name__, exc
             )
             return None
-
-    def release(self, project_id: str, countdown: float = 0.0) -> bool:
-        return self._send(
-            "bmsreboot.release",
-            f"a release of project {project_id}",
-            args=(project_id,),
-            countdown=max(countdown, 0.0),
-        )
-
-    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0) -> bool:
-        return self._send(
-            "bmsreboot.submit_batch",
-            f"the submit of batch {batch_id}",
-            args=(str(batch_id),),
-            countdown=max(countdown, 0.0),
-        )
-
-    def poll(
-        self, batch_id: uuid.UUID, countdown: float, seq: int | None = None, reserved: bool = False
-    ) -> bool:
-        kwargs: dict[str, Any] = {}
-        if seq is not None:
-            kwargs["seq"] = seq
-        if reserved:
-            kwargs["reserved"] = True
-        return self._send(
-            "bmsreboot.poll_batch",
-            f"a poll of batch {batch_id}",
-            args=(str(batch_id),),
-            kwargs=kwargs,
-            countdown=max(countdown, 0.0),
-        )
-
-    def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
-        # A callback nobody consumes expires instead of piling up in its queue for ever.
-        return self._send(
-            task_name,
-            f"the callback {task_name}",
-            args=[status],
-            queue=queue,
-            expires=self._callback_expires,
-        )
 
 
 @lru_cache(maxsize=1)
