@@ -32,9 +32,9 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
-from worker import deadletter
+from worker import deadletter, names
 from worker.broker import PRODUCER_ETA
-from worker.celery import INTAKE_QUEUE, POLL_QUEUE, SUBMIT_QUEUE, app
+from worker.celery import app
 from worker.db.retention import purge_finished
 from worker.db.session import get_engine, unit_of_work
 from worker.pipeline import control, intake, poll, reconcile, release, scheduling, submit
@@ -42,6 +42,7 @@ from worker.pipeline.message import PROJECT_ID_PATTERN
 from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.tasking import CeleryDispatcher, worker_runtime
 from worker.pipeline.validation import safe_text
+from worker.schedules import SCHEDULE_CHECK_INTERVAL
 from worker.settings import get_settings
 
 COMMON: dict[str, Any] = {
@@ -124,7 +125,9 @@ def _runtime(task: Task[Any, Any]) -> Runtime:
     return worker_runtime(CeleryDispatcher(app, callback_expires=expires), actor=task.name)
 
 
-@app.task(name="bmsreboot.request_reboot", queue=INTAKE_QUEUE, base=IntakeTask, **COMMON)
+@app.task(
+    name=names.REQUEST_REBOOT, queue=names.ROUTES[names.REQUEST_REBOOT], base=IntakeTask, **COMMON
+)
 def request_reboot(self: Task[Any, Any], /, *args: Any, **payload: Any) -> dict[str, Any]:
     # Positional arguments are not part of the message format; they are recorded as a reason
     # for rejection rather than failing the task, so nothing a producer sends is lost. A
@@ -134,12 +137,14 @@ def request_reboot(self: Task[Any, Any], /, *args: Any, **payload: Any) -> dict[
     return intake.accept_request(payload, rt, positional=len(args), eta=eta).as_dict()
 
 
-@app.task(name="bmsreboot.submit_batch", queue=SUBMIT_QUEUE, base=PipelineTask, **COMMON)
+@app.task(
+    name=names.SUBMIT_BATCH, queue=names.ROUTES[names.SUBMIT_BATCH], base=PipelineTask, **COMMON
+)
 def submit_batch(self: Task[Any, Any], batch_id: Any = None) -> str:
     return submit.submit_batch(_uuid("batch_id", batch_id), _runtime(self))
 
 
-@app.task(name="bmsreboot.poll_batch", queue=POLL_QUEUE, base=PipelineTask, **COMMON)
+@app.task(name=names.POLL_BATCH, queue=names.ROUTES[names.POLL_BATCH], base=PipelineTask, **COMMON)
 def poll_batch(
     self: Task[Any, Any], batch_id: Any = None, seq: Any = None, reserved: Any = False
 ) -> str:
@@ -151,7 +156,7 @@ def poll_batch(
     return poll.poll_batch(checked, _runtime(self), seq=seq, reserved=reserved)
 
 
-@app.task(name="bmsreboot.release", queue=SUBMIT_QUEUE, base=PipelineTask, **COMMON)
+@app.task(name=names.RELEASE, queue=names.ROUTES[names.RELEASE], base=PipelineTask, **COMMON)
 def release_project(self: Task[Any, Any], project_id: Any = None) -> int:
     return release.release_project(_project(project_id), _runtime(self))
 
@@ -160,7 +165,9 @@ def release_project(self: Task[Any, Any], project_id: Any = None) -> int:
 CANCEL_WAITS = 30
 
 
-@app.task(name="bmsreboot.cancel_request", queue=INTAKE_QUEUE, base=PipelineTask, **COMMON)
+@app.task(
+    name=names.CANCEL_REQUEST, queue=names.ROUTES[names.CANCEL_REQUEST], base=PipelineTask, **COMMON
+)
 def cancel_request(
     self: Task[Any, Any],
     request_id: Any = None,
@@ -196,7 +203,9 @@ def cancel_request(
     return result
 
 
-@app.task(name="bmsreboot.schedule_tick", queue=INTAKE_QUEUE, base=PipelineTask, **COMMON)
+@app.task(
+    name=names.SCHEDULE_TICK, queue=names.ROUTES[names.SCHEDULE_TICK], base=PipelineTask, **COMMON
+)
 def schedule_tick(self: Task[Any, Any], name: Any = None, tick: Any = None) -> str:
     """One tick of a schedule entry (Flower shows the entry's name and the tick)."""
     if not isinstance(name, str) or not name:
@@ -212,15 +221,26 @@ def schedule_tick(self: Task[Any, Any], name: Any = None, tick: Any = None) -> s
 
 # Beat's tasks: a lost or expired run is simply the next tick's work, so no acks-late here,
 # and a failed run is not a lost message (no dead letter): the next run does the same work.
-BEAT_TASK: dict[str, Any] = {"bind": True, "queue": INTAKE_QUEUE, "acks_late": False}
+BEAT_TASK: dict[str, Any] = {"bind": True, "queue": names.INTAKE_QUEUE, "acks_late": False}
+#: Beat's entries, each declared beside the task it sends. A tick a worker could not take in
+#: time expires rather than piling up: the next tick does the same work.
+BEAT: dict[str, dict[str, Any]] = {}
 
 
-@app.task(name="bmsreboot.reconcile", base=GuardedTask, **BEAT_TASK)
+@app.task(name=names.RECONCILE, base=GuardedTask, **BEAT_TASK)
 def reconcile_task(self: Task[Any, Any]) -> dict[str, int]:
     return reconcile.reconcile(_runtime(self))
 
 
-@app.task(name="bmsreboot.run_schedules", base=GuardedTask, **BEAT_TASK)
+_every = get_settings().reconcile_interval
+BEAT[names.RECONCILE] = {
+    "task": names.RECONCILE,
+    "schedule": _every,
+    "options": {"expires": max(_every * 0.9, 0.5)},
+}
+
+
+@app.task(name=names.RUN_SCHEDULES, base=GuardedTask, **BEAT_TASK)
 def run_schedules(self: Task[Any, Any]) -> dict[str, int]:
     def send_tick(name: str, tick: str) -> None:
         schedule_tick.apply_async(args=(name, tick))
@@ -228,10 +248,24 @@ def run_schedules(self: Task[Any, Any]) -> dict[str, int]:
     return scheduling.run_schedules(_runtime(self), send_tick)
 
 
-@app.task(name="bmsreboot.purge", base=GuardedTask, **BEAT_TASK)
+if get_settings().schedule_file is not None:
+    # Reads the file each time: entries and ids files change without a restart.
+    BEAT["bmsreboot.schedules"] = {
+        "task": names.RUN_SCHEDULES,
+        "schedule": SCHEDULE_CHECK_INTERVAL,
+        "options": {"expires": SCHEDULE_CHECK_INTERVAL * 0.9},
+    }
+
+
+@app.task(name=names.PURGE, base=GuardedTask, **BEAT_TASK)
 def purge(self: Task[Any, Any]) -> int:
     rt = _runtime(self)
     with unit_of_work(rt.engine) as session:
         purged = purge_finished(session, older_than_days=rt.settings.retention_days)
     log.info("purged %d finished requests older than %d days", purged, rt.settings.retention_days)
     return purged
+
+
+BEAT[names.PURGE] = {"task": names.PURGE, "schedule": 86400.0, "options": {"expires": 3600.0}}
+
+app.conf.beat_schedule = BEAT

@@ -15,9 +15,9 @@ from sqlalchemy import func, select
 
 from tests.fixtures.fleet import Fleet
 from tests.fixtures.pipeline import new_ids
-from worker.celery import INTAKE_QUEUE, SUBMIT_QUEUE
 from worker.db.models import DeadLetter, RebootRequest
 from worker.db.session import unit_of_work
+from worker.names import INTAKE_QUEUE, SUBMIT_QUEUE
 from worker.simulator.config import DEFAULT_PROJECT_ID
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]

@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.fixtures.pipeline import PROJECT, Pipeline, new_ids
-from worker.celery import INTAKE_QUEUE
 from worker.db.models import DeadLetter
 from worker.db.session import unit_of_work
+from worker.names import INTAKE_QUEUE
 
 pytestmark = pytest.mark.slow
 

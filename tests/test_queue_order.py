@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from kombu import Consumer, Message, Queue
 
-from worker.celery import INTAKE_QUEUE, POLL_QUEUE, QUEUES, celery_config, make_celery_app
+from worker.celery import celery_config, make_celery_app
+from worker.names import INTAKE_QUEUE, POLL_QUEUE, QUEUES
 from worker.settings import Settings
 
 

@@ -327,6 +327,39 @@ def test_a_batch_left_submitting_becomes_unknown_and_is_never_resubmitted(
     assert simulator.stats()["calls"]["action"]["accepted"] == 0
 
 
+def test_a_lost_submit_ended_by_the_reconciler_releases_the_batch_max_in_flight_held_back(
+    make_rt: Callable[..., Runtime], simulator: SimulatorHandle
+) -> None:
+    # A grace no other work of this test outlasts: only the lost submit is the pass's to mend
+    rt = make_rt(reconcile_grace=600.0, reconcile_interval=LEASE / 0.8)
+    # Given a request of two batches, one at a time, whose first batch lost its worker in
+    # its POST
+    request_id = accept(rt, ids(4), batch_size=2, max_in_flight=1)
+    first, second = _batches(rt, request_id)
+    assert (first.released_at is not None, second.released_at) == (True, None)
+    with unit_of_work(rt.engine) as session:
+        session.execute(
+            update(Batch)
+            .where(Batch.id == first.id)
+            .values(status=BatchStatus.SUBMITTING, updated_at=_ago(submit.stale_after(rt) + 1))
+        )
+        record_servers(session, first.id)  # as the claim did
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    rt.dispatcher.sent.clear()
+    # When one reconciler pass ends it unknown
+    assert run_reconcile(rt) == {"unknown": 1}
+    # Then that pass itself asked for the project's release step, which sends the second
+    # batch: no wait for another pass
+    releases = [item for kind, item, _ in rt.dispatcher.sent if kind == "release"]
+    assert releases == [PROJECT]
+    release.release_project(PROJECT, rt)
+    assert [b.status for b in _batches(rt, request_id)] == [
+        BatchStatus.UNKNOWN,
+        BatchStatus.PENDING,
+    ]
+    assert _batches(rt, request_id)[1].released_at is not None
+
+
 def test_an_overdue_poll_is_sent_again_with_the_current_seq(
     reconciling: Runtime, simulator: SimulatorHandle
 ) -> None:

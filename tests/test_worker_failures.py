@@ -19,9 +19,9 @@ from sqlalchemy import select
 from tests.fixtures.fleet import ROOT, Fleet
 from tests.fixtures.pipeline import new_ids, worker_env
 from tests.fixtures.services import create_pg_database, drop_pg_database, require_postgres
-from worker.celery import INTAKE_QUEUE
 from worker.db.models import DeadLetter
 from worker.db.session import unit_of_work
+from worker.names import INTAKE_QUEUE
 from worker.simulator.config import DEFAULT_PROJECT_ID
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]

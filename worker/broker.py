@@ -36,6 +36,7 @@ from vine import promise
 
 from worker import deadletter
 from worker.db.session import get_engine
+from worker.names import INTAKE_TASKS, REQUEST_REBOOT
 from worker.settings import is_redis_url
 
 # kombu's channels are only partly typed, and we override their private methods: typed as Any.
@@ -135,10 +136,6 @@ class Consumer(_CeleryConsumer):  # type: ignore[misc]
 #: The header a producer's ETA moves to when a request is recorded at once (``eta_refusal``):
 #: intake makes it the request's ``not_before``.
 PRODUCER_ETA = "bmsreboot_producer_eta"
-#: Intake's tasks: they take no countdown from a producer (their own retries carry one).
-INTAKE_TASKS = frozenset(
-    {"bmsreboot.request_reboot", "bmsreboot.cancel_request", "bmsreboot.schedule_tick"}
-)
 #: Beyond the longest countdown the worker ever gives (``countdown_ceiling``), this margin.
 ETA_MARGIN = 60.0
 
@@ -173,7 +170,7 @@ def eta_refusal(message: Any) -> str | None:
         eta = eta.replace(tzinfo=UTC)
     task = headers.get("task")
     ahead = (eta - datetime.now(UTC)).total_seconds()
-    if task == "bmsreboot.request_reboot" and not headers.get("retries"):
+    if task == REQUEST_REBOOT and not headers.get("retries"):
         headers[PRODUCER_ETA] = eta.isoformat()
         headers["eta"] = None
         return None

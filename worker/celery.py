@@ -15,15 +15,11 @@ from kombu import Queue
 
 from worker import censor
 from worker.broker import transport_for
+from worker.names import QUEUES, ROUTES
 from worker.pipeline.backoff import VISIBILITY_SHARE
 from worker.settings import Settings, get_settings, is_redis_url
 
 log = logging.getLogger("bmsreboot.celery")
-
-INTAKE_QUEUE = "bmsreboot.intake"
-SUBMIT_QUEUE = "bmsreboot.submit"
-POLL_QUEUE = "bmsreboot.poll"
-QUEUES = (INTAKE_QUEUE, SUBMIT_QUEUE, POLL_QUEUE)
 
 
 class ImproperlyConfigured(RuntimeError):
@@ -93,21 +89,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Three queues so a flood of polls never starves intake or submission; the default
         # queue stays "celery" so a producer's completion callback is routed as it expects.
         "task_queues": [Queue(name) for name in QUEUES],
-        "task_routes": {
-            "bmsreboot.request_reboot": {"queue": INTAKE_QUEUE},
-            "bmsreboot.cancel_request": {"queue": INTAKE_QUEUE},
-            "bmsreboot.schedule_tick": {"queue": INTAKE_QUEUE},
-            "bmsreboot.run_schedules": {"queue": INTAKE_QUEUE},
-            "bmsreboot.submit_batch": {"queue": SUBMIT_QUEUE},
-            "bmsreboot.release": {"queue": SUBMIT_QUEUE},
-            "bmsreboot.poll_batch": {"queue": POLL_QUEUE},
-            "bmsreboot.reconcile": {"queue": INTAKE_QUEUE},
-            "bmsreboot.purge": {"queue": INTAKE_QUEUE},
-        },
+        "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
         # Beat (``celery -A worker beat``, or ``worker -B`` on the embedded default) sends the
-        # reconciler and the retention purge. A tick a worker could not take in time expires
-        # rather than piling up: the next tick does the same work.
-        "beat_schedule": beat_schedule(settings),
+        # tasks that carry a schedule of their own (``tasks.BEAT``, beside each task).
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         **beat_scheduler(settings, broker_url),
         "task_default_queue": "celery",
@@ -137,32 +121,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": 10.0,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_hijack_root_logger": False,
-    }
-
-
-def beat_schedule(settings: Settings) -> dict[str, Any]:
-    from worker.schedules import SCHEDULE_CHECK_INTERVAL
-
-    interval = settings.reconcile_interval
-    entries: dict[str, Any] = {}
-    if settings.schedule_file is not None:
-        # Reads the file each time: entries and ids files change without a restart.
-        entries["bmsreboot.schedules"] = {
-            "task": "bmsreboot.run_schedules",
-            "schedule": SCHEDULE_CHECK_INTERVAL,
-            "options": {"expires": SCHEDULE_CHECK_INTERVAL * 0.9},
-        }
-    return entries | {
-        "bmsreboot.reconcile": {
-            "task": "bmsreboot.reconcile",
-            "schedule": interval,
-            "options": {"expires": max(interval * 0.9, 0.5)},
-        },
-        "bmsreboot.purge": {
-            "task": "bmsreboot.purge",
-            "schedule": 86400.0,
-            "options": {"expires": 3600.0},
-        },
     }
 
 

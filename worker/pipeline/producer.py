@@ -17,8 +17,7 @@ from typing import Any
 from celery import Celery
 
 from worker import ids
-from worker.celery import INTAKE_QUEUE
-from worker.names import IDEMPOTENCY_NAMESPACE
+from worker.names import CANCEL_REQUEST, IDEMPOTENCY_NAMESPACE, INTAKE_QUEUE, REQUEST_REBOOT
 from worker.pipeline.validation import (
     ID_FIELDS,
     KNOWN_FIELDS,
@@ -27,10 +26,8 @@ from worker.pipeline.validation import (
 )
 from worker.settings import Settings, get_settings
 
-TASK_NAME = "bmsreboot.request_reboot"
 #: Requests of more ids than this travel packed (``server_ids_packed``).
 PACK_ABOVE = 1000
-CANCEL_TASK = "bmsreboot.cancel_request"
 
 
 class InvalidRequest(ValueError):
@@ -138,7 +135,7 @@ def send_payload(app: Celery, payload: dict[str, Any]) -> None:
     summary["server_ids"] = f"<{id_count(payload)} ids>"
     packed = isinstance(payload.get("server_ids_packed"), bytes)
     app.send_task(
-        TASK_NAME,
+        REQUEST_REBOOT,
         kwargs=payload,
         queue=INTAKE_QUEUE,
         kwargsrepr=repr(summary),
@@ -162,7 +159,7 @@ def cancel_request(
 
         app = make_celery_app(settings or get_settings())
     app.send_task(
-        CANCEL_TASK,
+        CANCEL_REQUEST,
         kwargs={"request_id": str(request_id), "reason": reason, "actor": actor},
         queue=INTAKE_QUEUE,
     )

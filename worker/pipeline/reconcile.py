@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
-from worker.celery import SUBMIT_QUEUE
 from worker.db.models import Batch
 from worker.db.overdue import (
     overdue_polls,
@@ -40,6 +39,7 @@ from worker.db.overdue import (
 )
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition
+from worker.names import SUBMIT_QUEUE
 from worker.pipeline.ending import request_changed
 from worker.pipeline.notify import notification_for, send
 from worker.pipeline.release import cut_off

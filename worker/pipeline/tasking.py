@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Celery
 
+from worker import names
 from worker.bms.client import BmsClient
 from worker.budget import Budget, budget_for
 from worker.db.session import get_engine
@@ -32,14 +33,14 @@ class CeleryDispatcher(Dispatcher):
         countdown = max(countdown, 0.0)
         if kind == "release":
             return self._send(
-                "bmsreboot.release",
+                names.RELEASE,
                 f"a release of project {item}",
                 args=(item,),
                 countdown=countdown,
             )
         if kind == "submit":
             return self._send(
-                "bmsreboot.submit_batch",
+                names.SUBMIT_BATCH,
                 f"the submit of batch {item}",
                 args=(str(item),),
                 countdown=countdown,
@@ -51,7 +52,7 @@ class CeleryDispatcher(Dispatcher):
             if options.get("reserved"):
                 kwargs["reserved"] = True
             return self._send(
-                "bmsreboot.poll_batch",
+                names.POLL_BATCH,
                 f"a poll of batch {item}",
                 args=(str(item),),
                 kwargs=kwargs,
