@@ -63,9 +63,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A worker takes its next message from the first non-empty queue in the order of
         # QUEUES (intake, then submit and release, then poll) instead of kombu's round robin:
         # a new request or a cancel is not queued behind thousands of follow-ups, and a
-        # project's release and submits go before polls, which the database times anyway.
-        # Measured by benchmarks/inflight.py (200 projects x 10 jobs): 2000 jobs in flight
-        # 21.7 s after the first POST instead of 29.2 s. The price: a queue is read only while
+        # project's release and submits go before polls, which the database times anyway
+        # (BENCHMARKS.md, "Thousands of jobs in flight"). The price: a queue is read only while
         # the ones before it are empty, so a flood of requests holds the follow-ups back
         # until it is recorded (run a worker per queue with -Q to keep them apart).
         broker_options["queue_order_strategy"] = "priority"

@@ -28,16 +28,12 @@ from sqlalchemy.engine import Engine
 
 from worker.db.models import DeadLetter
 from worker.db.session import unit_of_work
+from worker.text import clean
 
 log = logging.getLogger("bmsreboot.deadletter")
 
 #: Bytes of a message kept; ``size`` records the whole length.
 RAW_LIMIT = 1024 * 1024
-
-
-def _text(value: object, limit: int) -> str:
-    # PostgreSQL text cannot hold NUL; a dead letter's error must never fail to be written.
-    return str(value).replace("\x00", "\\x00")[:limit]
 
 
 def record(
@@ -51,12 +47,12 @@ def record(
     """Store one dead letter and log it once; its id, or None if even that failed (then the
     message is in the log, base64)."""
     what = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    what = _text(what, 2000)
+    what = clean(what, 2000)
     try:
         with unit_of_work(engine) as session:
             letter = DeadLetter(
-                queue=None if queue is None else _text(queue, 255),
-                task=None if task is None else _text(task, 255),
+                queue=None if queue is None else clean(queue, 255),
+                task=None if task is None else clean(task, 255),
                 error=what,
                 raw=raw[:RAW_LIMIT],
                 size=len(raw),
@@ -99,7 +95,7 @@ def as_dict(letter: DeadLetter, *, with_raw: bool = False) -> dict[str, Any]:
         "task": letter.task,
         "error": letter.error,
         "size": letter.size,
-        "excerpt": excerpt.replace("\x00", "\\x00"),
+        "excerpt": clean(excerpt),
     }
     if with_raw:
         out["raw_base64"] = base64.b64encode(letter.raw).decode()

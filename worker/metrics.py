@@ -233,6 +233,7 @@ class Collector:
             DeadLetter,
             RebootRequest,
             ServerResult,
+            utcnow,
         )
         from worker.db.queries import packed_pending_servers
         from worker.db.session import unit_of_work
@@ -243,7 +244,6 @@ class Collector:
             RequestStatus,
             ServerStatus,
         )
-        from worker.pipeline.runtime import utcnow
 
         with unit_of_work(self._engine) as session:
             requests = dict(

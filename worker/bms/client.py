@@ -35,6 +35,7 @@ from worker.bms.errors import (
 )
 from worker.bms.models import Job
 from worker.bms.signing import AkSkAuth
+from worker.text import clean
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -200,7 +201,7 @@ class BmsClient:
             raise protocol_error(response, "the API accepted but sent no job_id", is_post=True)
         if len(job_id) > MAX_JOB_ID or not _PATH_ID.fullmatch(job_id):
             # We could not record it, or not poll it: the reboot may be running all the same.
-            excerpt = response.text[:300].replace("\x00", "\\x00")
+            excerpt = clean(response.text[:300])
             raise protocol_error(
                 response,
                 f"the API accepted but its job_id cannot be used (at most {MAX_JOB_ID} letters, "

@@ -50,7 +50,7 @@ def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
 
     from worker.celery import make_celery_app
     from worker.cli.follow import follow, summary
-    from worker.cli.reboots import _print_status
+    from worker.cli.show import print_status
     from worker.db.session import get_engine, unit_of_work, upgrade_database
     from worker.db.status import request_status
     from worker.pipeline.producer import build_payload, send_payload
@@ -152,7 +152,7 @@ def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
                     f"the request did not finish in {timeout:.0f} s"
                 ) from None
             click.echo("")
-            _print_status(status)
+            print_status(status)
             import requests
 
             stats = requests.get(f"{simulator.base_url}/_simulator/stats", timeout=30).json()

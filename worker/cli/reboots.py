@@ -27,7 +27,8 @@ from worker.cli.follow import (
     NotRecorded,
     exit_code,
 )
-from worker.cli.params import REQUEST_ID, limit_option, parse_uuid
+from worker.cli.params import REQUEST_ID, limit_option
+from worker.cli.show import load_status, print_status
 
 #: `submit --wait` gives up after this many seconds unless told otherwise.
 WAIT_TIMEOUT = 3600.0
@@ -62,24 +63,6 @@ def read_ids(stream: TextIO) -> bytes | list[str]:
     return bytes(packed)
 
 
-def _load_status(
-    request_id: str | uuid.UUID, *, servers: bool = False, events: int = 0
-) -> dict[str, Any] | None:
-    """The request's status (``events``: with its newest request and batch events)."""
-    from worker.cli.reading import request_events
-    from worker.db.session import get_engine, unit_of_work
-    from worker.db.status import request_status
-    from worker.settings import get_settings
-
-    rid = _request_id(request_id)
-    url = get_settings().effective_database_url
-    with audit_database_errors(url), unit_of_work(get_engine(url)) as session:
-        status = request_status(session, rid, include_servers=servers)
-        if status is not None and events:
-            status["events"] = request_events(session, rid, limit=events)
-        return status
-
-
 def _celery_app(settings: Any) -> Any:
     """The Celery app a command sends with: the data dir of the embedded defaults created if
     need be, and a Redis that does not answer an error within seconds (a publish is retried
@@ -105,57 +88,6 @@ def _celery_app(settings: Any) -> Any:
         "interval_max": 1,
     }
     return app
-
-
-def _print_status(status: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    # Redirected output is not cut to 80 columns: ids and reasons stay on one line.
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    counts = status["servers"]
-    console.print(
-        f"[bold]request {status['request_id']}[/bold]  status [bold]{status['status']}[/bold]"
-        f"  project {status['project_id']}  type {status['type']}"
-    )
-    console.print(
-        "servers: "
-        + ", ".join(
-            f"{k} {counts[k]}"
-            for k in ("total", "succeeded", "failed", "unknown", "pending", "cancelled")
-        )
-    )
-    if status.get("rejection_reasons"):
-        console.print("rejected:")
-        for reason in status["rejection_reasons"]:
-            console.print(f"  - {reason}")
-    elif status.get("reason"):
-        console.print(f"reason: {status['reason']}")
-    if status["batches"]:
-        table = Table("batch", "status", "job id", "size", "polls", "last error")
-        for b in status["batches"]:
-            error = b.get("last_error") or {}
-            why = " ".join(str(x) for x in (error.get("code"), error.get("message")) if x)
-            table.add_row(
-                str(b["index"]),
-                b["status"],
-                b["job_id"] or "-",
-                str(b["size"]),
-                str(b["polls"]),
-                why if b["status"] not in ("succeeded", "submitted", "pending") else "",
-            )
-        console.print(table)
-    if status.get("server_results"):
-        table = Table("server", "status", "error code", "fail reason")
-        for s in status["server_results"]:
-            table.add_row(s["id"], s["status"], s["error_code"] or "", s["fail_reason"] or "")
-        console.print(table)
-    if "events" in status:
-        from worker.cli.reading import event_lines
-
-        console.print("events, newest first (request and batches):")
-        for line in event_lines(status["events"]):
-            console.print(f"  {line}", markup=False, highlight=False)
 
 
 @click.command()
@@ -326,7 +258,7 @@ def submit(
     if as_json:
         click.echo(json.dumps(final, indent=2))
     else:
-        _print_status(final)
+        print_status(final)
     sys.exit(exit_code(final))
 
 
@@ -351,7 +283,7 @@ def _recorded_within(request_id: str, seconds: float) -> dict[str, Any] | None:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            status = _load_status(request_id)
+            status = load_status(request_id)
         except click.ClickException:
             status = None
         if status is not None or time.monotonic() >= deadline:
@@ -437,13 +369,13 @@ def status(
 ) -> None:
     """Show a reboot request's status from the audit database (--limit: events shown with
     --events, newest first; `history REQUEST_ID --servers` adds each server's events)."""
-    data = _load_status(request_id, servers=servers, events=limit if with_events else 0)
+    data = load_status(request_id, servers=servers, events=limit if with_events else 0)
     if data is None:
         raise click.ClickException(f"no request {request_id} in the audit database")
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        _print_status(data)
+        print_status(data)
 
 
 def _cli_runtime(actor: str) -> Any:
@@ -467,10 +399,6 @@ def _cli_runtime(actor: str) -> Any:
         actor=actor,
         budget=_budget(),
     )
-
-
-def _request_id(value: str | uuid.UUID) -> uuid.UUID:
-    return parse_uuid(value, "request id")
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from worker.cli.follow import (
     summary,
 )
 from worker.cli.params import REQUEST_ID
+from worker.cli.show import ENDED
 
 #: How long ``watch`` waits for a worker to record the request when no --timeout is given.
 RECORD_WAIT = 30.0
@@ -46,9 +47,7 @@ def progress_line(status: dict[str, Any]) -> str:
     """The request's state and counts in one line (what a pipe or a log gets at each change)."""
     counts = summary(status)
     states = status["servers"]
-    outcomes = ", ".join(
-        f"{states[k]} {k}" for k in ("succeeded", "failed", "unknown", "cancelled") if states[k]
-    )
+    outcomes = ", ".join(f"{states[k]} {k}" for k in ENDED if states[k])
     return (
         f"{status['status']}: batches {counts['batches_done']}/{counts['batches_total']} done, "
         f"{counts['batches_in_flight']} in flight; servers {counts['servers_done']}/"
@@ -82,7 +81,7 @@ def follow_request(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from worker.cli.reboots import _load_status
+    from worker.cli.show import load_status
     from worker.pipeline.control import learned_for
     from worker.settings import get_settings
 
@@ -143,15 +142,11 @@ def follow_request(
                 servers,
                 total=counts["servers_total"],
                 completed=counts["servers_done"],
-                detail=", ".join(
-                    f"{states[k]} {k}"
-                    for k in ("succeeded", "failed", "unknown", "cancelled")
-                    if states[k]
-                ),
+                detail=", ".join(f"{states[k]} {k}" for k in ENDED if states[k]),
             )
 
         return follow(
-            lambda: _load_status(request_id),
+            lambda: load_status(request_id),
             timeout=timeout,
             interval=interval,
             on_status=show,
@@ -181,7 +176,7 @@ def watch(request_id: uuid.UUID, interval: float, timeout: float) -> None:
     throttling and the time left (on a terminal; piped, one line per change). Exit codes as
     `submit --wait`: 0 every server succeeded, 1 some did not, 2 rejected, 3 gave up waiting
     (--timeout), 4 no worker recorded the request (within --timeout, or 30 s without one)."""
-    from worker.cli.reboots import _print_status
+    from worker.cli.show import print_status
 
     record_wait = timeout or RECORD_WAIT
     try:
@@ -202,5 +197,5 @@ def watch(request_id: uuid.UUID, interval: float, timeout: float) -> None:
             err=True,
         )
         sys.exit(EXIT_WAIT_TIMEOUT)
-    _print_status(final)
+    print_status(final)
     sys.exit(exit_code(final))

@@ -18,20 +18,9 @@ from sqlalchemy.orm import Session
 from worker.db.models import Event, UTCDateTime
 from worker.db.session import is_postgresql
 from worker.db.states import EventEntity
+from worker.text import clean_json
 
 _EVENTS = cast(Table, Event.__table__)
-
-
-def clean(detail: Any) -> Any:
-    """``detail`` with NUL characters escaped in every string: PostgreSQL's JSONB refuses
-    ``\\u0000``, and an event must never fail the state change it records."""
-    if isinstance(detail, str):
-        return detail.replace("\x00", "\\x00")
-    if isinstance(detail, dict):
-        return {clean(k): clean(v) for k, v in detail.items()}
-    if isinstance(detail, list | tuple):
-        return [clean(v) for v in detail]
-    return detail
 
 
 def add_event(
@@ -56,7 +45,7 @@ def add_event(
             to_state=str(to_state),
             at=at,
             actor=actor,
-            detail=clean(detail),
+            detail=clean_json(detail),
         )
     )
 
@@ -73,7 +62,7 @@ def add_server_events(
 ) -> None:
     """Write one ``server`` event per ``(server_id, to_state, detail)`` in one statement;
     nothing if there are none."""
-    rows = [(server_id, to_state, clean(detail)) for server_id, to_state, detail in changes]
+    rows = [(server_id, to_state, clean_json(detail)) for server_id, to_state, detail in changes]
     if not rows:
         return
     if is_postgresql(session):

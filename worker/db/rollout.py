@@ -42,7 +42,8 @@ from worker.db.states import (
     ServerStatus,
     derive_request_status,
 )
-from worker.db.transitions import fit, settle_batch, transition_batch, transition_request
+from worker.db.transitions import settle_batch, transition_batch, transition_request
+from worker.text import fit
 
 
 def _locked_request(session: Session, request_id: uuid.UUID) -> RebootRequest | None:

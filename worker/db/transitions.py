@@ -53,6 +53,7 @@ from worker.db.states import (
     ServerStatus,
     derive_request_status,
 )
+from worker.text import fit
 
 _SERVERS = cast(Table, ServerResult.__table__)
 
@@ -80,15 +81,6 @@ class ErrorInfo:
             "last_error_status": self.status,
             "last_error_request_id": fit(self.request_id, 255),
         }
-
-
-def fit(text: str | None, limit: int) -> str | None:
-    """Text from the API made storable: NUL escaped (PostgreSQL text cannot hold it) and cut to
-    the column's length. An answer that does not fit our columns must never fail the write that
-    records it, or its batch would be stranded."""
-    if text is None:
-        return None
-    return str(text).replace("\x00", "\\x00")[:limit]
 
 
 @dataclass(frozen=True)

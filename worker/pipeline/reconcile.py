@@ -65,7 +65,7 @@ def reconcile(rt: Runtime) -> dict[str, int]:
 
     # A released batch long past its slot is lost only if its submit message is not simply
     # waiting behind others: under a backlog, re-driving it would only add a duplicate (and
-    # a wasted slot) to the queue (benchmarks/inflight.py saw 916 of them in one run).
+    # a wasted slot) to the queue (BENCHMARKS.md, "Thousands of jobs in flight").
     backlog = rt.dispatcher.waiting(SUBMIT_QUEUE)
     unreleased: list[str] = []
     if backlog:

@@ -32,9 +32,9 @@ from worker.pipeline.runtime import Runtime, log, utcnow
 #: Farthest ahead a slot is reserved: ``HORIZON`` seconds, or ``SLOTS_AHEAD`` action intervals
 #: when that is longer (at 50 POSTs a minute, 8 x 1.2 s): the submit message's longest
 #: countdown. A run thus releases several batches at the real limits instead of one a run
-#: (measured by benchmarks/inflight.py: 2.85 release runs a batch with one slot a run). A
-#: released batch is still ``pending`` until its submit claims it, so a cancel, a brake or a
-#: cut-off still stops it; only a change of the limit itself waits for these slots to pass.
+#: (BENCHMARKS.md, "Thousands of jobs in flight"). A released batch is still ``pending``
+#: until its submit claims it, so a cancel, a brake or a cut-off still stops it; only a
+#: change of the limit itself waits for these slots to pass.
 HORIZON = 1.0
 SLOTS_AHEAD = 8
 #: Batches one run releases before it hands on to a fresh run (bounds one task's duration).

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL, POWER_TYPES
 from worker.pipeline.message import MAX_NOT_AFTER_DAYS, PROJECT_ID_PATTERN, RebootRequestMessage
+from worker.text import clean
 
 MAX_BATCH_SIZE = MAX_SERVERS_PER_CALL
 REBOOT_TYPES = POWER_TYPES
@@ -150,15 +151,8 @@ def _short(value: Any) -> str:
 
 
 def safe_text(value: Any, limit: int = MAX_TEXT) -> str:
-    """``value`` as text that any audit database stores: NUL and other control characters are
-    written as escapes (PostgreSQL text cannot hold NUL), and it is cut to ``limit``."""
-    text = str(value)
-    if any(ch < " " or ch == "\x7f" for ch in text):
-        text = "".join(
-            ch if ch >= " " and ch != "\x7f" else ch.encode("unicode_escape").decode()
-            for ch in text
-        )
-    return text[:limit]
+    """A producer's text as any audit database stores it, on one line (``worker.text``)."""
+    return clean(value, limit, controls=True)
 
 
 def parse_duration(text: str) -> dt.timedelta | None:

@@ -1,0 +1,83 @@
+"""Reading a request's status from the audit database and printing it for a person: what
+``status``, ``watch``, ``submit --wait`` and the demo show."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from typing import Any
+
+from worker.cli.errors import audit_database_errors
+from worker.cli.params import parse_uuid
+
+#: The server counts a person sees, in this order (the states of ``worker.db.states``).
+COUNTS = ("total", "succeeded", "failed", "unknown", "pending", "cancelled", "skipped")
+#: The counts of servers whose part has ended, as a progress line names them.
+ENDED = ("succeeded", "failed", "unknown", "cancelled", "skipped")
+
+
+def request_id_of(value: str | uuid.UUID) -> uuid.UUID:
+    return parse_uuid(value, "request id")
+
+
+def load_status(
+    request_id: str | uuid.UUID, *, servers: bool = False, events: int = 0
+) -> dict[str, Any] | None:
+    """The request's status (``events``: with its newest request and batch events)."""
+    from worker.cli.reading import request_events
+    from worker.db.session import get_engine, unit_of_work
+    from worker.db.status import request_status
+    from worker.settings import get_settings
+
+    rid = request_id_of(request_id)
+    url = get_settings().effective_database_url
+    with audit_database_errors(url), unit_of_work(get_engine(url)) as session:
+        status = request_status(session, rid, include_servers=servers)
+        if status is not None and events:
+            status["events"] = request_events(session, rid, limit=events)
+        return status
+
+
+def print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    # Redirected output is not cut to 80 columns: ids and reasons stay on one line.
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    counts = status["servers"]
+    console.print(
+        f"[bold]request {status['request_id']}[/bold]  status [bold]{status['status']}[/bold]"
+        f"  project {status['project_id']}  type {status['type']}"
+    )
+    console.print("servers: " + ", ".join(f"{k} {counts[k]}" for k in COUNTS if k in counts))
+    if status.get("rejection_reasons"):
+        console.print("rejected:")
+        for reason in status["rejection_reasons"]:
+            console.print(f"  - {reason}")
+    elif status.get("reason"):
+        console.print(f"reason: {status['reason']}")
+    if status["batches"]:
+        table = Table("batch", "status", "job id", "size", "polls", "last error")
+        for b in status["batches"]:
+            error = b.get("last_error") or {}
+            why = " ".join(str(x) for x in (error.get("code"), error.get("message")) if x)
+            table.add_row(
+                str(b["index"]),
+                b["status"],
+                b["job_id"] or "-",
+                str(b["size"]),
+                str(b["polls"]),
+                why if b["status"] not in ("succeeded", "submitted", "pending") else "",
+            )
+        console.print(table)
+    if status.get("server_results"):
+        table = Table("server", "status", "error code", "fail reason")
+        for s in status["server_results"]:
+            table.add_row(s["id"], s["status"], s["error_code"] or "", s["fail_reason"] or "")
+        console.print(table)
+    if "events" in status:
+        from worker.cli.reading import event_lines
+
+        console.print("events, newest first (request and batches):")
+        for line in event_lines(status["events"]):
+            console.print(f"  {line}", markup=False, highlight=False)
