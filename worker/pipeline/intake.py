@@ -29,7 +29,7 @@ from worker.db.models import Batch, RebootRequest
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus
 from worker.pipeline.release import schedule_release
-from worker.pipeline.runtime import Runtime, log, utcnow
+from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.validation import (
     ValidatedRequest,
     conflict_id,
@@ -114,7 +114,7 @@ def accept_request(
             checked.batch_size,
             checked.source,
         )
-        wait = (checked.not_before - utcnow()).total_seconds() if checked.not_before else 0.0
+        wait = (checked.not_before - rt.now()).total_seconds() if checked.not_before else 0.0
         if wait > 0:
             # Nothing is due before not_before: one wake-up of the project, not a release now.
             schedule_release(rt, checked.project_id, wait)

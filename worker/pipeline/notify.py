@@ -21,7 +21,7 @@ from worker.db.rollout import check_brakes
 from worker.db.session import unit_of_work
 from worker.db.status import request_status
 from worker.db.transitions import finalize_request_if_done, mark_notified
-from worker.pipeline.runtime import Runtime, log, utcnow
+from worker.pipeline.runtime import Runtime, log
 
 
 @dataclass(frozen=True)
@@ -71,5 +71,5 @@ def send(notification: Notification | None, rt: Runtime) -> bool:
     if not rt.dispatcher.notify(notification.task_name, notification.status, notification.queue):
         return False
     with unit_of_work(rt.engine) as session:
-        mark_notified(session, notification.request_id, utcnow())
+        mark_notified(session, notification.request_id, rt.now())
     return True

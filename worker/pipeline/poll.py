@@ -42,7 +42,7 @@ from worker.db.transitions import (
 from worker.pipeline.backoff import countdown_ceiling, poll_delay, with_jitter
 from worker.pipeline.ending import end_batch
 from worker.pipeline.failures import Next, after_poll, throttle_cooldown
-from worker.pipeline.runtime import Runtime, describe, error_info, log, utcnow
+from worker.pipeline.runtime import Runtime, describe, error_info, log
 
 #: A budget slot at most this far away is waited for in the task; farther ones are a countdown.
 MAX_SLEEP = 1.0
@@ -96,7 +96,7 @@ def poll_batch(
                     session,
                     batch_id,
                     expect=BatchStatus.SUBMITTED,
-                    next_poll_at=utcnow() + timedelta(seconds=slot.wait),
+                    next_poll_at=rt.now() + timedelta(seconds=slot.wait),
                 )
             rt.dispatcher.poll(batch_id, countdown=slot.wait, seq=this.polls, reserved=True)
             return "budget"
@@ -179,7 +179,7 @@ def _settle_job(
     to = batch_status_from(outcomes, batch_server_ids(session, batch_id))
     if not record_poll(session, batch_id, next_poll_at=None, seq=this.polls):
         return None
-    now = utcnow()
+    now = rt.now()
     # The job's own end time teaches the project's job duration; without one (or one from a
     # clock ahead of ours) the moment we learned it stands in.
     ended = min(job.end_time, now) if job.end_time else now
@@ -209,7 +209,7 @@ def _job_missing(batch_id: uuid.UUID, this: _Poll, rt: Runtime, exc: BmsError) -
     API catching up with a job just created; for ``BMSREBOOT_JOB_MISSING_AFTER`` seconds in a
     row, it will not learn it: the batch is ``unknown`` (its POST was accepted, so the reboot
     may have happened), rather than polled until the deadline."""
-    now = utcnow()
+    now = rt.now()
     since = this.missing_since or now
     missing = (now - since).total_seconds()
     if missing < rt.settings.job_missing_after:
@@ -260,7 +260,7 @@ def _again(
     job_missing_since: datetime | None = None,
 ) -> str:
     """Schedule the next poll, or time the batch out if its deadline has passed."""
-    now = utcnow()
+    now = rt.now()
     polls = this.polls + 1
     if this.deadline is not None and now >= this.deadline:
         return _end_unanswered(

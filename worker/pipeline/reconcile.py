@@ -43,7 +43,7 @@ from worker.names import SUBMIT_QUEUE
 from worker.pipeline.ending import request_changed
 from worker.pipeline.notify import notification_for, send
 from worker.pipeline.release import cut_off
-from worker.pipeline.runtime import Runtime, log, utcnow
+from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.submit import settle_lost_submit, stale_after
 
 #: Rows one run handles per kind of work (the next run takes the rest).
@@ -58,7 +58,7 @@ def reconcile(rt: Runtime) -> dict[str, int]:
     if rt.budgets.try_lease(LEASE_KEY, interval * 0.8) is None:
         return {"skipped": 1}
     done: Counter[str] = Counter()
-    now = utcnow()
+    now = rt.now()
     overdue = now - timedelta(seconds=rt.settings.reconcile_grace)
 
     done["cut_off"] = cut_off(rt)
@@ -91,7 +91,7 @@ def reconcile(rt: Runtime) -> dict[str, int]:
                 batch = session.get(Batch, batch_id)
                 if batch is None or batch.status != BatchStatus.SUBMITTING:
                     continue
-                age = (utcnow() - batch.updated_at).total_seconds()
+                age = (rt.now() - batch.updated_at).total_seconds()
                 settle_lost_submit(session, batch_id, age, rt)
         except IllegalTransition:
             continue  # its worker recorded an answer after all

@@ -27,7 +27,7 @@ from worker.db.rollout import cut_off_due
 from worker.db.session import unit_of_work
 from worker.pipeline.backoff import countdown_ceiling
 from worker.pipeline.ending import request_changed
-from worker.pipeline.runtime import Runtime, log, utcnow
+from worker.pipeline.runtime import Runtime, log
 
 #: Farthest ahead a slot is reserved: ``HORIZON`` seconds, or ``SLOTS_AHEAD`` action intervals
 #: when that is longer (at 50 POSTs a minute, 8 x 1.2 s): the submit message's longest
@@ -67,7 +67,7 @@ def cut_off(rt: Runtime, project_id: str | None = None) -> int:
     """Requests (of the project, or all) past their ``not_after`` stop releasing and end
     ``halted`` once their batches in flight end; returns how many were cut off."""
     with unit_of_work(rt.engine) as session:
-        stopped = cut_off_due(session, utcnow(), actor=rt.actor, project_id=project_id)
+        stopped = cut_off_due(session, rt.now(), actor=rt.actor, project_id=project_id)
         for request_id in stopped:
             request_changed(session, request_id, rt)
     for request_id in stopped:
@@ -80,7 +80,7 @@ def _mark(rt: Runtime, slots: list[tuple[uuid.UUID, Reservation]]) -> int:
     submit message with a countdown to its slot; returns how many were released."""
     taken = []
     with unit_of_work(rt.engine) as session:
-        now = utcnow()
+        now = rt.now()
         for batch_id, slot in slots:
             # The slot as the budget's store timed it (Redis's clock, or this machine's).
             at = datetime.fromtimestamp(slot.at, UTC)
@@ -119,13 +119,13 @@ def release_project(project_id: str, rt: Runtime) -> int:
             if released >= PER_RUN or time.monotonic() - started > LEASE_SECONDS / 2:
                 wake = 0.0
                 break
-            now = utcnow()
+            now = rt.now()
             with unit_of_work(rt.engine) as session:
                 candidates = releasable(session, project_id, now, PER_RUN - released)
                 due = None if candidates else next_due_at(session, project_id, now)
             if not candidates:
                 if due is not None:
-                    wake = max((due - utcnow()).total_seconds(), 0.0)
+                    wake = max((due - rt.now()).total_seconds(), 0.0)
                 break
             slots: list[tuple[uuid.UUID, Reservation]] = []
             for batch_id in candidates:

@@ -14,6 +14,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -81,10 +82,15 @@ class Runtime:
     budget: Budget | None = None
     #: Shared counters for the metrics exporter (none recorded by default).
     metrics: Metrics = field(default_factory=lambda: Metrics(None))
+    #: The time the steps go by (what is due, how old a claim is); a test may move it.
+    clock: Callable[[], datetime] = utcnow
 
     def __post_init__(self) -> None:
         if self.budget is None:
             self.budget = DatabaseBudget(self.engine)
+
+    def now(self) -> datetime:
+        return self.clock()
 
     @property
     def budgets(self) -> Budget:

@@ -30,7 +30,7 @@ from worker.db.models import RebootRequest, ScheduleTick
 from worker.db.session import is_postgresql, unit_of_work
 from worker.db.states import ACTIVE_REQUEST_STATES
 from worker.pipeline import intake
-from worker.pipeline.runtime import Runtime, utcnow
+from worker.pipeline.runtime import Runtime
 from worker.schedules import IdsFileError, ScheduleEntry, load, request_id_for, stamp
 
 log = logging.getLogger("bmsreboot.schedules")
@@ -63,7 +63,7 @@ def run_schedules(
     path = rt.settings.schedule_file
     if path is None:
         return {}
-    now = now or utcnow()
+    now = now or rt.now()
     grace = dt.timedelta(seconds=rt.settings.schedule_grace)
     done = {"sent": 0, "skipped": 0}
     for entry in entries(path, rt.settings.schedule_ids_dir):
@@ -124,7 +124,7 @@ def schedule_tick(name: str, tick_iso: str, rt: Runtime, now: dt.datetime | None
     request id and key). Returns what happened, one word: ``fired``, ``rejected``, ``busy``
     (``concurrency = "forbid"`` and the previous request still runs), ``gone``, ``too_late``,
     ``unreadable``, or the status a duplicate message found recorded."""
-    now = now or utcnow()
+    now = now or rt.now()
     tick = dt.datetime.fromisoformat(tick_iso).astimezone(dt.UTC)
     request_id = request_id_for(name, tick)
     decided = _decided(rt, name, tick)
@@ -264,7 +264,7 @@ def _settle(
     """Record the tick's outcome: insert it, or update its claim (``fired``; when
     ``only_if_fired``, only a claim whose request is not recorded). Answers the status the
     tick ends with."""
-    now = now or utcnow()
+    now = now or rt.now()
     for _ in range(2):
         try:
             with unit_of_work(rt.engine) as session:

@@ -58,7 +58,7 @@ from worker.pipeline.backoff import first_poll_delay, submit_retry_delay, with_j
 from worker.pipeline.ending import batch_ended, end_batch
 from worker.pipeline.failures import ISOLATE_CODES, Next, after_submit, throttle_cooldown
 from worker.pipeline.release import schedule_release
-from worker.pipeline.runtime import Runtime, describe, error_info, log, utcnow
+from worker.pipeline.runtime import Runtime, describe, error_info, log
 
 #: A submit message this much early for its slot runs anyway (timer resolution).
 EARLY_TOLERANCE = 0.05
@@ -112,7 +112,7 @@ def _claim(session: Session, batch_id: uuid.UUID, rt: Runtime) -> Claim | str:
         log.info("batch %s was not released; handing it to the release step", batch_id)
         rt.dispatcher.release(batch.project_id)
         return "not_released"
-    now = utcnow()
+    now = rt.now()
     early = (batch.next_attempt_at - now).total_seconds() if batch.next_attempt_at else 0.0
     if early > EARLY_TOLERANCE:
         rt.dispatcher.submit(batch_id, countdown=early)
@@ -196,7 +196,7 @@ def _found_submitting(session: Session, batch: Batch, rt: Runtime) -> str:
     """Another message for a batch already ``submitting``: a duplicate while a worker is in its
     POST, or a redelivery after that worker died. Wait until no POST can still be running,
     then call it ``unknown`` (a resubmit could be a second hard reboot)."""
-    age = (utcnow() - batch.updated_at).total_seconds()
+    age = (rt.now() - batch.updated_at).total_seconds()
     limit = stale_after(rt)
     if age < limit:
         log.info("batch %s is being submitted by another worker; checking again later", batch.id)
@@ -283,7 +283,7 @@ def _failed(batch_id: uuid.UUID, claim: Claim, exc: Exception, rt: Runtime) -> s
             actor=rt.actor,
             detail={"not_accepted": describe(exc), "retry_in_seconds": round(delay, 3)},
             released_at=None,
-            next_attempt_at=utcnow() + timedelta(seconds=due_in),
+            next_attempt_at=rt.now() + timedelta(seconds=due_in),
             **error_info(exc).columns(),
         )
     # Not inside the unit of work: the budget's store may be the audit database itself.
@@ -303,7 +303,7 @@ def _split(batch_id: uuid.UUID, claim: Claim, exc: BmsError, rt: Runtime) -> str
     ``rejected`` and its servers go, in two halves, to two new batches (``parent_batch_id``),
     released like any other. Halving again finds the servers at fault, which end ``failed``
     with the API's code; no other server is left out."""
-    now = utcnow()
+    now = rt.now()
     with unit_of_work(rt.engine) as session:
         batch = transition_batch(
             session,
@@ -328,7 +328,7 @@ def _split(batch_id: uuid.UUID, claim: Claim, exc: BmsError, rt: Runtime) -> str
 
 
 def _submitted(batch_id: uuid.UUID, project_id: str, job_id: str, rt: Runtime) -> str:
-    now = utcnow()
+    now = rt.now()
     # The job id exists only in this process now: a short database outage must not lose it.
     for attempt in range(4):
         try:
