@@ -288,6 +288,10 @@ def test_matchers_are_read_as_alertmanager_writes_them() -> None:
     ]
     assert parse_matchers("severity=critical") == [Matcher("severity", "critical")]
     assert parse_matchers(r'msg="a \"quoted\", value"') == [Matcher("msg", 'a "quoted", value')]
+    # A regex's own backslashes stay, as Alertmanager reads them
+    assert parse_matchers(r'instance=~"node\.a|node\.b"') == [
+        Matcher("instance", r"node\.a|node\.b", is_regex=True)
+    ]
 
 
 @pytest.mark.parametrize("text", ["", "{}", "instance", '=~"x"', 'instance=~"x" job', "a=b,,c=d"])
@@ -297,5 +301,5 @@ def test_unreadable_matchers_are_a_clear_error(text: str) -> None:
 
 
 def test_a_matcher_prints_as_it_is_read() -> None:
-    for matcher in parse_matchers(r'a=~"x|y", b!="q\"uote"'):
+    for matcher in parse_matchers(r'a=~"x\.y|z", b!="q\"uote\\", c="two\nlines"'):
         assert parse_matchers(str(matcher)) == [matcher]

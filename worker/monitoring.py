@@ -196,7 +196,7 @@ class Matcher:
 
     def __str__(self) -> str:
         op = {(False, True): "=", (False, False): "!=", (True, True): "=~", (True, False): "!~"}
-        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"')
+        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         return f'{self.name}{op[(self.is_regex, self.is_equal)]}"{escaped}"'
 
 
@@ -205,6 +205,13 @@ _MATCHER = re.compile(
         (?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<bare>[^,"\s}]*))\s*(?:,|$)""",
     re.VERBOSE,
 )
+
+
+def _unescape(escape: re.Match[str]) -> str:
+    # As Alertmanager reads a quoted value: \" \\ \n are escapes; any other backslash is
+    # itself (so a regex's \. stays \.).
+    char = escape[1]
+    return "\n" if char == "n" else char
 
 
 def parse_matchers(text: str) -> list[Matcher]:
@@ -224,7 +231,7 @@ def parse_matchers(text: str) -> list[Matcher]:
             raise ValueError(f"cannot read matchers {text!r} at {body[pos:]!r}")
         op = found["op"]
         if found["quoted"] is not None:
-            value = re.sub(r"\\(.)", r"\1", found["quoted"])
+            value = re.sub(r'\\(["\\n])', _unescape, found["quoted"])
         else:
             value = found["bare"]
         matchers.append(Matcher(found["name"], value, is_regex="~" in op, is_equal="!" not in op))
