@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.pipeline",
     "tests.fixtures.steps",
     "tests.fixtures.fleet",
+    "tests.fixtures.monitoring",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import yaml
 
 from tests.fixtures.compose import (
     REQUIRED,
@@ -28,6 +31,7 @@ from tests.fixtures.compose import (
     run_config,
     service,
 )
+from tests.fixtures.monitoring import program
 from tests.fixtures.pipeline import worker_env
 from tests.fixtures.services import free_port
 from worker.cli.localworker import start_worker, stop_worker
@@ -36,6 +40,8 @@ from worker.settings import Settings
 #: Compose's services listen on every address of their container; here, on 127.0.0.1 only.
 ALL_ADDRESSES = "0.0.0.0"  # noqa: S104 (replaced, never bound)
 LONG_RUNNING = {"redis", "postgres", "simulator", "worker", "beat", "metrics", "flower"}
+MONITORING = {"prometheus", "alertmanager", "grafana"}
+LONG_RUNNING |= MONITORING
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +125,13 @@ def test_the_database_url_and_postgres_share_one_password(config: dict[str, Any]
         assert url == f"postgresql+psycopg://bmsreboot:{password}@postgres:5432/bmsreboot", name
     flower = config["services"]["flower"]["environment"]
     assert flower["FLOWER_BASIC_AUTH"] == REQUIRED["FLOWER_BASIC_AUTH"]
+    grafana = config["services"]["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == REQUIRED["GRAFANA_ADMIN_PASSWORD"]
 
 
 def test_published_ports_are_bound_to_localhost(config: dict[str, Any]) -> None:
     published = {n: s["ports"] for n, s in config["services"].items() if s.get("ports")}
-    assert set(published) == {"flower", "metrics", "simulator"}
+    assert set(published) == {"flower", "metrics", "simulator", *MONITORING}
     for name, ports in published.items():
         assert [p["host_ip"] for p in ports] == ["127.0.0.1"] * len(ports), name
 
@@ -162,6 +170,10 @@ def test_images_are_pinned_never_latest(config: dict[str, Any]) -> None:
         assert tag not in ("", "latest"), f"{name}: {image}"
     assert re.fullmatch(r"redis:\d+\.\d+", images["redis"])
     assert re.fullmatch(r"postgres:\d+", images["postgres"])
+    # The monitoring images: a patch release each
+    assert re.fullmatch(r"prom/prometheus:v2\.53\.\d+", images["prometheus"])
+    assert re.fullmatch(r"prom/alertmanager:v0\.\d+\.\d+", images["alertmanager"])
+    assert re.fullmatch(r"grafana/grafana:11\.\d+\.\d+", images["grafana"])
 
 
 def test_the_example_schedule_is_mounted_with_no_entry_enabled(config: dict[str, Any]) -> None:
@@ -309,3 +321,164 @@ def test_the_healthchecks_use_python_not_curl(config: dict[str, Any]) -> None:
         test = config["services"][name]["healthcheck"]["test"]
         assert test[:3] == ["CMD", "python", "-c"], name
         assert "urllib.request.urlopen('http://127.0.0.1:" in test[3], name
+
+
+# --- monitoring: Prometheus, Alertmanager and Grafana wired to deploy/ ----------------------
+
+
+def rule_names() -> list[str]:
+    groups = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())["groups"]
+    return [rule["alert"] for group in groups for rule in group["rules"]]
+
+
+def mounted(name: str, target: str) -> Path:
+    """The host path compose mounts at ``target`` in service ``name``."""
+    (mount,) = [v for v in service(name)["volumes"] if v["target"] == target]
+    assert mount["read_only"] is True, f"{name}: {target} is writable"
+    return Path(mount["source"])
+
+
+def flag(name: str, option: str) -> str:
+    """The value of ``--option=value`` in service ``name``'s command."""
+    (value,) = [a.split("=", 1)[1] for a in service(name)["command"] if a.startswith(f"{option}=")]
+    return value
+
+
+def listen_port(name: str) -> str:
+    return flag(name, "--web.listen-address").rsplit(":", 1)[1]
+
+
+def test_prometheus_scrapes_the_metrics_service_and_alerts_through_alertmanager() -> None:
+    # Given the configuration compose mounts into Prometheus, with the rules beside it
+    directory = mounted("prometheus", "/etc/prometheus")
+    assert flag("prometheus", "--config.file") == "/etc/prometheus/prometheus.yml"
+    config = yaml.safe_load((directory / "prometheus.yml").read_text())
+    # Then it scrapes the metrics service, as job bmsreboot, at the port it serves on
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    metrics_port = service("metrics")["command"][-1]
+    assert jobs["bmsreboot"]["static_configs"] == [{"targets": [f"metrics:{metrics_port}"]}]
+    # And loads the alert rules of deploy/prometheus
+    assert config["rule_files"] == ["alerts.yml"]
+    assert (directory / "alerts.yml").samefile(ROOT / "deploy" / "prometheus" / "alerts.yml")
+    # And sends their alerts to the alertmanager service, at the port it listens on
+    (manager,) = config["alerting"]["alertmanagers"]
+    assert manager["static_configs"] == [
+        {"targets": [f"alertmanager:{listen_port('alertmanager')}"]}
+    ]
+
+
+def test_grafana_starts_with_the_stack_s_prometheus_and_the_dashboard() -> None:
+    grafana = service("grafana")
+    provisioning = mounted("grafana", "/etc/grafana/provisioning")
+    # Given the data sources Grafana provisions: the stack's Prometheus is the default
+    sources = {
+        s["type"]: s
+        for f in sorted((provisioning / "datasources").glob("*.yml"))
+        for s in yaml.safe_load(f.read_text())["datasources"]
+    }
+    assert sources["prometheus"]["url"] == f"http://prometheus:{listen_port('prometheus')}"
+    assert sources["prometheus"]["isDefault"] is True
+    assert sources["alertmanager"]["url"] == f"http://alertmanager:{listen_port('alertmanager')}"
+    # And the dashboards it provisions: the directory the repository's dashboard is mounted in
+    (provider,) = [
+        p
+        for f in sorted((provisioning / "dashboards").glob("*.yml"))
+        for p in yaml.safe_load(f.read_text())["providers"]
+    ]
+    target = "/etc/grafana/dashboards/bmsreboot.json"
+    assert mounted("grafana", target).samefile(ROOT / "deploy" / "grafana" / "bmsreboot.json")
+    assert provider["options"]["path"] == str(Path(target).parent)
+    # And it opens on that dashboard, with no sign-up
+    assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == target
+    assert grafana["environment"]["GF_USERS_ALLOW_SIGN_UP"] == "false"
+
+
+def monitoring_healthcheck(name: str, replace: dict[str, str]) -> list[str]:
+    """The service's healthcheck (``wget`` of its image) as a local command."""
+    from tests.fixtures.services import _missing
+
+    kind, program_name, *args = service(name)["healthcheck"]["test"]
+    assert (kind, program_name) == ("CMD", "wget"), name
+    wget = shutil.which("wget")
+    if wget is None:
+        _missing("wget is not installed (Debian: apt-get install wget)")
+    assert wget is not None
+    for old, new in replace.items():
+        args = [arg.replace(old, new) for arg in args]
+    return [wget, *args]
+
+
+def monitoring_command(name: str, replace: dict[str, str]) -> list[str]:
+    """The service's command run by the Debian program of the same server here."""
+    binary = program("prometheus" if name == "prometheus" else "alertmanager")
+    args = list(service(name)["command"])
+    for old, new in replace.items():
+        args = [arg.replace(old, new) for arg in args]
+    return [binary, *args]
+
+
+def test_the_prometheus_service_loads_the_rules_and_its_healthcheck_follows_readiness(
+    tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    # Given compose's Prometheus command run here: the mounted directory, storage and port
+    # replaced by ours (its targets, metrics and alertmanager, do not resolve here: down)
+    port = str(free_port())
+    replace = {
+        "=/prometheus": f"={tmp_path / 'data'}",
+        "/etc/prometheus": str(mounted("prometheus", "/etc/prometheus")),
+        f"{ALL_ADDRESSES}:9090": f"127.0.0.1:{port}",
+    }
+    log = tmp_path / "prometheus.log"
+    proc = start(monitoring_command("prometheus", replace), dict(os.environ), log, started)
+    check = monitoring_healthcheck("prometheus", {"127.0.0.1:9090": f"127.0.0.1:{port}"})
+    # When its healthcheck runs once it is ready, then it passes
+    wait_for_line(proc, log, "Server is ready to receive web requests")
+    result = run(check, dict(os.environ))
+    assert result.returncode == 0, result.stderr + log.read_text()[-3000:]
+    # And it loaded every rule of alerts.yml
+    rules = requests.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10).json()
+    loaded = [r["name"] for g in rules["data"]["groups"] for r in g["rules"]]
+    assert sorted(loaded) == sorted(rule_names())
+    # And once Prometheus is gone, the healthcheck fails
+    proc.terminate()
+    proc.wait(timeout=30)
+    assert run(check, dict(os.environ)).returncode != 0
+
+
+def test_the_alertmanager_service_runs_its_configuration_and_its_healthcheck_follows_readiness(
+    tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    port = str(free_port())
+    replace = {
+        "=/alertmanager": f"={tmp_path / 'data'}",
+        "/etc/alertmanager": str(mounted("alertmanager", "/etc/alertmanager")),
+        f"{ALL_ADDRESSES}:9093": f"127.0.0.1:{port}",
+    }
+    log = tmp_path / "alertmanager.log"
+    proc = start(monitoring_command("alertmanager", replace), dict(os.environ), log, started)
+    check = monitoring_healthcheck("alertmanager", {"127.0.0.1:9093": f"127.0.0.1:{port}"})
+    # When it has started on compose's configuration, then its healthcheck passes
+    wait_for_line(proc, log, "Listening on")
+    deadline = time.monotonic() + 30
+    while (result := run(check, dict(os.environ))).returncode != 0:
+        assert time.monotonic() < deadline, result.stderr + log.read_text()[-3000:]
+        time.sleep(0.2)
+    # And it runs alone: no cluster
+    status = requests.get(f"http://127.0.0.1:{port}/api/v2/status", timeout=10).json()
+    assert status["cluster"]["status"] == "disabled"
+    # And once it is gone, the healthcheck fails
+    proc.terminate()
+    proc.wait(timeout=30)
+    assert run(check, dict(os.environ)).returncode != 0
+
+
+def test_grafana_s_healthcheck_asks_its_health_endpoint() -> None:
+    # Grafana is not packaged for Debian: its check is read, not run
+    assert service("grafana")["healthcheck"]["test"] == [
+        "CMD",
+        "wget",
+        "-q",
+        "--spider",
+        "http://127.0.0.1:3000/api/health",
+    ]
+    assert [p["target"] for p in service("grafana")["ports"]] == [3000]
