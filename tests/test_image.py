@@ -77,8 +77,8 @@ def test_the_image_installs_its_dependencies_from_the_lock_with_their_hashes() -
             assert {"--no-index", "--no-deps", "--no-build-isolation"} <= set(args), args
 
 
-def test_the_image_carries_no_test_tool() -> None:
-    # Given the Dockerfile, then it names neither CI's lock nor the dev extra
+def test_the_dockerfile_names_neither_cis_lock_nor_the_dev_extra() -> None:
+    # Given the Dockerfile, then the image gets no test tool from it
     text = (ROOT / "Dockerfile").read_text()
     assert "requirements-dev.lock" not in text
     assert "[dev]" not in text
