@@ -96,7 +96,7 @@ _VM_STATES = {
     "ACTIVE": ("active", 1),
     "HARD_REBOOT": ("active", 1),
     "REBOOT": ("active", 1),
-    "SHUTOFF": ("stopped", 4),
+    "SHUTOFF": ("shutoff", 4),
     "ERROR": ("error", 0),
     "BUILD": ("building", 0),
 }
@@ -398,6 +398,8 @@ class ProjectServers:
         self.servers = [Server.new(project_id, i, spec) for i, spec in enumerate(specs, start=1)]
         self.by_id = {s.spec.id: s for s in self.servers}
         self.busy: set[str] = set()
+        #: Servers with a reboot record, in the order of their first reboot (for stats).
+        self.rebooted: dict[str, None] = {}
         self._matches: dict[tuple[str | None, ...], list[Server]] = {}
 
     def settle(self, now: float) -> None:
@@ -479,11 +481,12 @@ class Inventory:
         for sid in server_ids:
             server = project.by_id[sid]
             ok = sid not in failures
-            lost = ok and boots and server_never_returns(sid, config)
+            lost = ok and action == "reboot" and server_never_returns(sid, config)
             record = None
             if action == "reboot":
                 record = Reboot(now, job_end if ok else None, until if ok else None, lost)
                 server.reboots.append(record)
+                project.rebooted[sid] = None
             if not ok:
                 continue  # a failed sub-job leaves the server as it was
             final = "ERROR" if lost else _FINAL[action]
@@ -543,10 +546,9 @@ class Inventory:
         """Per server with a reboot: its reboots and the moments they passed, up to ``now``."""
         self.settle(now)
         return {
-            server.spec.id: server.history(now)
+            sid: project.by_id[sid].history(now)
             for project in self._projects.values()
-            for server in project.servers
-            if server.reboots
+            for sid in project.rebooted
         }
 
 
