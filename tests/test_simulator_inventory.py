@@ -33,6 +33,7 @@ from tests.test_simulator import (
     sid,
 )
 from worker.bms.signing import AkSkAuth
+from worker.cli.demo import demo_simulator_config
 from worker.cli.simulator import simulator as simulator_command
 from worker.simulator.config import SimulatorConfig, server_fails, server_never_returns
 from worker.simulator.inventory import (
@@ -43,6 +44,7 @@ from worker.simulator.inventory import (
     generated_servers,
     server_id,
 )
+from worker.simulator.server import SimulatorServer
 from worker.simulator.state import Refused, SimulatorState
 from worker.simulator.validation import PowerAction
 
@@ -794,3 +796,22 @@ def test_given_a_wrong_sk_or_another_projects_token_then_the_list_is_refused(
     assert_gateway_error(resp, 401, "APIGW.0301")
     assert_bms_error(mismatch, 400, "Common.0018")
     assert simulator.stats()["calls"]["servers"]["rejected"] == 2
+
+
+# --- the demo's simulator ------------------------------------------------------------------------
+
+
+def test_given_the_demo_then_its_simulator_takes_any_id_unless_given_an_inventory() -> None:
+    # Given
+    default, with_servers = (
+        demo_simulator_config(0.02),
+        demo_simulator_config(0.0, inventory_servers=5),
+    )
+    # Then: as before, rate limits on, no inventory
+    assert default == SimulatorConfig(job_duration=4.0, job_jitter=2.0, fail_fraction=0.02)
+    assert not default.has_inventory
+    # When
+    with SimulatorServer(with_servers) as server:
+        body = session(SimulatorHandle(server)).get(list_url(SimulatorHandle(server))).json()
+    # Then
+    assert body["count"] == 5
