@@ -20,6 +20,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from tests.test_signing import CaptureServer, capture_server  # noqa: F401 - a f
 from worker import __version__
 from worker.bms.auth import TokenAuth
 from worker.bms.client import (
+    ALL_GRANTED_EPS,
     DEFAULT_USER_AGENT,
     JSON_CONTENT_TYPE,
     MAX_SERVERS_PER_CALL,
@@ -42,6 +44,7 @@ from worker.bms.errors import (
     ConnectError,
     ConnectionDropped,
     NotFoundError,
+    PermissionDeniedError,
     ProtocolError,
     RejectedError,
     RequestTimeout,
@@ -50,10 +53,16 @@ from worker.bms.errors import (
     error_from_response,
     parse_error_body,
 )
-from worker.bms.models import TERMINAL_JOB_STATUSES, Job
+from worker.bms.models import TERMINAL_JOB_STATUSES, Job, ServerDetails
 from worker.bms.signing import AkSkAuth
 from worker.settings import Settings
 from worker.simulator.faults import FAULTS
+from worker.simulator.inventory import (
+    ENTERPRISE_PROJECTS,
+    FLAVORS,
+    generated_server,
+    generated_servers,
+)
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 
@@ -908,3 +917,344 @@ def test_given_an_error_when_pickled_then_every_attribute_survives(error: BmsErr
     assert type(copy) is type(error)
     assert vars(copy) == vars(error)
     assert str(copy) == str(error)
+
+
+# --- servers: the list and one server's details ----------------------------------------------
+def test_given_2500_servers_when_iter_servers_then_three_pages_of_1000_are_read_once_each(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    simulator.configure(servers=2500)
+    # When
+    pages = list(client.iter_servers(PROJECT))
+    # Then
+    assert [len(p.servers) for p in pages] == [1000, 1000, 500]
+    assert {p.count for p in pages} == {2500}
+    assert [s.id for p in pages for s in p.servers] == [
+        s.id for s in generated_servers(PROJECT, 2500)
+    ]
+    assert simulator.stats()["calls"]["servers"]["accepted"] == 3
+
+
+def test_given_an_exact_multiple_of_the_page_when_iter_servers_then_no_empty_page_is_asked(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    simulator.configure(servers=20)
+    # When
+    pages = list(client.iter_servers(PROJECT, limit=10))
+    # Then
+    assert [len(p.servers) for p in pages] == [10, 10]
+    assert simulator.stats()["calls"]["servers"]["accepted"] == 2
+
+
+def test_given_iter_servers_when_the_caller_stops_between_pages_then_no_further_call_is_made(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    simulator.configure(servers=30)
+    pages = client.iter_servers(PROJECT, limit=10)
+    # When
+    first = next(pages)
+    calls_after_first = simulator.stats()["calls"]["servers"]["accepted"]
+    second = next(pages)
+    # Then
+    assert calls_after_first == 1
+    assert [s.name for s in first.servers + second.servers] == [
+        f"bms-{i:05d}" for i in range(1, 21)
+    ]
+    assert simulator.stats()["calls"]["servers"]["accepted"] == 2
+
+
+@pytest.mark.parametrize(
+    ("filters", "matches"),
+    [
+        ({"tags": "env=prod"}, lambda s: "env=prod" in s.tags),
+        ({"tags": "role=db"}, lambda s: "role=db" in s.tags),
+        ({"name": "bms-0002"}, lambda s: "bms-0002" in s.name),
+        (
+            {"enterprise_project_id": ENTERPRISE_PROJECTS[2]},
+            lambda s: s.enterprise_project_id == ENTERPRISE_PROJECTS[2],
+        ),
+        ({"enterprise_project_id": ALL_GRANTED_EPS}, lambda s: True),
+        (
+            {"flavor": FLAVORS[1], "tags": "env=staging"},
+            lambda s: s.flavor == FLAVORS[1] and "env=staging" in s.tags,
+        ),
+        ({"status": "ACTIVE"}, lambda s: True),
+        ({"status": "ERROR"}, lambda s: False),
+    ],
+)
+def test_given_filters_when_list_servers_then_the_api_answers_exactly_the_matching_servers(
+    simulator: SimulatorHandle, client: BmsClient, filters: dict[str, str], matches: Any
+) -> None:
+    # Given
+    simulator.configure(servers=120)
+    # When
+    page = client.list_servers(PROJECT, **filters)
+    # Then
+    expected = [s.id for s in generated_servers(PROJECT, 120) if matches(s)]
+    assert [s.id for s in page.servers] == expected
+    assert page.count == len(expected)
+
+
+def test_given_names_with_spaces_and_symbols_when_listed_by_name_then_signed_and_matched(
+    simulator: SimulatorHandle, client: BmsClient, tmp_path: Path
+) -> None:
+    # Given
+    names = ["web 01+a", "web&b=c", "db/1~x", "数据库-1"]
+    lines = [json.dumps({"id": str(uuid.uuid4()), "name": n}) for n in names]
+    (tmp_path / "fleet.jsonl").write_text("\n".join(lines))
+    simulator.configure(inventory=str(tmp_path / "fleet.jsonl"))
+    # When
+    found = {n: [s.name for s in client.list_servers(PROJECT, name=n).servers] for n in names}
+    # Then
+    assert found == {n: [n] for n in names}
+    assert [s.name for s in client.list_servers(PROJECT, name="web").servers] == names[:2]
+
+
+def test_given_a_server_when_get_server_then_every_field_is_typed(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    simulator.configure(servers=5)
+    spec = generated_server(PROJECT, 5)
+    # When
+    server = client.get_server(PROJECT, spec.id)
+    # Then
+    assert (server.id, server.name, server.status) == (spec.id, "bms-00005", "ACTIVE")
+    assert server.task_state is None
+    assert (server.vm_state, server.power_state) == ("active", 1)
+    assert server.locked is False
+    assert server.host_status == "UP"
+    assert server.tags == spec.tags
+    assert server.enterprise_project_id == spec.enterprise_project_id
+    assert server.flavor_id == spec.flavor
+    assert server.updated is not None
+    assert server.updated.tzinfo is not None
+    assert server.first_fixed_ipv4() == spec.ip
+    assert server.metadata["os_type"] == "Linux"
+    assert server == client.list_servers(PROJECT).servers[4]
+
+
+def test_given_a_rebooting_locked_server_on_a_down_host_when_get_server_then_the_api_says_so(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    simulator.configure(servers=2, job_duration=30)
+    server_id = generated_server(PROJECT, 1).id
+    before = client.get_server(PROJECT, server_id)
+    client.batch_reboot(PROJECT, [server_id])
+    simulator.set_server(server_id, locked=True, host_status="DOWN")
+    # When
+    server = client.get_server(PROJECT, server_id)
+    # Then
+    assert (server.status, server.task_state) == ("HARD_REBOOT", "reboot_started_hard")
+    assert (server.locked, server.host_status) == (True, "DOWN")
+    assert server.updated is not None
+    assert before.updated is not None
+    assert server.updated > before.updated
+
+
+def test_given_an_unknown_server_when_get_server_then_not_found_bms_0040(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    simulator.configure(servers=2)
+    # When
+    with pytest.raises(NotFoundError) as raised:
+        client.get_server(PROJECT, str(uuid.uuid4()))
+    # Then
+    assert (raised.value.status, raised.value.code) == (404, "BMS.0040")
+    assert raised.value.message == "The server does not exist."
+    assert raised.value.maybe_accepted is False
+
+
+def test_given_a_credential_without_bms_servers_list_when_listing_then_permission_denied(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    simulator.configure(servers=2, denied_permissions=["bms:servers:list"])
+    # When
+    with pytest.raises(PermissionDeniedError) as raised:
+        next(client.iter_servers(PROJECT))
+    # Then
+    assert (raised.value.status, raised.value.code) == (403, "BMS.0288")
+    assert "bms:servers:list" in raised.value.message
+    assert not raised.value.retryable
+
+
+def test_given_a_throttled_list_when_listing_then_throttled_error(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given
+    simulator.configure(servers=2, list_rate_limit=1, retry_after=3)
+    client.list_servers(PROJECT)
+    # When
+    with pytest.raises(ThrottledError) as raised:
+        client.list_servers(PROJECT)
+    # Then
+    assert raised.value.code == "APIGW.0308"
+    assert raised.value.retry_after == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"limit": 0},
+        {"limit": 1001},
+        {"limit": True},
+        {"offset": 0},
+        {"offset": -1},
+        {"tags": ["env=prod", "role=db"]},
+        {"name": ""},
+    ],
+)
+def test_given_a_bad_page_or_filter_when_list_servers_then_value_error_and_nothing_sent(
+    simulator: SimulatorHandle, client: BmsClient, kwargs: dict[str, Any]
+) -> None:
+    # When
+    with pytest.raises(ValueError, match=r"limit|offset|must be"):
+        client.list_servers(PROJECT, **kwargs)
+    # Then
+    assert simulator.stats()["calls"]["servers"] == dict.fromkeys(
+        ("accepted", "throttled", "rejected", "faulted", "dropped"), 0
+    )
+
+
+def test_given_a_200_without_a_page_when_list_servers_then_protocol_error(
+    simulator: SimulatorHandle, client: BmsClient
+) -> None:
+    # Given the no_job_id fault: an accepted call answered 200 {}
+    simulator.configure(servers=2)
+    simulator.inject("servers", "no_job_id")
+    # When
+    with pytest.raises(ProtocolError, match="not a page"):
+        client.list_servers(PROJECT)
+    # Then a later call reads the page
+    assert client.list_servers(PROJECT).count == 2
+
+
+def test_given_token_auth_when_listing_and_showing_then_both_work(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given
+    simulator.configure(servers=3)
+    client = BmsClient(simulator.base_url, token_auth(simulator), timeout=(2, 5))
+    # When
+    page = client.list_servers(PROJECT, tags="env=prod")
+    server = client.get_server(PROJECT, page.servers[0].id)
+    # Then
+    assert [s.name for s in page.servers] == ["bms-00001", "bms-00003"]
+    assert server.name == "bms-00001"
+    assert token_calls(simulator) == 1
+
+
+def test_given_the_official_sdk_when_both_list_servers_then_the_request_target_is_the_same(
+    capture_server: CaptureServer,  # noqa: F811 - the imported fixture
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+) -> None:
+    # Given (the SDK writes an application id under $HOME)
+    from huaweicloudsdkbms.v1 import BmsClient as SdkClient
+    from huaweicloudsdkbms.v1 import ListBareMetalServersRequest
+    from huaweicloudsdkcore.auth.credentials import BasicCredentials
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    capture_server.answer = (200, b'{"servers": [], "count": 0}')
+    sdk = (
+        SdkClient.new_builder()
+        .with_credentials(BasicCredentials("AK", "SK", PROJECT))
+        .with_endpoint(capture_server.base_url)
+        .build()
+    )
+    client = BmsClient(capture_server.base_url, AkSkAuth("AK", "SK"))
+    query = {"name": "web 01", "tags": "env=prod", "enterprise_project_id": "all_granted_eps"}
+    # When
+    sdk.list_bare_metal_servers(ListBareMetalServersRequest(limit=1000, offset=2, **query))
+    client.list_servers(PROJECT, limit=1000, offset=2, **query)
+    # Then
+    theirs, ours = capture_server.requests
+    assert ours.method == theirs.method == "GET"
+    assert ours.target == theirs.target
+    assert ours.target.startswith(f"/v1/{PROJECT}/baremetalservers/detail?")
+    assert "tags=env%3Dprod" in ours.target
+    assert "name=web%2001" in ours.target
+
+
+def test_given_a_short_page_when_iter_servers_then_reading_ends_though_count_says_more(
+    capture_server: CaptureServer,  # noqa: F811 - the imported fixture
+) -> None:
+    # Given a fleet that shrank while it was read: count 5, one server on the page
+    one = {"id": str(uuid.uuid4()), "name": "a", "status": "ACTIVE"}
+    capture_server.answer = (200, json.dumps({"servers": [one], "count": 5}).encode())
+    client = BmsClient(capture_server.base_url, AkSkAuth("AK", "SK"))
+    # When
+    pages = list(client.iter_servers(PROJECT, limit=2))
+    # Then
+    assert len(pages) == 1
+    assert len(capture_server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"servers": [], "count": "2"},
+        {"servers": {}, "count": 0},
+        {"count": 0},
+        {"servers": [{"name": "no id"}], "count": 1},
+        {"servers": ["text"], "count": 1},
+    ],
+)
+def test_given_an_unusable_page_when_list_servers_then_protocol_error(
+    capture_server: CaptureServer,  # noqa: F811 - the imported fixture
+    answer: dict[str, Any],
+) -> None:
+    # Given
+    capture_server.answer = (200, json.dumps(answer).encode())
+    client = BmsClient(capture_server.base_url, AkSkAuth("AK", "SK"))
+    # When / Then
+    with pytest.raises(ProtocolError):
+        client.list_servers(PROJECT)
+
+
+def test_given_odd_field_types_when_a_server_is_parsed_then_they_read_as_absent() -> None:
+    # Given
+    raw = {
+        "id": "616fb98f-46ca-475e-917e-2563e5a8cd19",
+        "name": None,
+        "status": None,
+        "OS-EXT-STS:task_state": "",
+        "OS-EXT-STS:power_state": True,
+        "locked": "yes",
+        "host_status": None,
+        "tags": ["a=b", 3, ""],
+        "updated": "yesterday",
+        "addresses": {
+            "net-a": [
+                {"addr": "fe80::1", "version": 6, "OS-EXT-IPS:type": "fixed"},
+                {"addr": "192.0.2.7", "version": "4", "OS-EXT-IPS:type": "floating"},
+                "junk",
+            ],
+            "net-b": [{"addr": "10.0.0.9", "version": "4", "OS-EXT-IPS:type": "fixed"}],
+            "net-c": "junk",
+        },
+        "metadata": ["not", "a", "dict"],
+        "flavor": "physical.s4",
+    }
+    # When
+    server = ServerDetails.from_api(raw)
+    # Then
+    assert (server.name, server.status, server.task_state) == ("", "", None)
+    assert server.power_state is None
+    assert server.locked is False
+    assert server.host_status == ""
+    assert server.tags == ("a=b",)
+    assert server.updated is None
+    assert server.first_fixed_ipv4() == "10.0.0.9"
+    assert [a.addr for a in server.addresses["net-a"]] == ["fe80::1", "192.0.2.7"]
+    assert server.metadata == {}
+    assert server.flavor_id is None
+    assert ServerDetails.from_api({**raw, "locked": True}).locked is True
+    with pytest.raises(ValueError, match="id"):
+        ServerDetails.from_api({"name": "no id"})

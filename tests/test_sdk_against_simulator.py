@@ -16,6 +16,8 @@ from huaweicloudsdkbms.v1 import (
     BatchStartBaremetalServersRequest,
     BatchStopBaremetalServersRequest,
     BmsClient,
+    ListBareMetalServerDetailsRequest,
+    ListBareMetalServersRequest,
     OsStartBody,
     OsStopBody,
     OsStopBodyType,
@@ -31,6 +33,7 @@ from huaweicloudsdkcore.http.http_config import HttpConfig
 
 from tests.fixtures.simulator import SimulatorHandle
 from worker.simulator.config import server_fails
+from worker.simulator.inventory import generated_server, generated_servers
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 
@@ -160,3 +163,68 @@ def test_given_throttling_then_the_sdk_post_is_not_retried_and_raises_429_apigw_
     assert raised.value.status_code == 429
     assert raised.value.error_code == "APIGW.0308"
     assert simulator.stats()["calls"]["action"]["throttled"] == 1
+
+
+@pytest.mark.usefixtures("sdk_home")
+def test_given_the_sdk_when_it_lists_servers_page_by_page_with_a_tag_then_it_reads_every_match(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given 2500 servers, 1250 of them env=prod
+    simulator.configure(servers=2500)
+    sdk = client(simulator)
+    expected = [s.id for s in generated_servers(PROJECT, 2500) if "env=prod" in s.tags]
+    # When
+    pages = [
+        sdk.list_bare_metal_servers(
+            ListBareMetalServersRequest(limit=1000, offset=offset, tags="env=prod")
+        )
+        for offset in (1, 2)
+    ]
+    # Then
+    assert [p.status_code for p in pages] == [200, 200]
+    assert {p.count for p in pages} == {1250}
+    assert [s.id for p in pages for s in p.servers] == expected
+    first = pages[0].servers[0]
+    assert first.name == "bms-00001"
+    assert first.status == "ACTIVE"
+    assert first.locked is False
+    assert first.host_status == "UP"
+    assert "env=prod" in first.tags
+    assert first.os_ext_st_stask_state is None
+    assert first.os_ext_st_spower_state == 1
+    assert first.flavor.id == generated_server(PROJECT, 1).flavor
+
+
+@pytest.mark.usefixtures("sdk_home")
+def test_given_the_sdk_when_it_shows_a_rebooting_server_then_it_parses_its_details(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given
+    simulator.configure(servers=3, job_duration=30)
+    spec = generated_server(PROJECT, 2)
+    sdk = client(simulator)
+    sdk.batch_reboot_baremetal_servers(reboot_request(spec.id))
+    # When
+    shown = sdk.list_bare_metal_server_details(ListBareMetalServerDetailsRequest(spec.id))
+    # Then
+    server = shown.server
+    assert (server.id, server.name) == (spec.id, "bms-00002")
+    assert (server.status, server.os_ext_st_stask_state) == ("HARD_REBOOT", "reboot_started_hard")
+    assert server.enterprise_project_id == spec.enterprise_project_id
+    (address,) = next(iter(server.addresses.values()))
+    assert (address.addr, address.os_ext_ip_stype, address.version) == (spec.ip, "fixed", "4")
+    assert server.metadata.os_type == "Linux"
+
+
+@pytest.mark.usefixtures("sdk_home")
+def test_given_an_unknown_server_then_the_sdk_raises_404_bms_0040(
+    simulator: SimulatorHandle,
+) -> None:
+    simulator.configure(servers=3)
+    sdk = client(simulator)
+
+    with pytest.raises(ClientRequestException) as raised:
+        sdk.list_bare_metal_server_details(ListBareMetalServerDetailsRequest(sid(1)))
+
+    assert raised.value.status_code == 404
+    assert raised.value.error_code == "BMS.0040"

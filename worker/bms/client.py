@@ -1,4 +1,5 @@
-"""The BMS API client: batch reboot and job queries over ``requests``.
+"""The BMS API client: batch reboot, job queries and the servers (list, details) over
+``requests``.
 
 One :class:`BmsClient` holds one pooled ``requests.Session``. Every call has a timeout, TLS is
 verified by default, and the client never retries on its own: the task layer owns retries (see
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -33,8 +34,8 @@ from worker.bms.errors import (
     error_from_response,
     protocol_error,
 )
-from worker.bms.models import Job
-from worker.bms.signing import AkSkAuth
+from worker.bms.models import Job, ServerDetails, ServerPage
+from worker.bms.signing import AkSkAuth, canonical_query
 from worker.text import clean
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ DEFAULT_USER_AGENT = f"bmsreboot/{__version__} {requests.utils.default_user_agen
 #: As the official SDK sends it.
 JSON_CONTENT_TYPE = "application/json;charset=utf-8"
 POWER_TYPES = ("HARD", "SOFT")
+#: The API's largest page of ListBareMetalServers (its default is 25).
+MAX_SERVERS_PER_PAGE = 1000
+#: ``enterprise_project_id`` for every enterprise project the caller is granted.
+ALL_GRANTED_EPS = "all_granted_eps"
 _PATH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _CONFIG_ERRORS = (
     requests.exceptions.InvalidURL,
@@ -84,7 +89,8 @@ def new_session(pool_maxsize: int = DEFAULT_POOL_SIZE) -> requests.Session:
 
 
 class BmsClient:
-    """Calls ``/v1/{project_id}/baremetalservers/action`` and ``/v1/{project_id}/jobs/{id}``."""
+    """Calls ``/v1/{project_id}/baremetalservers/action``, ``/v1/{project_id}/jobs/{id}``,
+    ``/v1/{project_id}/baremetalservers/detail`` and ``/v1/{project_id}/baremetalservers/{id}``."""
 
     def __init__(
         self,
@@ -188,6 +194,100 @@ class BmsClient:
         response = self._send("GET", project_id, f"jobs/{_path_id('job_id', job_id)}")
         return decode_json(response, is_post=False)
 
+    # --- servers ---------------------------------------------------------------------------
+    def list_servers(
+        self,
+        project_id: str,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        tags: str | None = None,
+        enterprise_project_id: str | None = None,
+        flavor: str | None = None,
+        limit: int = MAX_SERVERS_PER_PAGE,
+        offset: int = 1,
+    ) -> ServerPage:
+        """One page of ListBareMetalServers (``GET .../baremetalservers/detail``).
+
+        ``offset`` is a page number from 1, not a row offset; ``limit`` 1 to 1000 servers a
+        page. ``name`` matches a part of the name; ``tags`` is one tag (``key=value`` or
+        ``key``: the API takes one per call); ``enterprise_project_id`` may be
+        :data:`ALL_GRANTED_EPS`. The page's ``count`` is every matching server: read pages until
+        that many rows are read (:meth:`iter_servers`). A 403 (the credential lacks
+        ``bms:servers:list``) raises PermissionDeniedError with the API's code."""
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise ValueError(f"limit must be an integer, got {limit!r}")
+        if not 1 <= limit <= MAX_SERVERS_PER_PAGE:
+            raise ValueError(f"limit must be 1..{MAX_SERVERS_PER_PAGE}, got {limit}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 1:
+            raise ValueError(f"offset is a page number from 1, got {offset!r}")
+        filters = {
+            "flavor": flavor,
+            "name": name,
+            "status": status,
+            "tags": tags,
+            "enterprise_project_id": enterprise_project_id,
+        }
+        for key, value in filters.items():
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{key} must be a non-empty string (one value), got {value!r}")
+        query = [(k, v) for k, v in filters.items() if v is not None]
+        query += [("limit", str(limit)), ("offset", str(offset))]
+        response = self._send("GET", project_id, "baremetalservers/detail", query=query)
+        try:
+            return ServerPage.from_api(decode_json(response, is_post=False))
+        except ValueError as exc:
+            raise ProtocolError(f"the server list answer is not a page: {exc}") from None
+
+    def iter_servers(
+        self,
+        project_id: str,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        tags: str | None = None,
+        enterprise_project_id: str | None = None,
+        flavor: str | None = None,
+        limit: int = MAX_SERVERS_PER_PAGE,
+    ) -> Iterator[ServerPage]:
+        """Every page of a list, from page 1, until ``count`` rows are read (or a page comes
+        back short or empty: the fleet shrank while we read). One call per page, made when the
+        caller asks for the next page, so a caller can take a budget slot between pages.
+
+        A server that moves between pages while they are read (one added or removed before it)
+        can be seen twice or not at all, as with any paged API: de-duplicate by id, and read
+        again when the answer must be complete."""
+        read, offset = 0, 1
+        while True:
+            page = self.list_servers(
+                project_id,
+                name=name,
+                status=status,
+                tags=tags,
+                enterprise_project_id=enterprise_project_id,
+                flavor=flavor,
+                limit=limit,
+                offset=offset,
+            )
+            yield page
+            read += len(page.servers)
+            if read >= page.count or len(page.servers) < limit:
+                return
+            offset += 1
+
+    def get_server(self, project_id: str, server_id: str) -> ServerDetails:
+        """One server's details (``GET .../baremetalservers/{server_id}``); NotFoundError
+        (``BMS.0040``) when it does not exist."""
+        path = f"baremetalservers/{_path_id('server_id', server_id)}"
+        raw = decode_json(self._send("GET", project_id, path), is_post=False)
+        server = raw.get("server")
+        try:
+            if not isinstance(server, dict):
+                raise ValueError("no server object")
+            return ServerDetails.from_api(server)
+        except ValueError as exc:
+            raise ProtocolError(f"the server answer is not a server: {exc}") from None
+
     # --- the wire ---------------------------------------------------------------------------
     def _action(
         self, project_id: str, key: str, inner: dict[str, str], server_ids: Sequence[str]
@@ -211,10 +311,20 @@ class BmsClient:
         return job_id
 
     def _send(
-        self, method: str, project_id: str, path: str, body: bytes | None = None
+        self,
+        method: str,
+        project_id: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        query: Sequence[tuple[str, str]] = (),
     ) -> requests.Response:
         project_id = _path_id("project_id", project_id)
         url = f"{self.endpoint}/v1/{project_id}/{path}"
+        if query:
+            # On the wire exactly as signed (sorted, percent-encoded), as the official SDK does:
+            # the gateway then has nothing to re-encode differently ("+" or "%20" for a space).
+            url += "?" + canonical_query(query)
         headers = {
             "User-Agent": self.user_agent,
             "Accept": "application/json",

@@ -21,8 +21,8 @@ The tree::
     BmsError
     ├── ApiError                  the API answered with an HTTP error
     │   ├── AuthenticationError   401
-    │   ├── PermissionDeniedError 403
-    │   ├── NotFoundError         404
+    │   ├── PermissionDeniedError 403 (e.g. the credential lacks bms:servers:list)
+    │   ├── NotFoundError         404 (an unknown job; an unknown server, BMS.0040)
     │   ├── ThrottledError        429, with .retry_after (seconds) from Retry-After
     │   ├── RejectedError         any other 4xx (BMS.0040, BMS.0205, BMS.0018, ...)
     │   └── ServerError           5xx
@@ -134,7 +134,7 @@ class PermissionDeniedError(ApiError):
 
 
 class NotFoundError(ApiError):
-    """404: unknown job (or route)."""
+    """404: unknown job or server (BMS.0040), or route."""
 
 
 class ThrottledError(ApiError):

@@ -44,7 +44,33 @@ def _line(status: dict[str, Any]) -> str:
     )
 
 
-def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
+def demo_simulator_config(
+    fail_fraction: float,
+    *,
+    inventory_servers: int = 0,
+    inventory: str | None = None,
+    boot_seconds: float = 0.0,
+) -> SimulatorConfig:
+    """The demo's simulator: jobs of a few seconds, rate limits on. ``inventory_servers`` (N
+    generated servers per project) or ``inventory`` (a JSON-lines file) gives it servers; without
+    either it takes any server id, as the demo's random ids need."""
+    return SimulatorConfig(
+        job_duration=4.0,
+        job_jitter=2.0,
+        fail_fraction=fail_fraction,
+        servers=inventory_servers,
+        inventory=inventory,
+        boot_seconds=boot_seconds,
+    )
+
+
+def run_demo(
+    servers: int,
+    fail_fraction: float,
+    timeout: float,
+    *,
+    simulator_config: SimulatorConfig | None = None,
+) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -60,7 +86,7 @@ def run_demo(servers: int, fail_fraction: float, timeout: float) -> int:
     base = Settings()
     data_dir = base.data_dir / "demo"
     data_dir.mkdir(parents=True, exist_ok=True)
-    sim_config = SimulatorConfig(job_duration=4.0, job_jitter=2.0, fail_fraction=fail_fraction)
+    sim_config = simulator_config or demo_simulator_config(fail_fraction)
     with SimulatorServer(sim_config) as simulator:
         click.echo(
             f"simulator: {simulator.base_url} (rate limits on: 50/min action, 2000/min jobs)"

@@ -2,7 +2,8 @@
 
 Every ``SimulatorConfig`` field is an option (``fail_servers`` -> ``--fail-servers``; repeat it
 or separate values with commas; ``credentials``/``iam_users``/``projects`` take ``KEY=VALUE``;
-rate limits take a number or ``none``). The first line on stdout is exactly
+rate limits take a number or ``none``; ``--servers N`` or ``--inventory FILE`` gives it servers).
+The first line on stdout is exactly
 ``bmsreboot simulator listening on http://HOST:PORT`` so a parent process can read the base URL.
 With ``--verbose`` one line per request goes to stderr: method, path, status, time; never
 headers or bodies, which carry signatures, tokens and passwords.
@@ -32,8 +33,19 @@ from worker.simulator.server import SimulatorServer
 
 #: Knobs that hold several values: the option repeats.
 _MULTIPLE = frozenset(
-    {"fail_servers", "unknown_servers", "stuck_servers", "credentials", "iam_users", "projects"}
+    {
+        "fail_servers",
+        "unknown_servers",
+        "stuck_servers",
+        "credentials",
+        "iam_users",
+        "projects",
+        "no_return_servers",
+        "denied_permissions",
+    }
 )
+#: Every rate limit, for --no-rate-limit.
+_RATE_LIMITS = ("action_rate_limit", "job_rate_limit", "list_rate_limit", "server_rate_limit")
 _HELP = {
     "job_duration": "Seconds from job creation to its end (INIT for the first tenth).",
     "job_jitter": "Up to this many extra seconds per job (fixed per job id).",
@@ -44,7 +56,9 @@ _HELP = {
     "stuck_servers": "Server ids whose jobs never finish.",
     "action_rate_limit": "Power actions per minute per project, or 'none'.",
     "job_rate_limit": "Job polls per minute per project, or 'none'.",
-    "rate_limit_scale": "Multiplier of both rate limits.",
+    "list_rate_limit": "Server list calls per minute per project, or 'none'.",
+    "server_rate_limit": "One-server detail calls per minute per project, or 'none'.",
+    "rate_limit_scale": "Multiplier of every rate limit.",
     "retry_after": "Seconds sent as Retry-After with a 429, or 'none' for no header.",
     "fault_5xx": "Probability of a 500 (nothing accepted) on actions and polls.",
     "drop_after_accept": "Probability that an accepted action gets no answer.",
@@ -57,6 +71,16 @@ _HELP = {
     "job_ttl": "Seconds a finished job stays visible before it is purged (404).",
     "ak_lockout_failures": "Consecutive signature failures before an AK is locked, or 'none'.",
     "ak_lockout_seconds": "Seconds an AK stays locked.",
+    "servers": "Generate N servers in every project (bms-00001...; tags env, role, rack; "
+    "three enterprise projects). 0: no inventory, any id is taken.",
+    "inventory": "A JSON-lines file of servers (id, name, tags, enterprise_project_id, locked, "
+    "status, host_status, ...); excludes --servers.",
+    "boot_seconds": "Seconds a rebooted server stays HARD_REBOOT after its job ends, before "
+    "it is ACTIVE again.",
+    "no_return_fraction": "Share of rebooted servers that end ERROR instead (by sha256).",
+    "no_return_servers": "Server ids that end ERROR after a reboot.",
+    "denied_permissions": "IAM permissions the caller lacks, refused with 403: "
+    "bms:servers:list, bms:servers:get.",
 }
 assert set(_HELP) == set(FIELD_NAMES), "every knob needs a CLI option"
 #: What each knob takes, for --help (every option is parsed by the knob's own converter).
@@ -70,6 +94,8 @@ _METAVAR = {
     "stuck_servers": "ID",
     "action_rate_limit": "N|none",
     "job_rate_limit": "N|none",
+    "list_rate_limit": "N|none",
+    "server_rate_limit": "N|none",
     "rate_limit_scale": "FACTOR",
     "retry_after": "SECONDS|none",
     "fault_5xx": "PROBABILITY",
@@ -83,6 +109,12 @@ _METAVAR = {
     "job_ttl": "SECONDS",
     "ak_lockout_failures": "N|none",
     "ak_lockout_seconds": "SECONDS",
+    "servers": "N",
+    "inventory": "FILE",
+    "boot_seconds": "SECONDS",
+    "no_return_fraction": "FRACTION",
+    "no_return_servers": "ID",
+    "denied_permissions": "PERMISSION",
 }
 assert set(_METAVAR) == set(FIELD_NAMES)
 
@@ -124,23 +156,24 @@ def _knob_options(command: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="Port (0-65535); 0 picks a free one.",
 )
-@click.option("--no-rate-limit", is_flag=True, help="Turn both rate limits off.")
+@click.option("--no-rate-limit", is_flag=True, help="Turn every rate limit off.")
 @click.option("--verbose", is_flag=True, help="Log one line per request to stderr.")
 @_knob_options
 def simulator(host: str, port: int, no_rate_limit: bool, verbose: bool, **knobs: Any) -> None:
-    """Run a wire-faithful local BMS API simulator (BMS actions, jobs and IAM tokens)."""
+    """Run a wire-faithful local BMS API simulator (BMS actions, jobs, servers and IAM tokens)."""
     patch = {name: value for name, value in knobs.items() if value not in (None, ())}
     if no_rate_limit:
-        patch.update(action_rate_limit=None, job_rate_limit=None)
+        patch.update(dict.fromkeys(_RATE_LIMITS))
     try:
         config = patched(SimulatorConfig(), patch)
+        simulator = SimulatorServer(config, host, port, verbose=verbose)  # reads the inventory
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with port_errors(host, port):
-        server = SimulatorServer(config, host, port, verbose=verbose).start()
+        server = simulator.start()
     try:
         click.echo(f"bmsreboot simulator listening on {server.base_url}")
         ak = next(iter(config.credentials), DEFAULT_AK)

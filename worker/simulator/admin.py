@@ -5,6 +5,9 @@
 - ``GET /_simulator/config``: the knobs (secrets masked); ``POST`` patches them with a JSON
   object of the same field names (sets as lists) and answers the new knobs.
 - ``POST /_simulator/inject``: ``{"route", "fault", "count"?, "delay"?}`` queues faults.
+- ``POST /_simulator/servers``: ``{"id"|"ids", "project_id"?, <field>: <value>...}`` sets
+  ``locked``, ``status``, ``host_status``, ``task_state`` or ``ip`` of inventory servers (the
+  default project unless named) and answers ``{"servers": [<as the API shows them>]}``.
 Bad input answers 400 ``{"error": "<why>"}``.
 """
 
@@ -15,6 +18,8 @@ import time
 from typing import Any
 
 from worker.simulator.auth import Incoming
+from worker.simulator.config import DEFAULT_PROJECT_ID
+from worker.simulator.inventory import render
 from worker.simulator.state import SimulatorState
 from worker.simulator.wire import Reply, json_reply
 
@@ -51,6 +56,8 @@ def handle(state: SimulatorState, request: Incoming) -> Reply | None:
             return json_reply(200, state.config_json())
         if (request.method, name) == ("POST", "inject"):
             return _inject(state, _object(request.body))
+        if (request.method, name) == ("POST", "servers"):
+            return _servers(state, _object(request.body))
     except ValueError as error:
         return _bad(str(error))
     return None
@@ -69,3 +76,18 @@ def _inject(state: SimulatorState, spec: dict[str, Any]) -> Reply:
     with state.lock:
         pending = state.faults.pending()
     return json_reply(200, {"pending": pending})
+
+
+def _servers(state: SimulatorState, spec: dict[str, Any]) -> Reply:
+    fields = dict(spec)
+    project_id = fields.pop("project_id", DEFAULT_PROJECT_ID)
+    ids = fields.pop("ids", None)
+    one = fields.pop("id", None)
+    if ids is None and one is not None:
+        ids = [one]
+    if not isinstance(project_id, str) or not project_id:
+        raise ValueError("project_id must be a string")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise ValueError("give the server as id (a string) or ids (a list of strings)")
+    views = state.set_servers(project_id, ids, fields, time.time())
+    return json_reply(200, {"servers": [render(view) for view in views]})

@@ -2,9 +2,15 @@
 
 Order, as a gateway in front of a service would do it: route (404 APIGW.0101), injected
 before-accept fault or random ``fault_5xx``, authentication (401 APIGW.0301 / 400 Common.0018),
-rate limit (429 APIGW.0308), body validation (400 BMS.*), unknown servers (400 BMS.0040, nothing
-accepted), then acceptance, after which an injected after-accept fault or a random
-``drop_after_accept`` may replace the answer. Every call is counted in exactly one outcome.
+rate limit (429 APIGW.0308), the caller's permission (403 BMS.0288, the inventory routes only),
+body or query validation (400 BMS.*), unknown servers (400 BMS.0040, nothing accepted), with an
+inventory the servers' state (400 BMS.0605 / BMS.0035-0039), then acceptance, after which an
+injected after-accept fault or a random ``drop_after_accept`` may replace the answer. Every call
+is counted in exactly one outcome.
+
+Routes: ``action`` (POST .../baremetalservers/action), ``jobs`` (GET .../jobs/{id}),
+``tokens`` (POST /v3/auth/tokens), ``servers`` (GET .../baremetalservers/detail, the list) and
+``server`` (GET .../baremetalservers/{id}).
 """
 
 from __future__ import annotations
@@ -16,17 +22,21 @@ import time
 
 from worker.simulator import wire
 from worker.simulator.auth import SIGNATURE_FAIL, AuthFailure, Incoming, TenantMismatch
+from worker.simulator.config import PERMISSIONS
 from worker.simulator.faults import Fault
-from worker.simulator.state import SimulatorState
+from worker.simulator.inventory import render
+from worker.simulator.state import Refused, SimulatorState
 from worker.simulator.tokens import TokenRequestError, check_request, issue
-from worker.simulator.validation import Invalid, parse_action
+from worker.simulator.validation import Invalid, parse_action, parse_list_query
 from worker.simulator.wire import Reply
 
 ACTION_PATH = re.compile(r"^/v1/([^/]+)/baremetalservers/action$")
 JOB_PATH = re.compile(r"^/v1/([^/]+)/jobs/([^/]+)$")
+LIST_PATH = re.compile(r"^/v1/([^/]+)/baremetalservers/detail$")
+SERVER_PATH = re.compile(r"^/v1/([^/]+)/baremetalservers/((?!action$|detail$)[^/]+)$")
 TOKENS_PATH = "/v3/auth/tokens"
 #: The documented limit shown in an injected 429 on a route that has no limit configured.
-DEFAULT_LIMITS = {"action": 50, "jobs": 2000, "tokens": 50}
+DEFAULT_LIMITS = {"action": 50, "jobs": 2000, "tokens": 50, "servers": 500, "server": 1000}
 
 
 def dispatch(state: SimulatorState, request: Incoming) -> tuple[str | None, Reply]:
@@ -36,6 +46,10 @@ def dispatch(state: SimulatorState, request: Incoming) -> tuple[str | None, Repl
         route, reply = "action", _action(state, request, match[1])
     elif request.method == "GET" and (match := JOB_PATH.match(request.path)):
         route, reply = "jobs", _job(state, request, match[1], match[2])
+    elif request.method == "GET" and (match := LIST_PATH.match(request.path)):
+        route, reply = "servers", _servers(state, request, match[1])
+    elif request.method == "GET" and (match := SERVER_PATH.match(request.path)):
+        route, reply = "server", _server(state, request, match[1], match[2])
     elif request.method == "POST" and request.path == TOKENS_PATH:
         route, reply = "tokens", _tokens(state, request)
     else:
@@ -59,7 +73,11 @@ def _action(state: SimulatorState, request: Incoming, project_id: str) -> Reply:
     if not state.config.unknown_servers.isdisjoint(action.server_ids):
         state.count("action", "rejected")
         return wire.bms_error(400, wire.BMS_NO_SERVER)
-    job, fault = state.accept_action(project_id, action, now)
+    try:
+        job, fault = state.accept_action(project_id, action, now)
+    except Refused as refusal:
+        state.count("action", "rejected")
+        return wire.bms_error(400, refusal.code, wire.refusal_message(refusal.code, action.action))
     return _after(state, "action", fault, wire.json_reply(200, {"job_id": job.job_id}))
 
 
@@ -73,6 +91,50 @@ def _job(state: SimulatorState, request: Incoming, project_id: str, job_id: str)
         state.count("jobs", "rejected")
         return wire.bms_error(404, wire.BMS_NO_JOB)
     return _after(state, "jobs", fault, Reply(200, job.body(now)))
+
+
+def _servers(state: SimulatorState, request: Incoming, project_id: str) -> Reply:
+    now = time.time()
+    refused = (
+        _before(state, "servers", request)
+        or _gate(state, "servers", request, project_id, now)
+        or _permission(state, "servers")
+    )
+    if refused:
+        return refused
+    try:
+        filters = parse_list_query(request.target)
+    except Invalid as invalid:
+        state.count("servers", "rejected")
+        return wire.bms_error(400, invalid.code, invalid.message)
+    count, views, fault = state.list_servers(project_id, filters, now)
+    body = {"servers": [render(view) for view in views], "count": count}
+    return _after(state, "servers", fault, wire.json_reply(200, body))
+
+
+def _server(state: SimulatorState, request: Incoming, project_id: str, server_id: str) -> Reply:
+    now = time.time()
+    refused = (
+        _before(state, "server", request)
+        or _gate(state, "server", request, project_id, now)
+        or _permission(state, "server")
+    )
+    if refused:
+        return refused
+    view, fault = state.find_server(project_id, server_id, now)
+    if view is None:
+        state.count("server", "rejected")
+        return wire.bms_error(404, wire.BMS_NO_SERVER)
+    return _after(state, "server", fault, wire.json_reply(200, {"server": render(view)}))
+
+
+def _permission(state: SimulatorState, route: str) -> Reply | None:
+    """403 when the caller lacks the route's IAM permission (``denied_permissions``)."""
+    permission = PERMISSIONS[route]
+    if permission not in state.config.denied_permissions:
+        return None
+    state.count(route, "rejected")
+    return wire.forbidden(permission)
 
 
 def _tokens(state: SimulatorState, request: Incoming) -> Reply:

@@ -4,9 +4,14 @@ Every field is also a ``bmsreboot simulator`` option (``--job-duration`` ...) an
 runtime through ``POST /_simulator/config`` (JSON with the same field names; sets as lists). Both
 paths go through :func:`patched`, so the CLI, the HTTP endpoint and ``SimulatorServer`` agree on
 names and types. A job takes the knobs that shape it (duration, failures, stuck servers) when it is
-created; later changes apply to new jobs only.
+created; later changes apply to new jobs only. A reboot takes ``boot_seconds`` and whether the
+server comes back (``no_return_fraction``/``no_return_servers``) when it is accepted.
 
-:func:`server_fails` is public so tests elsewhere can compute the expected outcome of a server.
+The inventory (``servers`` or ``inventory``, see ``worker.simulator.inventory``) is rebuilt when
+either of those two knobs changes, and by a reset.
+
+:func:`server_fails` and :func:`server_never_returns` are public so tests elsewhere can compute
+the expected outcome of a server.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ DEFAULT_IAM_PASSWORD = "demo-password"  # noqa: S105 - the documented local demo
 #: The project of the reference's captured requests, under the region-named project.
 DEFAULT_PROJECT_NAME = "cn-north-4"
 DEFAULT_PROJECT_ID = "0123456789abcdef0123456789abcdef"
+#: Route -> the IAM permission it needs, for ``denied_permissions``.
+PERMISSIONS = {"servers": "bms:servers:list", "server": "bms:servers:get"}
 
 
 def iam_user_key(domain: str, user: str) -> str:
@@ -45,6 +52,10 @@ class SimulatorConfig:
     stuck_servers: frozenset[str] = frozenset()
     action_rate_limit: int | None = 50
     job_rate_limit: int | None = 2000
+    #: ListBareMetalServers, per minute per project (the documented 500).
+    list_rate_limit: int | None = 500
+    #: One server's details, per minute per project (the documented 1000).
+    server_rate_limit: int | None = 1000
     rate_limit_scale: float = 1.0
     retry_after: float | None = None
     fault_5xx: float = 0.0
@@ -66,20 +77,59 @@ class SimulatorConfig:
     #: The gateway locks an AK for 5 minutes after more than 5 consecutive signature failures.
     ak_lockout_failures: int | None = 5
     ak_lockout_seconds: float = 300.0
+    #: Generate this many servers in every project (``bms-00001``...); 0: none.
+    servers: int = 0
+    #: A JSON-lines file of servers (see ``worker.simulator.inventory``); exclusive with servers.
+    inventory: str | None = None
+    #: Seconds a rebooted server stays HARD_REBOOT after its sub-job's SUCCESS (firmware, boot).
+    boot_seconds: float = 0.0
+    #: Share of rebooted servers that end ERROR instead of coming back (sha256, see below).
+    no_return_fraction: float = 0.0
+    #: Servers that never come back from a reboot (end ERROR).
+    no_return_servers: frozenset[str] = frozenset()
+    #: IAM permissions the caller lacks: each refuses its route with 403 (see PERMISSIONS).
+    denied_permissions: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        for name in ("fail_fraction", "fault_5xx", "drop_after_accept"):
+        for name in ("fail_fraction", "fault_5xx", "drop_after_accept", "no_return_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
-        for name in ("job_duration", "job_jitter", "latency", "token_ttl", "job_ttl"):
+        for name in (
+            "job_duration",
+            "job_jitter",
+            "latency",
+            "token_ttl",
+            "job_ttl",
+            "servers",
+            "boot_seconds",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.rate_limit_scale <= 0:
             raise ValueError("rate_limit_scale must be positive")
+        if self.servers and self.inventory is not None:
+            raise ValueError("servers and inventory exclude each other: give one")
+        unknown = self.denied_permissions - set(PERMISSIONS.values())
+        if unknown:
+            raise ValueError(
+                f"denied_permissions takes {', '.join(sorted(PERMISSIONS.values()))}, "
+                f"not {', '.join(sorted(unknown))}"
+            )
+
+    @property
+    def has_inventory(self) -> bool:
+        """Whether servers exist (``servers`` or ``inventory``); without, actions take any id."""
+        return bool(self.servers) or self.inventory is not None
 
     def rate_limit(self, route: str) -> int | None:
-        """Requests per minute per project on ``route`` ("action" or "jobs"); None is unlimited."""
-        limits = {"action": self.action_rate_limit, "jobs": self.job_rate_limit}
+        """Requests per minute per project on ``route`` ("action", "jobs", "servers" or
+        "server"); None is unlimited."""
+        limits = {
+            "action": self.action_rate_limit,
+            "jobs": self.job_rate_limit,
+            "servers": self.list_rate_limit,
+            "server": self.server_rate_limit,
+        }
         base = limits.get(route)
         if base is None:
             return None
@@ -95,6 +145,17 @@ def failure_point(server_id: str) -> float:
 def server_fails(server_id: str, config: SimulatorConfig) -> bool:
     """Whether a power action on ``server_id`` ends in a FAIL sub-job under ``config``."""
     return server_id in config.fail_servers or failure_point(server_id) < config.fail_fraction
+
+
+def server_never_returns(server_id: str, config: SimulatorConfig) -> bool:
+    """Whether a reboot of ``server_id`` ends ERROR instead of ACTIVE under ``config``.
+
+    The point is sha256 of ``"no-return:" + server_id``, not of the id alone: the same point as
+    :func:`server_fails` would pick the servers whose sub-job fails, which are never rebooted."""
+    return (
+        server_id in config.no_return_servers
+        or failure_point(f"no-return:{server_id}") < config.no_return_fraction
+    )
 
 
 # --- conversion of patches (JSON bodies and CLI options) ------------------------------------
@@ -160,6 +221,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "stuck_servers": _set,
     "action_rate_limit": _optional(_int),
     "job_rate_limit": _optional(_int),
+    "list_rate_limit": _optional(_int),
+    "server_rate_limit": _optional(_int),
     "rate_limit_scale": _float,
     "retry_after": _optional(_float),
     "fault_5xx": _float,
@@ -173,6 +236,12 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "job_ttl": _float,
     "ak_lockout_failures": _optional(_int),
     "ak_lockout_seconds": _float,
+    "servers": _int,
+    "inventory": _optional(_str),
+    "boot_seconds": _float,
+    "no_return_fraction": _float,
+    "no_return_servers": _set,
+    "denied_permissions": _set,
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(SimulatorConfig))
 assert set(FIELD_NAMES) == set(_CONVERTERS), "every knob needs a converter"

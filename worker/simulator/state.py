@@ -1,9 +1,10 @@
 """All mutable state of one simulator, under one lock with short critical sections.
 
-``SimulatorState`` owns the knobs, the jobs, the tokens, the AK lockout, the rate limiter, the
-fault queues, the counters and the seeded random source. Each method takes the lock for a few
-dictionary operations only; signature checks and job serialization run outside it, so many
-client threads are served in parallel as far as the GIL allows.
+``SimulatorState`` owns the knobs, the jobs, the inventory (servers and their state), the tokens,
+the AK lockout, the rate limiter, the fault queues, the counters and the seeded random source.
+Each method takes the lock for a few dictionary operations only; signature checks, job and
+server serialization run outside it, so many client threads are served in parallel as far as
+the GIL allows.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from worker.simulator.auth import (
 )
 from worker.simulator.config import SimulatorConfig, patched, to_json
 from worker.simulator.faults import Fault, FaultQueues
+from worker.simulator.inventory import Filters, Inventory, ServerView
 from worker.simulator.jobs import Job
 from worker.simulator.ratelimit import RateLimiter
 from worker.simulator.stats import Stats
@@ -34,12 +36,21 @@ PURGE_INTERVAL = 1.0
 AK_LOCKED = "AK access failed to reach the limit,forbidden"
 
 
+class Refused(Exception):
+    """A power action the inventory refuses as a whole (BMS.0040, BMS.0605, BMS.0035-0039)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 class SimulatorState:
     def __init__(self, config: SimulatorConfig | None = None) -> None:
         self.lock = threading.Lock()
         self._config = config or SimulatorConfig()
         self._rng = random.Random(self._config.seed)
         self.jobs: dict[str, Job] = {}
+        self.inventory = Inventory(self._config)
         self.tokens = TokenStore()
         self.lockout = Lockout()
         self.limiter = RateLimiter()
@@ -53,18 +64,24 @@ class SimulatorState:
         return self._config
 
     def configure(self, patch: Mapping[str, Any]) -> SimulatorConfig:
-        """Apply a knob patch (JSON names and values); raises ValueError on a bad one."""
+        """Apply a knob patch (JSON names and values); raises ValueError on a bad one (nothing
+        changes then). A new ``servers`` or ``inventory`` builds the inventory again."""
         with self.lock:
-            new = patched(self._config, patch)
+            old = self._config
+            new = patched(old, patch)
+            if (new.servers, new.inventory) != (old.servers, old.inventory):
+                self.inventory = Inventory(new)
             if "seed" in patch:
                 self._rng = random.Random(new.seed)
             self._config = new
             return new
 
     def reset(self) -> None:
-        """Forget jobs, tokens, lockouts, buckets, queued faults and counters; keep the knobs."""
+        """Forget jobs, tokens, lockouts, buckets, queued faults and counters, and put the servers
+        back as the inventory made them; keep the knobs."""
         with self.lock:
             self.jobs.clear()
+            self.inventory.clear()
             self.tokens.clear()
             self.lockout.clear()
             self.limiter.clear()
@@ -137,12 +154,29 @@ class SimulatorState:
     def accept_action(
         self, project_id: str, action: PowerAction, now: float
     ) -> tuple[Job, Fault | None]:
-        """Create the job of an accepted action, count its servers, take an after-accept fault."""
+        """Create the job of an accepted action, count its servers, take an after-accept fault.
+        With an inventory, raise :class:`Refused` when a server's state forbids the action:
+        checked and started under one lock, so two calls cannot both reboot one server."""
         config = self._config
         with self.lock:
+            inventory = self.inventory
+            if inventory.enabled:
+                code = inventory.refusal(project_id, action.action, action.server_ids, now)
+                if code:
+                    raise Refused(code)
             job_id = f"{self._rng.getrandbits(128):032x}"
             job = Job.create(job_id, project_id, action.action, action.server_ids, config, now)
             self.jobs[job_id] = job
+            if inventory.enabled:
+                inventory.start(
+                    project_id,
+                    action.action,
+                    action.server_ids,
+                    job.failures,
+                    job.finished_at,
+                    config,
+                    now,
+                )
             self.stats.count_action(action.action, action.server_ids)
             self._purge_if_due(now)
             return job, self.faults.take_after("action")
@@ -159,6 +193,30 @@ class SimulatorState:
                 return None, None
             self.stats.polls[job_id] += 1
             return job, self.faults.take_after("jobs")
+
+    def list_servers(
+        self, project_id: str, filters: Filters, now: float
+    ) -> tuple[int, list[ServerView], Fault | None]:
+        """(matching count, the page's servers, an after-accept fault)."""
+        with self.lock:
+            count, views = self.inventory.page(project_id, filters, now)
+            return count, views, self.faults.take_after("servers")
+
+    def find_server(
+        self, project_id: str, server_id: str, now: float
+    ) -> tuple[ServerView | None, Fault | None]:
+        with self.lock:
+            view = self.inventory.find(project_id, server_id, now)
+            if view is None:
+                return None, None
+            return view, self.faults.take_after("server")
+
+    def set_servers(
+        self, project_id: str, server_ids: list[str], fields: Mapping[str, Any], now: float
+    ) -> list[ServerView]:
+        """Change servers' ``locked``/``status``/``host_status``/``task_state``/``ip``."""
+        with self.lock:
+            return self.inventory.set_fields(project_id, server_ids, fields, now)
 
     def add_token(self, value: str, token: Token) -> Fault | None:
         with self.lock:
@@ -190,7 +248,7 @@ class SimulatorState:
                 }
                 for job_id, job in self.jobs.items()
             }
-            return self.stats.to_json(jobs)
+            return self.stats.to_json(jobs, self.inventory.history(now))
 
     def config_json(self) -> dict[str, Any]:
         return to_json(self._config)

@@ -4,7 +4,8 @@ Each API call lands in exactly one outcome of its route: ``accepted`` (answered 
 ``throttled`` (429), ``rejected`` (auth, validation, unknown job), ``faulted`` (an injected or
 random 5xx, a 502, ``no_job_id`` or ``slow``) or ``dropped`` (connection closed unanswered).
 Server counters (``reboots``, ``actions``) count every action that was executed, including
-those whose answer was then faulted or dropped: that is the point of those faults.
+those whose answer was then faulted or dropped: that is the point of those faults. With an
+inventory, ``servers`` holds each rebooted server's timeline (``Inventory.history``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class Stats:
     def count_action(self, action: str, server_ids: tuple[str, ...]) -> None:
         self.actions[action].update(server_ids)
 
-    def to_json(self, jobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def to_json(
+        self, jobs: dict[str, dict[str, Any]], servers: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
         return {
             "reboots": dict(self.actions["reboot"]),
             "actions": {action: dict(counter) for action, counter in self.actions.items()},
@@ -42,4 +45,5 @@ class Stats:
             },
             "polls": dict(self.polls),
             "jobs": jobs,
+            "servers": servers,
         }

@@ -28,6 +28,7 @@ BMS_PARSE = "BMS.0001"
 BMS_INVALID = "BMS.0018"
 BMS_OUT_OF_RANGE = "BMS.0205"
 BMS_NO_SERVER = "BMS.0040"
+BMS_FORBIDDEN = "BMS.0288"
 COMMON_TENANT = "Common.0018"
 #: Not documented: the code of an unknown or purged job id (404) is our choice.
 BMS_NO_JOB = "BMS.0404"
@@ -65,6 +66,11 @@ GATEWAY_502_HTML = (
 def failure_message(code: str, action: str) -> str:
     template = FAILURE_MESSAGES.get(code, GENERIC_FAILURE)
     return template.format(OPERATION_WORDS.get(action, action))
+
+
+def refusal_message(code: str, action: str) -> str:
+    """The message of a whole request refused for one server's condition."""
+    return MESSAGES[code] if code in MESSAGES else failure_message(code, action)
 
 
 def format_time(epoch: float) -> str:
@@ -126,6 +132,11 @@ def throttled(limit: int, request_id: str, retry_after: float | None) -> Reply:
         # HTTP wants whole seconds; urllib3 rejects a fractional Retry-After, so round up.
         headers = (("Retry-After", str(max(0, math.ceil(retry_after)))),)
     return gateway_error(429, APIGW_THROTTLED, message, request_id, headers)
+
+
+def forbidden(permission: str) -> Reply:
+    """403 for a caller whose IAM policy lacks ``permission`` (e.g. ``bms:servers:list``)."""
+    return bms_error(403, BMS_FORBIDDEN, f"Policy doesn't allow {permission} to be performed.")
 
 
 def internal_error() -> Reply:
