@@ -1081,7 +1081,6 @@ def test_given_a_credential_without_bms_servers_list_when_listing_then_permissio
     # Then
     assert (raised.value.status, raised.value.code) == (403, "BMS.0288")
     assert "bms:servers:list" in raised.value.message
-    assert not raised.value.retryable
 
 
 def test_given_a_throttled_list_when_listing_then_throttled_error(
