@@ -387,6 +387,33 @@ def test_a_receiver_that_refuses_connections_for_a_while_gets_its_events_when_it
     assert rows(engine, ids)[0].status == DeliveryStatus.DELIVERED
 
 
+def test_a_duplicate_message_for_a_delivery_waiting_to_retry_is_dropped(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Given a delivery whose first attempt failed, its retry 30 s away
+    secret = new_secret()
+    settings = settings_for(tmp_path, secret, webhook_retry_base=30.0, webhook_retry_max=60.0)
+    broker = Broker()
+    rt = runtime(engine, settings, broker)
+    with Receiver(secret, answer={"/hook": 500}) as receiver:
+        request_id = a_request(engine)
+        ids = emitted(
+            engine,
+            settings,
+            type=REQUEST_FINISHED,
+            request_id=request_id,
+            data=finished(request_id),
+            notify_url=receiver.url(),
+        )
+        assert deliver(ids[0], rt) == "retry"
+        assert [countdown > 29 for _, countdown in broker.sent] == [True]
+        # When a duplicate message for it comes (the reconciler's, or a redelivery)
+        assert deliver(ids[0], rt) == "early"
+        # Then it is not attempted, and sends no second chain of messages
+        assert len(receiver.webhooks()) == 1
+        assert len(broker.sent) == 1
+
+
 def test_a_delivery_is_failed_once_its_event_is_retry_hours_old(
     engine: Engine, tmp_path: Path
 ) -> None:

@@ -47,6 +47,9 @@ from worker.webhooks.outbox import Answer, Claim, NotNow, claim, destination_key
 
 log = logging.getLogger("bmsreboot.webhooks")
 
+#: A message at most this early for its row's attempt (a timer's imprecision) is sent again
+#: for the moment it is due; one earlier still is a duplicate, and dropped.
+EARLY_RESEND = 1.0
 #: How much of a receiver's answer ``last_error`` keeps (masked).
 EXCERPT = 80
 USER_AGENT = f"bmsreboot/{__version__}"
@@ -104,8 +107,15 @@ def deliver(delivery_id: int, rt: DeliveryRuntime) -> str:
 
 
 def _not_now(delivery_id: int, got: NotNow, rt: DeliveryRuntime) -> str:
-    if got.outcome == "early":
+    if got.outcome == "early" and got.wait <= EARLY_RESEND:
         _later(rt, delivery_id, utcnow() + dt.timedelta(seconds=got.wait))
+    elif got.outcome == "early":
+        # A duplicate (the reconciler's, or one redelivered by the broker): the message the
+        # row's retry was scheduled with is the live one, and the reconciler re-drives the
+        # row if that is lost. Sending this one on would keep two chains of messages alive.
+        log.debug(
+            "delivery %d is due in %.1f s: dropping an early duplicate", delivery_id, got.wait
+        )
     elif got.outcome == "stopped":
         rt.metrics.webhook_delivery("stopped", got.stopped)
         log.info(
