@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import logging
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,6 +205,8 @@ def claim(session: Session, delivery_id: int, now: dt.datetime, lease: float) ->
         return NotNow("missing")
     if row.status != _P:
         return NotNow("done")
+    if row.claimed_until is not None and row.claimed_until > now:
+        return NotNow("busy")
     if session.scalar(select(_gone(row.request_id, row.destination_key))):
         stopped = _stop_pending(
             session,
@@ -221,8 +222,6 @@ def claim(session: Session, delivery_id: int, now: dt.datetime, lease: float) ->
     )
     if blocked:
         return NotNow("waiting")
-    if row.claimed_until is not None and row.claimed_until > now:
-        return NotNow("busy")
     due = row.next_attempt_at or row.created_at
     early = (due - now).total_seconds()
     if early > EARLY_TOLERANCE:
@@ -477,16 +476,3 @@ def recent(
     if request_id is not None:
         query = query.where(WebhookDelivery.request_id == request_id)
     return [as_dict(row) for row in session.scalars(query)]
-
-
-def pending_ids(session: Session, ids: Sequence[int]) -> list[int]:
-    """Of ``ids``, those still pending (tests and the CLI)."""
-    if not ids:
-        return []
-    return list(
-        session.scalars(
-            select(WebhookDelivery.id).where(
-                WebhookDelivery.id.in_(list(ids)), WebhookDelivery.status == _P
-            )
-        )
-    )
