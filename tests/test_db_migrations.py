@@ -24,6 +24,7 @@ TABLES = {
     "dead_letters",
     "schedule_ticks",
     "metric_counters",
+    "webhook_deliveries",
 }
 
 
@@ -74,7 +75,14 @@ def test_the_migrated_check_constraints_allow_exactly_the_states_of_the_models(
     # Alembic's comparison does not look at CHECK constraints: the states are checked here.
     import re
 
-    from worker.db.states import BatchStatus, EventEntity, RequestStatus, ServerStatus
+    from worker.db.states import (
+        BatchStatus,
+        DeliveryStatus,
+        DestinationKind,
+        EventEntity,
+        RequestStatus,
+        ServerStatus,
+    )
 
     upgrade_database(empty_db_url)
     engine = make_engine(empty_db_url)
@@ -86,6 +94,8 @@ def test_the_migrated_check_constraints_allow_exactly_the_states_of_the_models(
             ("batches", "ck_batches_batch_status"): BatchStatus,
             ("server_results", "ck_server_results_server_status"): ServerStatus,
             ("events", "ck_events_event_entity"): EventEntity,
+            ("webhook_deliveries", "ck_webhook_deliveries_delivery_status"): DeliveryStatus,
+            ("webhook_deliveries", "ck_webhook_deliveries_destination_kind"): DestinationKind,
         }
         for (table, name), states in expected.items():
             (check,) = [c for c in inspector.get_check_constraints(table) if c["name"] == name]

@@ -284,6 +284,13 @@ BAD_TASKS: dict[str, tuple[str, str, tuple[Any, ...], dict[str, Any], str]] = {
         {},
         "tick must be an ISO 8601 time with a zone",
     ),
+    "a webhook delivery of an id that is not a number": (
+        "bmsreboot.deliver_webhook",
+        "bmsreboot.webhooks",
+        ("12",),
+        {},
+        "delivery_id must be a whole number of at least 1, got '12'",
+    ),
 }
 
 

@@ -6,6 +6,7 @@ Layout:
 - ``worker.simulator``: a wire-faithful local BMS API for tests, the demo and benchmarks.
 - ``worker.db``: the audit database (models, state machine, queries).
 - ``worker.pipeline``: plain functions behind the Celery tasks (intake, submit, poll).
+- ``worker.webhooks``: events announced to other systems (signed webhooks, chat), from an outbox.
 - ``worker.celery``: the Celery application (``celery -A worker worker``).
 - ``tasks``: the thin Celery tasks, with stable names ``bmsreboot.*``.
 """

@@ -151,7 +151,7 @@ def make_celery_app(settings: Settings | None = None) -> Celery:
     # `celery inspect conf`, Flower's worker page and `celery report` mask every URL's password
     # (Celery's own censoring misses redbeat_redis_url): worker.censor.
     censor.install()
-    celery_app = Celery("bmsreboot", include=["tasks"])
+    celery_app = Celery("bmsreboot", include=["tasks", "tasks.webhooks"])
     celery_app.conf.update(celery_config(settings))
     return celery_app
 

@@ -45,6 +45,28 @@ def mask_passwords(text: str) -> str:
     return _QUERY_PASSWORD.sub(rf"\g<head>{MASK}", text)
 
 
+#: ``scheme://USERINFO@``: the whole of a URL's user info (a user alone may be the token, as in
+#: ``https://TOKEN@host/hook``).
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#@]+(?=@)")
+#: A query parameter whose name says it is a credential: ``?token=``, ``&api_key=``,
+#: ``&X-Amz-Signature=``, ``?sig=``, ``?password=``, ``&client_secret=`` ...
+_QUERY_SECRET = re.compile(
+    r"(?P<head>[?&;][^=&;#\s]*(?:token|secret|key|pass|pwd|sig|auth|credential)[^=&;#\s]*=)"
+    r"[^&;#\s]*",
+    re.I,
+)
+
+
+def mask_url_credentials(text: str) -> str:
+    """``text`` with every URL's credentials masked: its whole user info (``user:password@``,
+    or a token given as the user) and the values of query parameters named like a credential
+    (token, secret, key, password, sig, auth). For webhook and chat URLs in logs and in
+    ``bmsreboot webhooks``: where a URL an operator or a producer configured is shown."""
+    text = mask_passwords(text)
+    text = _USERINFO.sub(rf"\g<head>{MASK}", text)
+    return _QUERY_SECRET.sub(rf"\g<head>{MASK}", text)
+
+
 def censor(value: Any) -> Any:
     """``value`` with every password of a URL in it masked: strings, and the values of
     mappings, lists, tuples and sets, at any depth. Another object is kept as it is unless

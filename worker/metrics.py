@@ -14,7 +14,9 @@ read from the audit database at each scrape. The names are fixed, for dashboards
 - ``bmsreboot_budget_wait_seconds`` (histogram: how long a call waited for its budget slot);
 - ``bmsreboot_polls_per_job`` and ``bmsreboot_detection_delay_seconds`` (histograms, observed
   when a job ends: its GETs, and the time from its own end to the audit database knowing it);
-- ``bmsreboot_oldest_unfinished_batch_seconds`` (gauge), ``bmsreboot_dead_letters`` (gauge).
+- ``bmsreboot_oldest_unfinished_batch_seconds`` (gauge), ``bmsreboot_dead_letters`` (gauge);
+- ``bmsreboot_webhook_deliveries_total{outcome}`` (``outcome`` = delivered | retry | failed |
+  stopped: webhook and chat attempts by what came of them, ``worker.webhooks``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ HISTOGRAMS = {
     "bmsreboot_detection_delay_seconds": DELAY_BUCKETS,
 }
 HASH_KEY = "bmsreboot:metrics"
+#: What an attempt at a webhook or chat delivery came to (``worker.webhooks``).
+WEBHOOK_OUTCOMES = ("delivered", "retry", "failed", "stopped")
 
 
 def _field(name: str, labels: Mapping[str, str]) -> str:
@@ -135,6 +139,10 @@ class Metrics:
             increments[_field("bmsreboot_api_throttled_total", {"route": route})] = 1.0
         self._incr(increments)
 
+    def webhook_delivery(self, outcome: str, count: int = 1) -> None:
+        """``count`` deliveries came to ``outcome`` (one of ``WEBHOOK_OUTCOMES``)."""
+        self._incr({_field("bmsreboot_webhook_deliveries_total", {"outcome": outcome}): count})
+
     def observe(self, name: str, value: float) -> None:
         buckets = HISTOGRAMS[name]
         increments = {
@@ -209,14 +217,25 @@ class Collector:
         )
         for route in ("action", "job", "token"):
             throttled.add_metric([route], 0.0)
+        deliveries = CounterMetricFamily(
+            "bmsreboot_webhook_deliveries",
+            "Webhook and chat delivery attempts by outcome",
+            labels=["outcome"],
+        )
+        outcomes = dict.fromkeys(WEBHOOK_OUTCOMES, 0.0)
         for (name, labels), value in sorted(values.items()):
             label = dict(labels)
             if name == "bmsreboot_api_calls_total":
                 calls.add_metric([label.get("route", ""), label.get("code", "")], value)
             elif name == "bmsreboot_api_throttled_total":
                 throttled.add_metric([label.get("route", "")], value)
+            elif name == "bmsreboot_webhook_deliveries_total":
+                outcomes[label.get("outcome", "")] = value
+        for outcome, value in outcomes.items():
+            deliveries.add_metric([outcome], value)
         yield calls
         yield throttled
+        yield deliveries
         for name, buckets in HISTOGRAMS.items():
             counts = [
                 (_le(bound), values.get((f"{name}_bucket", (("le", _le(bound)),)), 0.0))

@@ -17,8 +17,11 @@ INTAKE_QUEUE = "bmsreboot.intake"
 SUBMIT_QUEUE = "bmsreboot.submit"
 #: The polls of jobs.
 POLL_QUEUE = "bmsreboot.poll"
+#: Webhook and chat deliveries (``worker.webhooks``): last, and apart, so that a slow or dead
+#: receiver never holds back the pipeline. A worker must consume it.
+WEBHOOK_QUEUE = "bmsreboot.webhooks"
 #: Every queue a worker consumes by default, in the order a worker on Redis reads them.
-QUEUES = (INTAKE_QUEUE, SUBMIT_QUEUE, POLL_QUEUE)
+QUEUES = (INTAKE_QUEUE, SUBMIT_QUEUE, POLL_QUEUE, WEBHOOK_QUEUE)
 
 # --- tasks ----------------------------------------------------------------------------------
 REQUEST_REBOOT = "bmsreboot.request_reboot"
@@ -30,6 +33,7 @@ SUBMIT_BATCH = "bmsreboot.submit_batch"
 POLL_BATCH = "bmsreboot.poll_batch"
 RECONCILE = "bmsreboot.reconcile"
 PURGE = "bmsreboot.purge"
+DELIVER_WEBHOOK = "bmsreboot.deliver_webhook"
 
 #: The queue of each task.
 ROUTES: dict[str, str] = {
@@ -42,6 +46,7 @@ ROUTES: dict[str, str] = {
     RELEASE: SUBMIT_QUEUE,
     SUBMIT_BATCH: SUBMIT_QUEUE,
     POLL_BATCH: POLL_QUEUE,
+    DELIVER_WEBHOOK: WEBHOOK_QUEUE,
 }
 #: Intake's tasks: producers send them, and they take no countdown from a producer.
 INTAKE_TASKS = frozenset({REQUEST_REBOOT, CANCEL_REQUEST, SCHEDULE_TICK})

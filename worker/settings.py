@@ -12,6 +12,7 @@ database and Celery's SQLAlchemy transport on SQLite as the broker. Production s
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -139,6 +140,39 @@ class Settings(BaseSettings):
         description="Seconds a completion callback waits in its queue before it expires.",
     )
 
+    # --- webhooks and chat notifications (worker.webhooks) -----------------------------------
+    webhook_url: str | None = Field(
+        None,
+        description="A URL every event is POSTed to (besides a request's own notify_url). "
+        "Unset: only requests that give a notify_url get webhooks.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="The Standard Webhooks signing secret: whsec_ followed by base64 of 24 to "
+        "64 random bytes. Unset: webhooks are sent unsigned (a warning is logged).",
+    )
+    webhook_retry_hours: float = Field(
+        24.0, gt=0, description="Hours a delivery is retried before it is failed."
+    )
+    webhook_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds to wait for a receiver's answer (connecting takes at most "
+        "BMSREBOOT_CONNECT_TIMEOUT).",
+    )
+    webhook_retry_base: float = Field(
+        5.0, gt=0, description="First retry delay of a delivery; doubles each attempt."
+    )
+    webhook_retry_max: float = Field(
+        3600.0, gt=0, description="Cap of the delay between two attempts of a delivery."
+    )
+    notify_apprise: str | None = Field(
+        None,
+        description="Apprise URLs (slack://, msteams://, tgram://, mailto://, json://, ...), "
+        "space or comma separated: a one-line message for request.halted, server.unhealthy "
+        "and request.finished. Unset: no chat messages.",
+    )
+
     # --- broken input and answers -----------------------------------------------------------
     isolate_unknown_servers: bool = Field(
         True,
@@ -215,6 +249,15 @@ class Settings(BaseSettings):
         if self.allowed_projects is None or not self.allowed_projects.strip():
             return None
         return frozenset(p.strip().lower() for p in self.allowed_projects.split(",") if p.strip())
+
+    @property
+    def apprise_urls(self) -> list[str]:
+        """``notify_apprise`` split into its URLs: at spaces or commas that come before the
+        next ``scheme://`` (so a comma inside a URL, ``mailto://...?to=a@x,b@x``, stays)."""
+        if not self.notify_apprise:
+            return []
+        parts = re.split(r"[\s,]+(?=[A-Za-z][A-Za-z0-9+.\-]*://)", self.notify_apprise.strip())
+        return [p.strip(" ,\t\n") for p in parts if p.strip(" ,\t\n")]
 
     @property
     def effective_bms_endpoint(self) -> str:

@@ -20,6 +20,7 @@ from worker.cli.reboots import cancel, resolve_unknown, status, submit
 from worker.cli.schedules import schedules_cli
 from worker.cli.simulator import simulator
 from worker.cli.watch import watch
+from worker.cli.webhooks import webhooks_cli
 
 
 @click.command()
@@ -56,6 +57,7 @@ for command in (
     demo,
     dead_letters,
     metrics_cli,
+    webhooks_cli,
 ):
     cli.add_command(command)
 

@@ -12,6 +12,8 @@ One declarative ``Base``; column shapes are named once as ``Annotated`` aliases.
   ``uuid`` on PostgreSQL, ``CHAR(32)`` on SQLite). Server rows and events, the two big tables,
   use ``BIGINT`` identity keys (``INTEGER`` on SQLite, where only that is auto-incrementing).
 - ``events`` is append-only: nothing updates it; rows go only with a purged request.
+- ``webhook_deliveries`` is the outbox of webhooks and chat notifications (``worker.webhooks``):
+  written in the transaction that caused the event, delivered at least once from here.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from worker.db.states import (
     BatchStatus,
+    DeliveryStatus,
+    DestinationKind,
     EventEntity,
     RebootType,
     RequestStatus,
@@ -380,4 +384,53 @@ class Event(Base):
     __table_args__ = (
         Index(None, "request_id", "at"),
         Index(None, "batch_id"),
+    )
+
+
+class WebhookDelivery(Base):
+    """One event for one destination: the outbox of webhooks and chat messages.
+
+    Written in the transaction that caused the event (``worker.webhooks.emit``), so an event
+    is recorded exactly when its cause is; delivered at least once from here
+    (``worker.webhooks.deliver``), and re-driven by the reconciler when its message was lost.
+    ``document`` is the CloudEvents 1.0 document; nothing secret is stored beyond the URL the
+    operator configured (``url``; for a chat target, the URL as Apprise masks it, the target
+    itself being found again in ``BMSREBOOT_NOTIFY_APPRISE`` by ``destination_key``)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[bigint_pk]
+    #: The CloudEvent's ``id`` (and the ``webhook-id`` header): the same for every
+    #: destination of one event and every attempt, for receivers to de-duplicate on.
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid())
+    type: Mapped[str64]
+    request_id: Mapped[uuid.UUID] = _request_fk()
+    document: Mapped[dict[str, Any]]
+    kind: Mapped[DestinationKind] = mapped_column(_enum(DestinationKind, "destination_kind"))
+    url: Mapped[str] = mapped_column(Text())
+    #: SHA-256 (hex) of the destination as configured: one row per event and destination, the
+    #: order and the 410 stop of one request's deliveries to one destination.
+    destination_key: Mapped[str64]
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus, "delivery_status"))
+    attempts: Mapped[count]
+    #: When the next attempt is due (the event's time at first).
+    next_attempt_at: Mapped[timestamp | None]
+    #: A worker's claim on a pending row while it delivers it (compare-and-set); a claim past
+    #: this time lost its worker and may be taken again.
+    claimed_until: Mapped[timestamp | None]
+    last_attempt_at: Mapped[timestamp | None]
+    #: The receiver's HTTP status of the last attempt (None: no answer, or a chat target).
+    last_status: Mapped[int | None]
+    #: Why the last attempt failed, short: an HTTP status and a masked excerpt, or an
+    #: exception's class and masked first line. Never a secret.
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    #: The event's time (CloudEvents ``time``): one request's events go out in this order.
+    created_at: Mapped[timestamp]
+    delivered_at: Mapped[timestamp | None]
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "destination_key"),
+        Index(None, "status", "next_attempt_at"),  # due and lost deliveries
+        Index(None, "request_id", "destination_key", "status"),  # one request's queue
+        Index(None, "created_at"),  # newest first, retention by age
     )

@@ -74,6 +74,27 @@ class EventEntity(StrEnum):
     SERVER = "server"
 
 
+class DeliveryStatus(StrEnum):
+    """Where one webhook or chat delivery is (``webhook_deliveries``, ``worker.webhooks``).
+
+    ``pending`` until delivered; a worker holds it only while its ``claimed_until`` lease runs
+    (compare-and-set, like a batch's claim). ``failed`` after ``BMSREBOOT_WEBHOOK_RETRY_HOURS``
+    of attempts; ``stopped`` when the receiver answered 410 Gone for the request (or the chat
+    target is no longer configured)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class DestinationKind(StrEnum):
+    """Where a delivery goes: a signed webhook POST, or a chat message through Apprise."""
+
+    WEBHOOK = "webhook"
+    APPRISE = "apprise"
+
+
 _B = BatchStatus
 BATCH_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
     _B.PENDING: frozenset({_B.SUBMITTING, _B.CANCELLED, _B.SKIPPED}),
