@@ -38,6 +38,7 @@ from worker.celery import app
 from worker.db.retention import purge_finished
 from worker.db.session import get_engine, unit_of_work
 from worker.pipeline import control, intake, poll, reconcile, release, scheduling, submit
+from worker.pipeline.inventory import InventoryUnavailable
 from worker.pipeline.message import PROJECT_ID_PATTERN
 from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.tasking import CeleryDispatcher, worker_runtime
@@ -134,7 +135,13 @@ def request_reboot(self: Task[Any, Any], /, *args: Any, **payload: Any) -> dict[
     # countdown the producer gave the message is its not_before (worker.broker.eta_refusal).
     eta = getattr(self.request, PRODUCER_ETA, None)
     rt = _runtime(self)
-    return intake.accept_request(payload, rt, positional=len(args), eta=eta).as_dict()
+    try:
+        return intake.accept_request(payload, rt, positional=len(args), eta=eta).as_dict()
+    except InventoryUnavailable as exc:
+        # A selector could not be resolved now (the list route timed out, 5xx): the request
+        # is not recorded yet; try again, for about twenty minutes, then a dead letter.
+        wait = min(5.0 * 2**self.request.retries, 300.0)
+        raise self.retry(exc=exc, countdown=wait, max_retries=SELECTOR_RETRIES) from exc
 
 
 @app.task(
@@ -161,6 +168,8 @@ def release_project(self: Task[Any, Any], project_id: Any = None) -> int:
     return release.release_project(_project(project_id), _runtime(self))
 
 
+#: Times intake tries again to resolve a selector whose server list could not be read.
+SELECTOR_RETRIES = 8
 #: Times a cancel for a request not yet recorded waits 2 s for intake before giving up.
 CANCEL_WAITS = 30
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.pipeline import Pipeline, new_ids
+from tests.fixtures.pipeline import PROJECT, Pipeline, new_ids
 from worker.simulator.config import SimulatorConfig, server_fails
 
 pytestmark = pytest.mark.slow
@@ -319,3 +319,39 @@ def test_no_secret_reaches_the_worker_log_or_the_audit_database(
         for table in metadata.sorted_tables:
             for row in conn.execute(select(table)):
                 assert secret not in str(tuple(row)), table.name
+
+
+# --- the inventory: selectors and the pre-flight check, through a real worker -------------
+
+
+def test_a_worker_reboots_exactly_the_servers_a_tag_selector_names(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    from worker.simulator.inventory import server_id
+
+    pipe = pipeline_redis_pg
+    pipe.configure(servers=40)
+    request_id = pipe.send(selector={"tags": ["env=prod", "role=db"]}, preflight=True)
+    status = pipe.wait(request_id)
+    wanted = {server_id(PROJECT, i) for i in range(1, 41) if i % 2 and i % 5 == 0}
+    assert status["status"] == "succeeded"
+    assert rebooted(pipe) == dict.fromkeys(wanted, 1)
+    assert status["selector"] == {"tags": ["env=prod", "role=db"]}
+    # Nothing was throttled on the list route
+    assert pipe.stats()["calls"]["servers"]["throttled"] == 0
+
+
+def test_a_worker_keeps_a_locked_server_back_and_reboots_the_rest(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    from worker.simulator.inventory import server_id
+
+    pipe = pipeline_redis_pg
+    pipe.configure(servers=10)
+    servers = [server_id(PROJECT, i) for i in range(1, 11)]
+    pipe.set_server(servers[3], locked=True)
+    status = pipe.wait(pipe.send(server_ids=servers, preflight=True), servers=True)
+    shown = {s["id"]: (s["status"], s["fail_reason"]) for s in status["server_results"]}
+    assert shown[servers[3]] == ("skipped", "not sent: locked")
+    assert rebooted(pipe) == dict.fromkeys(set(servers) - {servers[3]}, 1)
+    assert pipe.stats()["calls"]["action"]["rejected"] == 0

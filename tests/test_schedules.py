@@ -706,3 +706,43 @@ def test_two_beats_fire_each_tick_once_and_the_other_takes_over(fleet: Any, tmp_
     while "Sending due task" not in logs[other].read_text():
         assert time.monotonic() - killed < 10 + 5, logs[other].read_text()[-2000:]
         time.sleep(0.25)
+
+
+def test_an_entry_may_name_its_servers_by_a_selector(tmp_path: Path) -> None:
+    text = """
+[[schedule]]
+name = "db-nodes"
+cron = "0 4 * * *"
+project_id = "0123456789abcdef0123456789abcdef"
+selector = { tags = ["env=prod", "role=db"] }
+preflight = true
+"""
+    entries, problems = load(write(tmp_path, text))
+    assert problems == []
+    (entry,) = entries
+    payload = entry.payload(dt.datetime(2026, 12, 1, 4, tzinfo=dt.UTC))
+    assert payload["selector"] == {"tags": ["env=prod", "role=db"]}
+    assert payload["preflight"] is True
+    assert "server_ids" not in payload
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        ("selector = {}\n", "selector must be a table of tags"),
+        (
+            'selector = { tags = ["a"] }\nservers = ["616fb98f-46ca-475e-917e-2563e5a8cd19"]\n',
+            "give exactly one of servers, servers_file or selector",
+        ),
+        ('selector = { colour = "red" }\n', "selector must be a table of tags"),
+    ],
+)
+def test_a_bad_selector_in_an_entry_is_a_problem_naming_it(
+    tmp_path: Path, lines: str, problem: str
+) -> None:
+    text = (
+        '[[schedule]]\nname = "x"\ncron = "0 4 * * *"\n'
+        'project_id = "0123456789abcdef0123456789abcdef"\n' + lines
+    )
+    _entries, problems = load(write(tmp_path, text))
+    assert any(problem in p for p in problems), problems

@@ -42,6 +42,8 @@ from worker.settings import is_redis_url
 
 ACTION = "action"
 JOB = "job"
+#: The inventory: the server list, and one server's details (pre-flight, selectors).
+LIST = "list"
 
 
 @dataclass(frozen=True)

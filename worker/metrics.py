@@ -8,7 +8,7 @@ read from the audit database at each scrape. The names are fixed, for dashboards
 
 - ``bmsreboot_requests{status}``, ``bmsreboot_servers{status}`` (gauges);
 - ``bmsreboot_batches_in_flight`` (gauge: ``submitting`` or ``submitted``);
-- ``bmsreboot_api_calls_total{route,code}`` (``route`` = action | job | token, ``code`` = the
+- ``bmsreboot_api_calls_total{route,code}`` (``route`` = action | job | list | token, ``code`` = the
   HTTP status, or ``none`` when no answer came);
 - ``bmsreboot_api_throttled_total{route}``;
 - ``bmsreboot_budget_wait_seconds`` (histogram: how long a call waited for its budget slot);
@@ -164,6 +164,8 @@ def route_of(url: str) -> str | None:
         return "action"
     if "/jobs/" in url:
         return "job"
+    if "/baremetalservers/" in url:
+        return "list"
     if "/auth/tokens" in url:
         return "token"
     return None

@@ -95,6 +95,8 @@ FIELDS = {
     "project_id",
     "servers",
     "servers_file",
+    "selector",
+    "preflight",
     "type",
     "window",
     "batch_size",
@@ -152,6 +154,9 @@ class ScheduleEntry:
     failure_threshold: float | None
     enabled: bool
     concurrency: str = "forbid"
+    #: Instead of ids: the project's servers a selector names, resolved at each tick.
+    selector: dict[str, Any] | None = None
+    preflight: bool | None = None
     #: The directories ``servers_file`` must stay inside (resolved): the schedule file's, and
     #: ``BMSREBOOT_SCHEDULE_IDS_DIR`` when set.
     ids_dirs: tuple[Path, ...] = ()
@@ -193,7 +198,9 @@ class ScheduleEntry:
         """The intake payload of this entry's request for ``tick`` (UTC)."""
         payload: dict[str, Any] = {
             "project_id": self.project_id,
-            "server_ids": self.server_ids(),
+            "server_ids": None if self.selector is not None else self.server_ids(),
+            "selector": self.selector,
+            "preflight": self.preflight,
             "type": self.type,
             "idempotency_key": tick_key(self.name, tick),
             "source": f"schedule:{self.name}",
@@ -398,6 +405,11 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
     ):
         errors.append(f"failure_threshold must be a percentage 0-100, got {_quote(threshold)}")
         threshold = None
+    selector = _selector(item, errors)
+    preflight = item.get("preflight")
+    if preflight is not None and not isinstance(preflight, bool):
+        errors.append(f"preflight must be true or false, got {_quote(preflight)}")
+        preflight = None
     concurrency = item.get("concurrency", "forbid")
     if concurrency not in CONCURRENCY:
         errors.append(f'concurrency must be "forbid" or "allow", got {_quote(concurrency)}')
@@ -419,17 +431,48 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
         failure_threshold=float(threshold) if threshold is not None else None,
         enabled=bool(enabled),
         concurrency=str(concurrency),
+        selector=selector,
+        preflight=preflight,
         ids_dirs=dirs,
     )
     return entry, errors
+
+
+def _selector(item: dict[str, Any], errors: list[str]) -> dict[str, Any] | None:
+    """``selector = { tags = [...], name = "...", enterprise_project_id = "..." }``, checked as
+    intake checks it (the message model)."""
+    if "selector" not in item:
+        return None
+    from pydantic import ValidationError
+
+    from worker.pipeline.message import SelectorMessage
+
+    raw = item["selector"]
+    try:
+        SelectorMessage.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        errors.append(
+            "selector must be a table of tags (a list), name and enterprise_project_id, at "
+            f"least one: {where + ': ' if where else ''}{first['msg']}"
+        )
+        return None
+    return {k: raw[k] for k in ("tags", "name", "enterprise_project_id") if raw.get(k)}
 
 
 def _servers(
     item: dict[str, Any], dirs: tuple[Path, ...], errors: list[str]
 ) -> tuple[tuple[str, ...] | None, Path | None]:
     has_list, has_file = "servers" in item, "servers_file" in item
+    if "selector" in item:
+        if has_list or has_file:
+            errors.append("give exactly one of servers, servers_file or selector")
+        return None, None
     if has_list == has_file:
-        errors.append("give exactly one of servers (a list of ids) or servers_file (a path)")
+        errors.append(
+            "give exactly one of servers (a list of ids), servers_file (a path) or selector"
+        )
         return None, None
     if has_list:
         ids = item["servers"]

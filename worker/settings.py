@@ -129,6 +129,13 @@ class Settings(BaseSettings):
     action_burst: int = Field(1, ge=1, description="POSTs that may go back to back at once.")
     job_rate_limit: int = Field(2000, ge=1, description="GETs per minute per project on /jobs.")
     job_burst: int = Field(1, ge=1, description="GETs that may go back to back at once.")
+    list_rate_limit: int = Field(
+        500,
+        ge=1,
+        description="Inventory reads (server list pages, one server's details) per minute per "
+        "project.",
+    )
+    list_burst: int = Field(1, ge=1, description="Inventory reads that may go back to back.")
     throttle_cooldown: float = Field(
         5.0, gt=0, description="Pause of a project's route after a 429 without Retry-After."
     )
@@ -174,6 +181,17 @@ class Settings(BaseSettings):
     )
 
     # --- broken input and answers -----------------------------------------------------------
+    preflight: bool = Field(
+        True,
+        description="Read each batch's servers from the inventory just before its POST; send "
+        "none that is locked, not ACTIVE, busy or on a host that is down.",
+    )
+    preflight_max_age: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds one worker process reuses a project's server list for the "
+        "pre-flight checks of the batches that follow.",
+    )
     isolate_unknown_servers: bool = Field(
         True,
         description="Split a batch the API refused for an unknown server to find that server.",

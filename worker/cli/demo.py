@@ -1,8 +1,11 @@
 """``bmsreboot demo``: the whole pipeline on one machine, against the built-in simulator.
 
-It starts the simulator (rate limits on, as documented for the real API), a real Celery worker
-process, sends one request the way another application would, follows it in the audit database
-and finally proves from the simulator's own counters that no server was rebooted twice.
+It starts the simulator (rate limits on, as documented for the real API) with an inventory of
+twice as many servers as asked for, half of them tagged ``env=prod``; a real Celery worker
+process; sends one request for the ``env=prod`` servers (a selector, resolved from the server
+list) the way another application would; follows it in the audit database (each batch's
+servers are read from the inventory before its POST) and finally proves from the simulator's
+own counters that exactly those servers were rebooted, none twice.
 With nothing configured it runs on the embedded defaults (SQLite audit database and broker in
 ``<data dir>/demo``); with ``BMSREBOOT_BROKER_URL``/``BMSREBOOT_DATABASE_URL`` set it uses them.
 """
@@ -21,7 +24,10 @@ import click
 from worker.cli.errors import safe_url
 from worker.cli.localworker import WorkerDidNotStart, start_worker, stop_worker
 from worker.simulator.config import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK, SimulatorConfig
+from worker.simulator.inventory import server_id
 
+#: The servers the demo reboots: every one tagged env=prod (half of the simulator's).
+SELECTOR = {"tags": ["env=prod"]}
 #: Clocks for a demo that ends in a minute: the simulator's jobs take a few seconds.
 DEMO_ENV = {
     "BMSREBOOT_POLL_FIRST_DELAY": "1",
@@ -86,7 +92,11 @@ def run_demo(
     base = Settings()
     data_dir = base.data_dir / "demo"
     data_dir.mkdir(parents=True, exist_ok=True)
-    sim_config = simulator_config or demo_simulator_config(fail_fraction)
+    # Generated servers alternate env=prod and env=staging: twice as many as asked for, and
+    # the selector names exactly the asked-for half (worker.simulator.inventory).
+    sim_config = simulator_config or demo_simulator_config(
+        fail_fraction, inventory_servers=2 * servers
+    )
     with SimulatorServer(sim_config) as simulator:
         click.echo(
             f"simulator: {simulator.base_url} (rate limits on: 50/min action, 2000/min jobs)"
@@ -114,12 +124,14 @@ def run_demo(
         except WorkerDidNotStart:
             raise click.ClickException(f"the worker did not start; its log: {log_path}") from None
         try:
-            server_ids = [str(uuid.uuid4()) for _ in range(servers)]
-            payload = build_payload(DEFAULT_PROJECT_ID, server_ids, source="bmsreboot demo")
+            payload = build_payload(DEFAULT_PROJECT_ID, selector=SELECTOR, source="bmsreboot demo")
             app = make_celery_app(settings)
             send_payload(app, payload)
             request_id = payload["request_id"]
-            click.echo(f"request {request_id}: {servers} servers sent to the intake queue")
+            click.echo(
+                f"request {request_id}: the servers tagged {SELECTOR['tags'][0]} "
+                f"({servers} of the simulator's {2 * servers}), sent to the intake queue"
+            )
             if fail_fraction:
                 click.echo(
                     f"the simulator fails about {fail_fraction:.0%} of the reboots on purpose "
@@ -194,7 +206,8 @@ def run_demo(
                 f"see: BMSREBOOT_DATA_DIR={data_dir} {command} status {request_id} --servers"
             )
             app.close()
-            return 0 if not twice and len(reboots) == servers else 1
+            wanted = {server_id(DEFAULT_PROJECT_ID, i) for i in range(1, 2 * servers + 1, 2)}
+            return 0 if not twice and set(reboots) <= wanted and len(reboots) == servers else 1
         finally:
             stop_worker(worker)
 

@@ -121,6 +121,19 @@ def _celery_app(settings: Any) -> Any:
     metavar="TIME|DURATION",
     help="No batch is released after this (2026-11-28T03:00:00Z, or 2h from now).",
 )
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    help="Instead of ids: servers with this tag (key=value, or key); repeat for every one.",
+)
+@click.option("--name", help="Instead of ids: servers whose name holds this.")
+@click.option("--enterprise-project-id", help="Instead of ids: servers of this enterprise project.")
+@click.option(
+    "--no-preflight",
+    is_flag=True,
+    help="Send each batch without reading its servers' state first (default: read it).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan; record and send nothing.")
 @click.option("--wait", is_flag=True, help="Follow the request to its end.")
 @click.option(
@@ -145,12 +158,18 @@ def submit(
     canary_size: int | None,
     failure_threshold: float | None,
     not_after: str | None,
+    tags: tuple[str, ...],
+    name: str | None,
+    enterprise_project_id: str | None,
+    no_preflight: bool,
     dry_run: bool,
     wait: bool,
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Submit a reboot request for server IDS (or --ids-file).
+    """Submit a reboot request for server IDS (or --ids-file), or for the servers a selector
+    names (--tag, --name, --enterprise-project-id: resolved from the server list when a worker
+    records the request).
 
     A worker must be running to record and carry out the request (`celery -A worker worker
     -B`); --wait shows its progress as `watch` does. Exit codes: 0 sent (with --wait: every
@@ -163,13 +182,30 @@ def submit(
     from worker.settings import get_settings
 
     started = time.monotonic()
-    if bool(ids) == bool(ids_file):
-        raise click.UsageError("give server ids either as arguments or with --ids-file")
-    server_ids: list[str] | bytes = list(ids) if ids else read_ids(ids_file)  # type: ignore[arg-type]
+    selector = {
+        k: v
+        for k, v in (
+            ("tags", list(tags)),
+            ("name", name),
+            ("enterprise_project_id", enterprise_project_id),
+        )
+        if v
+    }
+    given = [bool(ids), bool(ids_file), bool(selector)]
+    if sum(given) != 1:
+        raise click.UsageError(
+            "give server ids as arguments, with --ids-file, or by a selector (--tag, --name, "
+            "--enterprise-project-id): one of them"
+        )
+    server_ids: list[str] | bytes | None = None
+    if ids or ids_file:
+        server_ids = list(ids) if ids else read_ids(ids_file)  # type: ignore[arg-type]
     settings = get_settings()
     payload = build_payload(
         project_id,
         server_ids,
+        selector=selector or None,
+        preflight=False if no_preflight else None,
         type=reboot_type.upper(),
         idempotency_key=idempotency_key,
         source=source or f"cli:{getpass.getuser()}",
@@ -308,6 +344,8 @@ def _absolute(not_after: str | None) -> str | None:
 def _print_plan(checked: Any, settings: Any, as_json: bool) -> None:
     from worker.pipeline.control import learned_for, plan
 
+    if checked.valid and checked.selector is not None:
+        checked = _resolve_for_plan(checked, settings)
     learned = learned_for(checked.project_id, settings) if checked.valid else None
     data = plan(checked, settings, learned=learned)
     if as_json:
@@ -344,6 +382,37 @@ def _print_plan(checked: Any, settings: Any, as_json: bool) -> None:
     )
     if estimate["batches_cut_off"]:
         click.echo(f"warning: {estimate['batches_cut_off']} batches would come after not_after")
+
+
+def _resolve_for_plan(checked: Any, settings: Any) -> Any:
+    """A dry run shows what a selector names now: the list is read with this machine's
+    credentials, through the project's list budget (as a worker would at intake)."""
+    from worker.bms.client import BmsClient
+    from worker.bms.errors import ConfigurationError
+    from worker.db.session import get_engine
+    from worker.pipeline.intake import resolve_selector
+    from worker.pipeline.inventory import InventoryUnavailable
+    from worker.pipeline.runtime import RecordingDispatcher, Runtime
+    from worker.pipeline.tasking import _budget
+
+    try:
+        client = BmsClient.from_settings(settings)
+    except ConfigurationError as error:
+        raise click.ClickException(f"the selector cannot be resolved here: {error}") from None
+    rt = Runtime(
+        settings=settings,
+        engine=get_engine(settings.effective_database_url),
+        client=lambda: client,
+        dispatcher=RecordingDispatcher(),
+        actor="cli:dry-run",
+        budget=_budget(),
+    )
+    try:
+        return resolve_selector(checked, rt)
+    except InventoryUnavailable as error:
+        raise click.ClickException(f"the server list could not be read: {error}") from None
+    finally:
+        client.close()
 
 
 def _emit(data: dict[str, Any], as_json: bool) -> None:

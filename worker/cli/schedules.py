@@ -98,7 +98,13 @@ def _schedules_command() -> Any:
                 "enabled": e.enabled,
                 "concurrency": e.concurrency,
                 "project_id": e.project_id,
-                "servers": len(e.servers) if e.servers is not None else str(e.servers_file),
+                "servers": (
+                    len(e.servers)
+                    if e.servers is not None
+                    else {"selector": e.selector}
+                    if e.selector is not None
+                    else str(e.servers_file)
+                ),
                 "window": e.window.total_seconds() if e.window else None,
                 # A disabled entry has no next tick: it fires none.
                 "next_ticks": [

@@ -154,6 +154,10 @@ class RebootRequest(Base):
     not_after: Mapped[timestamp | None]
     #: No batch is released before this time (its batches are due then).
     not_before: Mapped[timestamp | None]
+    #: The selector the servers were resolved from at intake (None: ids were given).
+    selector: Mapped[dict[str, Any] | None]
+    #: Whether each batch's servers are read before its POST (None: BMSREBOOT_PREFLIGHT).
+    preflight: Mapped[bool | None]
     #: Set when a rollout control stopped the request (``halted``: failure brake, failed canary,
     #: cut-off; ``cancelled``: cancel): nothing more is released, pending batches are cancelled,
     #: and the request ends in this state once its batches in flight have ended. ``reason``

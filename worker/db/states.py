@@ -97,7 +97,8 @@ class DestinationKind(StrEnum):
 
 _B = BatchStatus
 BATCH_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
-    _B.PENDING: frozenset({_B.SUBMITTING, _B.CANCELLED, _B.SKIPPED}),
+    # failed or skipped without a POST: nothing left to send (pre-flight, another request).
+    _B.PENDING: frozenset({_B.SUBMITTING, _B.CANCELLED, _B.SKIPPED, _B.FAILED}),
     _B.SUBMITTING: frozenset({_B.SUBMITTED, _B.PENDING, _B.UNKNOWN, _B.REJECTED, _B.FAILED}),
     _B.SUBMITTED: frozenset(
         {_B.SUCCEEDED, _B.FAILED, _B.PARTIALLY_FAILED, _B.TIMED_OUT, _B.UNKNOWN}

@@ -59,6 +59,8 @@ def request_status(
         "started_at": _iso(request.started_at),
         "finished_at": _iso(request.finished_at),
         "notified_at": _iso(request.notified_at),
+        "selector": request.selector,
+        "preflight": request.preflight,
         "not_before": _iso(request.not_before),
         "not_after": _iso(request.not_after),
         "reason": request.reason,

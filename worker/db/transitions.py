@@ -390,18 +390,21 @@ def settle_batch(
     return batch
 
 
-def skip_servers(
-    session: Session, batch_id: uuid.UUID, reasons: Mapping[str, str], *, actor: str
+def settle_servers(
+    session: Session, batch_id: uuid.UUID, outcomes: Mapping[str, ServerOutcome], *, actor: str
 ) -> int:
-    """Settle the given pending servers of a batch as ``skipped`` (not sent), each with its
-    reason, and write their events; the batch itself goes on. Returns how many."""
+    """Settle the given pending servers of a batch, each with its outcome (``skipped``: not
+    sent, and why; ``failed``: ``BMS.0040``, not in the inventory), and write their events;
+    the batch itself goes on (the rest of it is sent). Returns how many."""
     table = _SERVERS
     now = utcnow()
-    by_reason: dict[str, list[str]] = {}
-    for server_id, reason in reasons.items():
-        by_reason.setdefault(reason, []).append(server_id)
-    skipped: list[tuple[str, str]] = []
-    for reason, server_ids in by_reason.items():
+    alike: dict[ServerOutcome, list[str]] = {}
+    for server_id, outcome in outcomes.items():
+        if ServerStatus(outcome.status) not in SERVER_TRANSITIONS[ServerStatus.PENDING]:
+            raise IllegalTransition("server", server_id, ServerStatus.PENDING, outcome.status)
+        alike.setdefault(outcome, []).append(server_id)
+    settled: list[tuple[str, ServerOutcome]] = []
+    for outcome, server_ids in alike.items():
         rows = session.execute(
             update(table)
             .where(
@@ -409,22 +412,27 @@ def skip_servers(
                 table.c.status == ServerStatus.PENDING,
                 table.c.server_id.in_(server_ids),
             )
-            .values(status=ServerStatus.SKIPPED, fail_reason=fit(reason, 4000), updated_at=now)
+            .values(
+                status=ServerStatus(outcome.status),
+                error_code=fit(outcome.error_code, 64),
+                fail_reason=fit(outcome.fail_reason, 4000),
+                updated_at=now,
+            )
             .returning(table.c.server_id)
         ).all()
-        skipped.extend((sid, reason) for (sid,) in rows)
+        settled.extend((sid, outcome) for (sid,) in rows)
     request_id = session.scalar(select(Batch.request_id).where(Batch.id == batch_id))
-    if skipped and request_id is not None:
+    if settled and request_id is not None:
         add_server_events(
             session,
             request_id,
             batch_id,
             ServerStatus.PENDING.value,
-            ((sid, ServerStatus.SKIPPED.value, {"reason": reason}) for sid, reason in skipped),
+            ((sid, ServerStatus(o.status).value, _server_detail(o)) for sid, o in settled),
             actor,
             at=now,
         )
-    return len(skipped)
+    return len(settled)
 
 
 _PG_SETTLE_SERVERS = text(

@@ -142,6 +142,7 @@ def plan(
         "project_id": checked.project_id,
         "type": checked.type,
         "servers": checked.servers,
+        "selector": checked.selector,
         "duplicates_removed": checked.duplicates_removed,
         "batches": shown if len(shown) <= 50 else shown[:50],
         "batch_count": len(sizes),

@@ -15,19 +15,22 @@ from both (``validation.conflict_id``), so the same mistake sent twice is record
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from worker import ids
 from worker.db.create import create_rejected_request, create_request, find_existing
 from worker.db.models import Batch, RebootRequest
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus
+from worker.pipeline.inventory import InventoryRefused, Selector, resolve
 from worker.pipeline.release import schedule_release
 from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.validation import (
@@ -81,6 +84,8 @@ def accept_request(
     existing = _existing(checked, rt)
     if existing is not None:
         return existing
+    if checked.valid and checked.selector is not None:
+        checked = resolve_selector(checked, rt)
 
     try:
         with unit_of_work(rt.engine) as session:
@@ -123,6 +128,29 @@ def accept_request(
     else:
         log.warning("request %s rejected: %s", checked.request_id, "; ".join(checked.reasons))
     return IntakeResult(checked.request_id, status, True, checked.reasons, checked.warnings)
+
+
+def resolve_selector(checked: ValidatedRequest, rt: Runtime) -> ValidatedRequest:
+    """The request with the servers its selector names now (through the project's list
+    budget), or with the reason it cannot be accepted. ``InventoryUnavailable`` (the list
+    could not be read: try again later) goes to the caller."""
+    selector = Selector.from_dict(checked.selector or {})
+    try:
+        found = resolve(rt, checked.project_id, selector)
+    except InventoryRefused as refused:
+        return replace(checked, reasons=[*checked.reasons, f"selector not resolved: {refused}"])
+    limit = rt.settings.max_request_servers
+    if not found:
+        reason = f"selector matched no servers: {json.dumps(selector.as_dict())}"
+        return replace(checked, reasons=[*checked.reasons, reason])
+    if len(found) > limit:
+        reason = (
+            f"too many servers: {len(found)} match the selector, at most {limit} per request "
+            "(BMSREBOOT_MAX_REQUEST_SERVERS)"
+        )
+        return replace(checked, reasons=[*checked.reasons, reason], servers_given=len(found))
+    log.info("request %s: the selector names %d servers", checked.request_id, len(found))
+    return replace(checked, packed_ids=ids.pack(found), servers_given=len(found))
 
 
 def _create(session: Session, checked: ValidatedRequest, rt: Runtime) -> RebootRequest:

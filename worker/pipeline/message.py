@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, model_validator
 
 from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL as MAX_BATCH_SIZE
@@ -37,6 +37,43 @@ def _only(schema: dict[str, Any], shape: dict[str, Any]) -> None:
     schema.update(shape)
 
 
+def _not_null(schema: dict[str, Any]) -> None:
+    """An optional object field that is never null on the wire: its schema alone."""
+    shapes = [s for s in schema.pop("anyOf", []) if s.get("type") != "null"]
+    schema.pop("default", None)
+    if shapes:
+        schema.update(shapes[0])
+
+
+class SelectorMessage(BaseModel):
+    """Which servers of the project: every listed tag, a part of the name, an enterprise
+    project (every key optional, at least one). Resolved once, at intake, from the list API."""
+
+    model_config = ConfigDict(extra="forbid", title="selector")
+
+    tags: list[Annotated[str, Field(min_length=1, max_length=255)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=20,
+        description="Tags a server must all have: key=value, or a bare key (any value).",
+    )
+    name: str | None = Field(
+        None, min_length=1, max_length=255, description="A part of the server's name."
+    )
+    enterprise_project_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="An enterprise project id, or all_granted_eps.",
+    )
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> SelectorMessage:
+        if not (self.tags or self.name or self.enterprise_project_id):
+            raise ValueError("give at least one of tags, name, enterprise_project_id")
+        return self
+
+
 class RebootRequestMessage(BaseModel):
     """A request to reboot BMS servers (keyword arguments of ``bmsreboot.request_reboot``)."""
 
@@ -45,8 +82,14 @@ class RebootRequestMessage(BaseModel):
         title="bmsreboot.request_reboot",
         json_schema_extra={
             "allOf": [
-                # Exactly one of the two forms of the server ids.
-                {"oneOf": [{"required": ["server_ids"]}, {"required": ["server_ids_packed"]}]},
+                # Exactly one way to name the servers: the ids (two forms), or a selector.
+                {
+                    "oneOf": [
+                        {"required": ["server_ids"]},
+                        {"required": ["server_ids_packed"]},
+                        {"required": ["selector"]},
+                    ]
+                },
                 # A retried message must be recognised as the same request: without either,
                 # a producer's retry (after a broker timeout, say) would reboot every server
                 # again. The producer API and `bmsreboot submit` always set request_id.
@@ -76,6 +119,11 @@ class RebootRequestMessage(BaseModel):
         json_schema_extra=lambda schema: _only(
             schema, {"type": "string", "contentEncoding": "base64"}
         ),
+    )
+    selector: SelectorMessage | None = Field(
+        None,
+        description="Instead of ids: the project's servers that match, resolved once, at intake.",
+        json_schema_extra=lambda schema: _not_null(schema),
     )
     request_id: uuid.UUID | None = Field(
         None,
@@ -114,6 +162,11 @@ class RebootRequestMessage(BaseModel):
         max_length=64,
         description="No batch released after: ISO 8601 with a zone, or a duration (2h); at "
         f"most {MAX_NOT_AFTER_DAYS} days ahead.",
+    )
+    preflight: bool | None = Field(
+        None,
+        description="Read each batch's servers just before its POST and send none that is "
+        "locked, busy or down (default: BMSREBOOT_PREFLIGHT, on).",
     )
     not_before: str | None = Field(
         None,

@@ -41,13 +41,16 @@ class InvalidRequest(ValueError):
 
 def build_payload(
     project_id: str,
-    server_ids: Sequence[str] | bytes,
+    server_ids: Sequence[str] | bytes | None = None,
     *,
     request_id: str | uuid.UUID | None = None,
     type: str = "HARD",
     **fields: Any,
 ) -> dict[str, Any]:
     """The intake task's keyword arguments (unset fields are left out).
+
+    ``server_ids`` may be left out for a ``selector`` (in ``fields``: the project's servers
+    whose tags, name and enterprise project match, resolved at intake).
 
     ``fields`` are the message's other fields by name (``idempotency_key``, ``source``,
     ``batch_size``, the rollout policy, ``notify_task``...: ``RebootRequestMessage``, the one
@@ -72,7 +75,7 @@ def build_payload(
     payload: dict[str, Any] = {
         "request_id": str(request_id or uuid.uuid4()),
         "project_id": project_id,
-        **_ids_field(server_ids),
+        **(_ids_field(server_ids) if server_ids is not None else {}),
         "type": type,
         **fields,
     }
@@ -167,7 +170,7 @@ def cancel_request(
 
 def plan_request(
     project_id: str,
-    server_ids: Sequence[str] | bytes,
+    server_ids: Sequence[str] | bytes | None = None,
     *,
     settings: Settings | None = None,
     **fields: Any,
@@ -184,7 +187,7 @@ def plan_request(
 
 def request_reboot(
     project_id: str,
-    server_ids: Sequence[str] | bytes,
+    server_ids: Sequence[str] | bytes | None = None,
     *,
     app: Celery | None = None,
     settings: Settings | None = None,

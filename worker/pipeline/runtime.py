@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from worker.bms.client import BmsClient
 from worker.bms.errors import BmsError
-from worker.budget import ACTION, JOB, Budget, DatabaseBudget, Rate, budget_key
+from worker.budget import ACTION, JOB, LIST, Budget, DatabaseBudget, Rate, budget_key
 from worker.db.models import utcnow as utcnow  # the one utcnow, re-exported for the pipeline
 from worker.db.session import after_commit
 from worker.db.transitions import ErrorInfo
@@ -104,6 +104,8 @@ class Runtime:
         s = self.settings
         if route == ACTION:
             return Rate(s.action_rate_limit, s.action_burst)
+        if route == LIST:
+            return Rate(s.list_rate_limit, s.list_burst)
         assert route == JOB
         return Rate(s.job_rate_limit, s.job_burst)
 

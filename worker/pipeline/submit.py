@@ -39,6 +39,7 @@ from worker.db.create import split_batch
 from worker.db.models import Batch, RebootRequest
 from worker.db.overlap import held_elsewhere
 from worker.db.queries import batch_server_ids, learned_job_duration
+from worker.db.rollout import stop_request
 from worker.db.session import unit_of_work
 from worker.db.states import (
     ACTIVE_REQUEST_STATES,
@@ -50,13 +51,21 @@ from worker.db.states import (
 )
 from worker.db.transitions import (
     ServerOutcome,
-    skip_servers,
+    settle_servers,
     transition_batch,
     transition_request,
+    update_batch,
 )
 from worker.pipeline.backoff import first_poll_delay, submit_retry_delay, with_jitter
-from worker.pipeline.ending import batch_ended, end_batch
+from worker.pipeline.ending import batch_ended, end_batch, request_changed
 from worker.pipeline.failures import ISOLATE_CODES, Next, after_submit, throttle_cooldown
+from worker.pipeline.inventory import (
+    InventoryBusy,
+    InventoryRefused,
+    InventoryUnavailable,
+    preflight_reason,
+    server_states,
+)
 from worker.pipeline.release import schedule_release
 from worker.pipeline.runtime import Runtime, describe, error_info, log
 
@@ -80,10 +89,35 @@ class Claim:
     server_ids: list[str]
 
 
+@dataclass(frozen=True)
+class Ready:
+    """A released batch at its slot, of a request still at work: what the claim needs."""
+
+    batch_id: uuid.UUID
+    request_id: uuid.UUID
+    project_id: str
+    server_ids: list[str]
+    attempts: int
+    preflight: bool
+
+
 def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
     """Submit one batch. Returns what happened, one word, for logs and tests."""
     with unit_of_work(rt.engine) as session:
-        claim = _claim(session, batch_id, rt)
+        ready = _ready(session, batch_id, rt)
+    if not isinstance(ready, Ready):
+        return ready
+    # The pre-flight read goes outside any transaction: no row is held while the API answers.
+    try:
+        unsent = _preflight(ready, rt) if ready.preflight else {}
+    except InventoryBusy as busy:
+        return _come_back(ready, busy.wait, rt)
+    except InventoryUnavailable as exc:
+        return _inventory_down(ready, str(exc), rt)
+    except InventoryRefused as exc:
+        return _inventory_refused(ready, str(exc), rt)
+    with unit_of_work(rt.engine) as session:
+        claim = _claim(session, ready, unsent, rt)
     if not isinstance(claim, Claim):
         return claim
     # Committed: the batch is ``submitting`` before any byte goes to the cloud.
@@ -95,9 +129,9 @@ def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
     return _submitted(batch_id, claim.project_id, job_id, rt)
 
 
-def _claim(session: Session, batch_id: uuid.UUID, rt: Runtime) -> Claim | str:
-    """Move the batch ``pending -> submitting`` (and its request to ``running``), or say why
-    not, one word: a second message for the same batch must never POST again."""
+def _ready(session: Session, batch_id: uuid.UUID, rt: Runtime) -> Ready | str:
+    """Whether the batch may be claimed now, or why not, one word: a second message for the
+    same batch must never POST again, an early or unreleased one hands it back."""
     batch = session.get(Batch, batch_id)
     if batch is None:
         log.error("batch %s does not exist; nothing to submit", batch_id)
@@ -131,34 +165,178 @@ def _claim(session: Session, batch_id: uuid.UUID, rt: Runtime) -> Claim | str:
         log.info("batch %s not submitted: its request's not_after has passed", batch_id)
         rt.dispatcher.release(batch.project_id)
         return "cut_off"
-    server_ids = batch_server_ids(session, batch_id)
-    held = held_elsewhere(session, request, server_ids)
+    preflight = rt.settings.preflight if request.preflight is None else request.preflight
+    return Ready(
+        batch_id,
+        request.id,
+        batch.project_id,
+        batch_server_ids(session, batch_id),
+        batch.submit_attempts,
+        preflight,
+    )
+
+
+def _preflight(ready: Ready, rt: Runtime) -> dict[str, ServerOutcome]:
+    """The servers of the batch the inventory says must not be sent now, each with its
+    outcome: ``skipped`` with what was seen (locked, not ACTIVE, busy, its host down), or
+    ``failed`` with ``BMS.0040`` when the inventory does not have it (the API would refuse
+    the whole batch for it)."""
+    unsent: dict[str, ServerOutcome] = {}
+    for server_id, server in server_states(rt, ready.project_id, ready.server_ids).items():
+        if server is None:
+            unsent[server_id] = ServerOutcome(
+                ServerStatus.FAILED,
+                error_code="BMS.0040",
+                fail_reason="not sent: the inventory has no such server (BMS.0040)",
+            )
+        elif (why := preflight_reason(server)) is not None:
+            unsent[server_id] = ServerOutcome(ServerStatus.SKIPPED, fail_reason=f"not sent: {why}")
+    if unsent:
+        log.warning(
+            "batch %s: pre-flight keeps %d of %d servers back",
+            ready.batch_id,
+            len(unsent),
+            len(ready.server_ids),
+        )
+    return unsent
+
+
+def _claim(
+    session: Session, ready: Ready, unsent: dict[str, ServerOutcome], rt: Runtime
+) -> Claim | str:
+    """Move the batch ``pending -> submitting`` (compare-and-set: of two workers holding the
+    same message one wins) with the servers it must not send settled, and its request
+    ``running``; or end it at once when nothing is left to send."""
+    request = session.get(RebootRequest, ready.request_id)
+    assert request is not None
+    others = [s for s in ready.server_ids if s not in unsent]
+    held = held_elsewhere(session, request, others)
+    outcomes = {
+        **unsent,
+        **{sid: ServerOutcome(ServerStatus.SKIPPED, fail_reason=why) for sid, why in held.items()},
+    }
     try:
-        if held and len(held) == len(server_ids):
-            _all_held(session, batch_id, request, held, rt)
+        if len(outcomes) == len(ready.server_ids):
+            _nothing_to_send(session, ready, request, outcomes, rt)
             return "skipped"
         # The transition counts the attempt itself (submit_attempts + 1, in the same UPDATE).
         claimed = transition_batch(
-            session, batch_id, BatchStatus.SUBMITTING, actor=rt.actor, released_at=None
+            session, ready.batch_id, BatchStatus.SUBMITTING, actor=rt.actor, released_at=None
         )
     except IllegalTransition as exc:
-        log.info("batch %s claimed by another worker (%s): not POSTing", batch_id, exc)
+        log.info("batch %s claimed by another worker (%s): not POSTing", ready.batch_id, exc)
         return "skipped"
+    if outcomes:
+        settle_servers(session, ready.batch_id, outcomes, actor=rt.actor)
     if held:
-        skip_servers(session, batch_id, held, actor=rt.actor)
         log.warning(
             "batch %s: %d of %d servers not sent, another request holds them",
-            batch_id,
+            ready.batch_id,
             len(held),
-            len(server_ids),
+            len(ready.server_ids),
         )
     _started(session, request, rt)
     return Claim(
         claimed.submit_attempts,
         request.project_id,
         request.type,
-        [s for s in server_ids if s not in held],
+        [s for s in ready.server_ids if s not in outcomes],
     )
+
+
+def _nothing_to_send(
+    session: Session,
+    ready: Ready,
+    request: RebootRequest,
+    outcomes: dict[str, ServerOutcome],
+    rt: Runtime,
+) -> None:
+    """None of the batch's servers may be sent: it ends without a POST, ``skipped`` when every
+    server was skipped, else ``failed``."""
+    skipped = all(o.status == ServerStatus.SKIPPED for o in outcomes.values())
+    _started(session, request, rt)
+    end_batch(
+        session,
+        ready.batch_id,
+        BatchStatus.SKIPPED if skipped else BatchStatus.FAILED,
+        rt,
+        servers=ServerStatus.SKIPPED,
+        outcomes=outcomes,
+        detail={"reason": "nothing left to send"},
+        released_at=None,
+        last_error_message="nothing left to send: every server was skipped or is unknown",
+    )
+    log.warning("batch %s not sent: nothing left to send", ready.batch_id)
+
+
+def _come_back(ready: Ready, wait: float, rt: Runtime) -> str:
+    """The list budget's next slot is far: the batch keeps its release and comes back then."""
+    with unit_of_work(rt.engine) as session:
+        if update_batch(
+            session,
+            ready.batch_id,
+            expect=BatchStatus.PENDING,
+            next_attempt_at=rt.now() + timedelta(seconds=wait),
+        ):
+            rt.dispatcher.submit(ready.batch_id, countdown=wait)
+    return "budget"
+
+
+def _inventory_down(ready: Ready, why: str, rt: Runtime) -> str:
+    """The inventory could not be read: never send blind. Like a POST that was not accepted,
+    the batch is due again after the backoff, up to ``BMSREBOOT_SUBMIT_MAX_ATTEMPTS``."""
+    attempt = ready.attempts + 1
+    if attempt >= rt.settings.submit_max_attempts:
+        with unit_of_work(rt.engine) as session, contextlib.suppress(IllegalTransition):
+            end_batch(
+                session,
+                ready.batch_id,
+                BatchStatus.FAILED,
+                rt,
+                servers=ServerStatus.FAILED,
+                fail_reason=f"not sent: the pre-flight check could not read the inventory "
+                f"after {attempt} attempts ({why})"[:1000],
+                detail={"reason": why},
+                released_at=None,
+                last_error_message=why[:1000],
+            )
+        return str(BatchStatus.FAILED)
+    delay = with_jitter(
+        submit_retry_delay(
+            attempt, base=rt.settings.submit_retry_base, cap=rt.settings.submit_retry_max
+        ),
+        rt.settings.poll_jitter,
+    )
+    with unit_of_work(rt.engine) as session:
+        update_batch(
+            session,
+            ready.batch_id,
+            expect=BatchStatus.PENDING,
+            released_at=None,
+            next_attempt_at=rt.now() + timedelta(seconds=delay),
+            submit_attempts=attempt,
+            last_error_message=f"pre-flight: {why}"[:1000],
+        )
+    schedule_release(rt, ready.project_id, delay)
+    log.warning(
+        "batch %s: inventory unreadable (%s), due again in %.1f s", ready.batch_id, why, delay
+    )
+    return "retry"
+
+
+def _inventory_refused(ready: Ready, why: str, rt: Runtime) -> str:
+    """The API refuses to list the servers: the pre-flight check can never pass with this
+    credential, and sending blind is not an option. The request stops (its pending batches,
+    this one included, are cancelled) with the permission named."""
+    reason = (
+        f"pre-flight: {why}; grant it, or send the request with preflight false "
+        "(BMSREBOOT_PREFLIGHT=false for every request)"
+    )
+    with unit_of_work(rt.engine) as session:
+        if stop_request(session, ready.request_id, RequestStatus.HALTED, reason, actor=rt.actor):
+            request_changed(session, ready.request_id, rt)
+    log.error("request %s halted: %s", ready.request_id, reason)
+    return "halted"
 
 
 def _started(session: Session, request: RebootRequest, rt: Runtime) -> None:
@@ -166,30 +344,6 @@ def _started(session: Session, request: RebootRequest, rt: Runtime) -> None:
         # Another batch of the same request may have started it a moment ago.
         with contextlib.suppress(IllegalTransition):
             transition_request(session, request.id, RequestStatus.RUNNING, actor=rt.actor)
-
-
-def _all_held(
-    session: Session,
-    batch_id: uuid.UUID,
-    request: RebootRequest,
-    held: dict[str, str],
-    rt: Runtime,
-) -> None:
-    """Every server of the batch is held by another request: it ends ``skipped``, no POST."""
-    _started(session, request, rt)
-    end_batch(
-        session,
-        batch_id,
-        BatchStatus.SKIPPED,
-        rt,
-        servers=ServerStatus.SKIPPED,
-        outcomes={
-            sid: ServerOutcome(ServerStatus.SKIPPED, fail_reason=why) for sid, why in held.items()
-        },
-        detail={"reason": "every server is held by another request"},
-        released_at=None,
-    )
-    log.warning("batch %s not sent: another request holds each of its servers", batch_id)
 
 
 def _found_submitting(session: Session, batch: Batch, rt: Runtime) -> str:

@@ -10,6 +10,7 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -56,6 +57,10 @@ class ValidatedRequest:
     notify_queue: str | None
     not_after: dt.datetime | None
     not_before: dt.datetime | None
+    #: The selector the servers are resolved from at intake (None: the ids were given).
+    selector: dict[str, Any] | None
+    #: Whether to read each batch's servers before its POST (None: BMSREBOOT_PREFLIGHT).
+    preflight: bool | None
     servers_given: int
     duplicates_removed: int
     #: What the producer asked for, compared when a request id or key comes again.
@@ -101,14 +106,28 @@ FINGERPRINT_FIELDS = (
 )
 
 
+def _selector(value: Any) -> dict[str, Any] | None:
+    """A valid selector as it is recorded: only the keys given, tags in their order."""
+    if not isinstance(value, Mapping):
+        return None
+    return {k: value[k] for k in ("tags", "name", "enterprise_project_id") if value.get(k)}
+
+
 def fingerprint(payload: Mapping[str, Any], packed: bytes) -> dict[str, Any]:
-    """What the producer asked for (``FINGERPRINT_FIELDS``), as plain JSON."""
+    """What the producer asked for (``FINGERPRINT_FIELDS``), as plain JSON. A selector's
+    request is known by its selector, not by what it resolved to."""
     threshold = payload.get("failure_threshold")
     kind = payload.get("type")
+    selector = _selector(payload.get("selector"))
+    servers = (
+        "selector:" + json.dumps(selector, sort_keys=True)
+        if selector
+        else f"{ids.count(packed)}:{hashlib.sha256(packed).hexdigest()}"
+    )
     return {
         "project_id": str(payload.get("project_id", "")).lower(),
         "type": kind.upper() if isinstance(kind, str) else "HARD",
-        "servers": f"{ids.count(packed)}:{hashlib.sha256(packed).hexdigest()}",
+        "servers": servers,
         "batch_size": payload.get("batch_size"),
         "max_in_flight": payload.get("max_in_flight"),
         "canary_size": payload.get("canary_size"),
@@ -223,6 +242,10 @@ def _server_ids(
     The ids come as ``server_ids`` (a list of UUID strings) or, for large requests, as
     ``server_ids_packed`` (base64 of their 16-byte values: ``worker.ids``); never both."""
     listed, packed_text = payload.get("server_ids"), payload.get("server_ids_packed")
+    if payload.get("selector") is not None:
+        if listed is not None or packed_text is not None:
+            reasons.append("give server_ids, server_ids_packed or selector: only one of them")
+        return b"", 0
     if listed is not None and packed_text is not None:
         reasons.append("give server_ids or server_ids_packed, not both")
         return b"", 0
@@ -309,6 +332,14 @@ def _reason(name: str, error: Mapping[str, Any], value: Any) -> str:
     """One pydantic error on one field of the message, in an operator's words."""
     kind = error["type"]
     got = _short(value)
+    if name == "selector":
+        where = ".".join(str(part) for part in error["loc"][1:])
+        return (
+            "selector must be an object of tags (a list of key=value or key), name and "
+            "enterprise_project_id, at least one of them: "
+            + (f"{where}: " if where else "")
+            + f"{error['msg']}, got {got}"
+        )
     if name in TEXT_FIELDS and isinstance(value, str) and "\x00" in value:
         return f"{name} must not contain NUL characters, got {got}"
     if kind == "missing":
@@ -442,6 +473,8 @@ def validate_request(
         notify_queue=ok.notify_queue,
         not_after=not_after,
         not_before=not_before,
+        selector=_selector(fields.get("selector")) if "selector" not in found else None,
+        preflight=ok.preflight if isinstance(ok.preflight, bool) else None,
         servers_given=servers_given,
         duplicates_removed=duplicates,
         fingerprint=fingerprint(payload, packed),
