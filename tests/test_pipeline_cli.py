@@ -282,3 +282,46 @@ def test_submit_with_a_key_already_used_for_other_servers_exits_2_and_reboots_no
     # And the worker records the refusal under the id the command printed; nothing rebooted
     assert pipe.wait(shown["request_id"])["status"] == "rejected"
     assert set(pipe.stats()["reboots"]) == set(first_servers)
+
+
+def test_submit_by_tags_shows_in_a_dry_run_what_the_selector_names_now(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    pipe = pipeline_redis_pg
+    pipe.configure(servers=30)
+    run = bmsreboot(
+        pipe,
+        "submit",
+        "--project-id",
+        PROJECT,
+        "--tag",
+        "env=prod",
+        "--tag",
+        "role=db",
+        "--dry-run",
+        "--json",
+    )
+    assert run.returncode == 0, run.stderr
+    plan = json.loads(run.stdout)
+    # The odd servers of 30 that are every fifth: 5, 15, 25
+    assert (plan["servers"], plan["selector"]) == (3, {"tags": ["env=prod", "role=db"]})
+    assert sum(pipe.stats()["calls"]["action"].values()) == 0
+
+
+def test_submit_by_name_reboots_the_servers_it_names(pipeline_redis_pg: Pipeline) -> None:
+    from worker.simulator.inventory import server_id
+
+    pipe = pipeline_redis_pg
+    pipe.configure(servers=30)
+    run = bmsreboot(pipe, "submit", "--project-id", PROJECT, "--name", "bms-0002", *WAIT, "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["servers"]["succeeded"] == 10
+    assert set(pipe.stats()["reboots"]) == {server_id(PROJECT, i) for i in range(20, 30)}
+
+
+def test_submit_wants_ids_or_a_selector_and_not_both(pipeline_redis_pg: Pipeline) -> None:
+    for args in ([], [str(uuid.uuid4()), "--tag", "env=prod"]):
+        run = bmsreboot(pipeline_redis_pg, "submit", "--project-id", PROJECT, *args)
+        assert run.returncode == 2
+        assert "give server ids as arguments, with --ids-file, or by a selector" in run.stderr
+        assert "Traceback" not in run.stderr

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from worker.bms.client import MAX_SERVERS_PER_PAGE
 from worker.bms.errors import BmsError, NotFoundError, PermissionDeniedError, ThrottledError
 from worker.bms.models import ServerDetails
 from worker.budget import LIST
@@ -36,6 +39,8 @@ from worker.pipeline.runtime import Runtime, describe, log
 
 #: A batch of at most this many servers is read server by server, not as the whole list.
 SINGLE_GETS = 5
+#: List pages asked for at once (each at its own budget slot) while the last is read.
+LOOKAHEAD = 3
 #: A list slot farther away than this is not waited for in a task: the caller comes back.
 MAX_WAIT = 2.0
 #: What the pre-flight check refuses: host states in which a reboot cannot go well.
@@ -181,23 +186,56 @@ def forget_snapshots() -> None:
 
 def _pages(
     rt: Runtime, project_id: str, selector: Selector | None, *, max_wait: float | None
-) -> Iterable[tuple[ServerDetails, ...]]:
+) -> Iterator[tuple[ServerDetails, ...]]:
+    """Every page of the list, in order. The first page says how many there are; the others
+    are asked for ``LOOKAHEAD`` at a time, each at its own budget slot, so that reading and
+    parsing one page overlaps the API's answering the next: the list budget, not our CPU,
+    sets the pace. A page that comes back short ends the list (the fleet shrank meanwhile)."""
     query = selector.query() if selector is not None else {}
-    pages = rt.client().iter_servers(
-        project_id,
-        tags=query.get("tags"),
-        name=query.get("name"),
-        enterprise_project_id=query.get("enterprise_project_id"),
-    )
-    while True:
-        _slot(rt, project_id, max_wait)
+    client = rt.client()
+
+    def page(offset: int) -> tuple[ServerDetails, ...]:
         try:
-            page = next(pages)
-        except StopIteration:
-            return
+            found = client.list_servers(
+                project_id,
+                tags=query.get("tags"),
+                name=query.get("name"),
+                enterprise_project_id=query.get("enterprise_project_id"),
+                limit=MAX_SERVERS_PER_PAGE,
+                offset=offset,
+            )
         except BmsError as exc:
             raise _failure(rt, project_id, exc) from exc
-        yield page.servers
+        pages_of[offset] = found.count
+        return found.servers
+
+    pages_of: dict[int, int] = {}
+    _slot(rt, project_id, max_wait)
+    first = page(1)
+    yield first
+    total = -(-pages_of[1] // MAX_SERVERS_PER_PAGE)
+    if len(first) < MAX_SERVERS_PER_PAGE or total <= 1:
+        return
+    with ThreadPoolExecutor(LOOKAHEAD, thread_name_prefix="bmsreboot-list") as pool:
+        asked: deque[Future[tuple[ServerDetails, ...]]] = deque()
+        offsets = iter(range(2, total + 1))
+        try:
+            for offset in offsets:
+                _slot(rt, project_id, max_wait)
+                asked.append(pool.submit(page, offset))
+                if len(asked) >= LOOKAHEAD:
+                    servers = asked.popleft().result()
+                    yield servers
+                    if len(servers) < MAX_SERVERS_PER_PAGE:
+                        return
+            while asked:
+                servers = asked.popleft().result()
+                yield servers
+                if len(servers) < MAX_SERVERS_PER_PAGE:
+                    return
+        finally:
+            for future in asked:
+                future.cancel()
 
 
 def _one(rt: Runtime, project_id: str, server_id: str) -> ServerDetails | None:
