@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from worker.cli.errors import audit_database_errors
 from worker.cli.params import PROJECT_ID, REQUEST_OR_SERVER_ID, limit_option
-from worker.db.models import Batch, Event, RebootRequest
+from worker.db.models import SERVER_COUNT_COLUMNS, Batch, Event, RebootRequest
 from worker.db.states import EventEntity, RequestStatus
 
 __all__ = [
@@ -143,10 +143,7 @@ def recent_requests(
             "project_id": r.project_id,
             "source": r.source,
             "servers": r.servers_total,
-            "succeeded": r.servers_succeeded,
-            "failed": r.servers_failed,
-            "unknown": r.servers_unknown,
-            "cancelled": r.servers_cancelled,
+            **{state.value: getattr(r, column) for state, column in SERVER_COUNT_COLUMNS.items()},
             "created_at": r.created_at.isoformat(),
             "finished_at": r.finished_at.isoformat() if r.finished_at else None,
             "reason": r.reason,
@@ -196,6 +193,7 @@ def list_requests(
             f"{r['request_id']}  {r['status']:<16} {when(r['created_at']):<25}  "
             f"{r['source']:<24} {r['servers']}: {r['succeeded']} succeeded, {r['failed']} "
             f"failed, {r['unknown']} unknown, {r['cancelled']} cancelled"
+            + (f", {r['skipped']} skipped" if r["skipped"] else "")
         )
 
 
