@@ -157,8 +157,8 @@ def _create(session: Session, checked: ValidatedRequest, rt: Runtime) -> RebootR
     return create_request(
         session,
         **checked.recorded(),
-        region=rt.settings.region,
-        endpoint=rt.settings.effective_bms_endpoint,
+        region=rt.region_for(checked.project_id),
+        endpoint=rt.endpoint_for(checked.project_id),
         actor=rt.actor,
     )
 

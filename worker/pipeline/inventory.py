@@ -192,7 +192,7 @@ def _pages(
     parsing one page overlaps the API's answering the next: the list budget, not our CPU,
     sets the pace. A page that comes back short ends the list (the fleet shrank meanwhile)."""
     query = selector.query() if selector is not None else {}
-    client = rt.client()
+    client = rt.client_for(project_id)
 
     def page(offset: int) -> tuple[ServerDetails, ...]:
         try:
@@ -241,7 +241,7 @@ def _pages(
 def _one(rt: Runtime, project_id: str, server_id: str) -> ServerDetails | None:
     _slot(rt, project_id, MAX_WAIT)
     try:
-        return rt.client().get_server(project_id, server_id)
+        return rt.client_for(project_id).get_server(project_id, server_id)
     except NotFoundError:
         return None
     except BmsError as exc:

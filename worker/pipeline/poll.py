@@ -104,7 +104,7 @@ def poll_batch(
             time.sleep(slot.wait)
 
     try:
-        job = rt.client().get_job(this.project_id, this.job_id)
+        job = rt.client_for(this.project_id).get_job(this.project_id, this.job_id)
     except BmsError as exc:
         if exc.status is None:
             rt.metrics.api_call("job", None)  # no answer came: the response hook saw nothing

@@ -97,8 +97,22 @@ class Runtime:
         assert self.budget is not None
         return self.budget
 
+    def client_for(self, project_id: str) -> BmsClient:
+        """The client that reaches ``project_id``'s region with its account's credentials
+        (one account and region unless a fleet is configured: ``worker.fleet``)."""
+        return self.client()
+
+    def endpoint_for(self, project_id: str) -> str:
+        """The BMS endpoint of ``project_id``'s region."""
+        return self.settings.effective_bms_endpoint
+
+    def region_for(self, project_id: str) -> str:
+        """The region ``project_id`` belongs to."""
+        return self.settings.region
+
     def budget_key(self, project_id: str, route: str) -> str:
-        return budget_key(self.settings.effective_bms_endpoint, project_id, route)
+        """A budget is per (endpoint, project, route): each region's API gets its own."""
+        return budget_key(self.endpoint_for(project_id), project_id, route)
 
     def rate(self, route: str) -> Rate:
         s = self.settings

@@ -123,7 +123,8 @@ def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
     # Committed: the batch is ``submitting`` before any byte goes to the cloud.
 
     try:
-        job_id = rt.client().batch_reboot(claim.project_id, claim.server_ids, claim.reboot_type)
+        client = rt.client_for(claim.project_id)
+        job_id = client.batch_reboot(claim.project_id, claim.server_ids, claim.reboot_type)
     except Exception as exc:
         return _failed(batch_id, claim, exc, rt)
     return _submitted(batch_id, claim.project_id, job_id, rt)
