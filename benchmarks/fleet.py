@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/fleet.py [--servers 10000] [--batch-size 1000]
         [--job-duration 5] [--contenders bmsreboot,sdk-serial,sdk-all] [--concurrency 4]
         [--embedded] [--no-warmup] [--tiny] [--json-out PATH] [--worker-log PATH]
+    .venv/bin/python benchmarks/fleet.py --boot-seconds 60 [--max-in-flight 2] [...]
 
 One scenario, N servers in batches on one project of an in-process simulator with its documented
 limits on (50 POSTs a minute on the action route, 2000 GETs a minute on jobs; beyond them 429),
@@ -29,6 +30,16 @@ Everything it starts is stopped at the end, also on error: the simulator, the wo
 PostgreSQL database it created (dropped) and the Redis database it used (``--redis-url``, which
 must be empty at the start; flushed at the end). ``--tiny`` (300 servers, batches of 100, jobs of
 0.5 s) takes well under a minute and keeps the script from rotting in CI.
+
+``--boot-seconds B`` is the other scenario: verification. The simulator gets an inventory of
+the N servers (plus a few for the warm-up), each back ``B`` seconds after its job ends, and
+bmsreboot alone (the SDK loops do not wait for servers) reboots them with verification on and
+``--max-in-flight`` batches at once (2). Its lower bound is ``waves x (job + boot)``, ``waves``
+being ``ceil(batches / max_in_flight)``: a wave's servers must be back before the next is
+sent. It reports the wall time against that bound, the list calls per verified server, and
+the detection delay of a return (``verified_at`` against the simulator's own return time;
+target: median at most 10% of the boot time + 1 s). The warm-up (its batches at once) teaches
+the worker the project's job and boot times. ``--tiny --boot-seconds 2``: 300 servers.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import statistics
@@ -72,6 +84,7 @@ from worker.db.status import request_status
 from worker.pipeline.producer import build_payload, send_payload
 from worker.settings import Settings
 from worker.simulator.config import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK, SimulatorConfig
+from worker.simulator.inventory import server_id
 from worker.simulator.server import SimulatorServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,6 +252,11 @@ def bmsreboot_workers(
             "BMSREBOOT_BMS_ENDPOINT": base_url,
             "HUAWEICLOUD_SDK_AK": DEFAULT_AK,
             "HUAWEICLOUD_SDK_SK": DEFAULT_SK,
+            # Random ids no inventory holds, as the SDK loops send: no pre-flight read and no
+            # verification (the --boot-seconds scenario gives the simulator an inventory and
+            # turns verification on).
+            "BMSREBOOT_PREFLIGHT": "false",
+            "BMSREBOOT_VERIFY": "false",
             **getattr(args, "worker_env", {}),
         }
     )
@@ -287,11 +305,13 @@ def run_request(
     batch_size: int,
     timeout: float,
     project_id: str = DEFAULT_PROJECT_ID,
+    **fields: Any,
 ) -> tuple[float, dict[str, Any]]:
-    """Send one request and wait for its final status; returns (seconds, status)."""
+    """Send one request (``fields``: more of its fields) and wait for its final status;
+    returns (seconds, status)."""
     request_id = uuid.uuid4()
     payload = build_payload(
-        project_id, ids, request_id=request_id, batch_size=batch_size, source="benchmark"
+        project_id, ids, request_id=request_id, batch_size=batch_size, source="benchmark", **fields
     )
     sent = time.time()  # the wall clock, as the audit rows' times
     send_payload(app, payload)
@@ -333,6 +353,98 @@ def run_bmsreboot(
         if b["detected_at"] and b["job_ended_at"]
     ]
     return seconds, delays, status["status"]
+
+
+# --- verification: servers that take minutes to come back -------------------------------------
+
+
+def run_boot_scenario(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """bmsreboot with verification on servers that boot ``args.boot_seconds`` after their
+    job, ``args.max_in_flight`` batches at once; returns the report."""
+    warmup = WARMUP_BATCHES * args.batch_size if args.warmup else 0
+    everyone = [server_id(DEFAULT_PROJECT_ID, i) for i in range(1, args.servers + warmup + 1)]
+    ids, spare = everyone[: args.servers], everyone[args.servers :]
+    batches = batches_of(ids, args.batch_size)
+    waves = math.ceil(len(batches) / args.max_in_flight)
+    bound = waves * (args.job_duration + args.boot_seconds)
+    print(
+        f"verification: {args.servers:,} servers in {len(batches)} batches of "
+        f"{args.batch_size}, {args.max_in_flight} at once: {waves} waves of jobs of "
+        f"{args.job_duration:g} s and boots of {args.boot_seconds:g} s; lower bound "
+        f"{waves} x ({args.job_duration:g} + {args.boot_seconds:g}) = {bound:.1f} s"
+    )
+    config = SimulatorConfig(
+        job_duration=args.job_duration,
+        action_rate_limit=ACTION_LIMIT,
+        job_rate_limit=JOB_LIMIT,
+        servers=len(everyone),
+        boot_seconds=args.boot_seconds,
+    )
+    args.worker_env = {"BMSREBOOT_VERIFY": "true"}
+    timeout = 10 * bound + 120
+    with SimulatorServer(config) as sim, bmsreboot_worker(sim.base_url, args, tmp) as running:
+        app, engine, worker = running
+        if spare:
+            seconds, status = run_request(app, engine, worker, spare, args.batch_size, timeout)
+            print(f"  warm-up: {len(spare)} servers, {status['status']} in {seconds:.1f} s")
+            reset(sim.base_url)
+        seconds, status = run_request(
+            app, engine, worker, ids, args.batch_size, timeout, max_in_flight=args.max_in_flight
+        )
+        counters = stats(sim.base_url)
+        with unit_of_work(engine) as session:
+            full = request_status(session, uuid.UUID(status["request_id"]), include_servers=True)
+    assert full is not None
+    history = counters["servers"]
+    delays = [
+        epoch(s["verified_at"]) - history[s["id"]]["returned"][-1]
+        for s in full["server_results"]
+        if s["verified_at"] and history.get(s["id"], {}).get("returned")
+    ]
+    verified = sum(1 for s in full["server_results"] if s["status"] == "succeeded")
+    lists = sum(counters["calls"]["servers"].values())
+    row = {
+        "contender": "bmsreboot",
+        "wall_s": round(seconds, 2),
+        "x_bound": round(seconds / bound, 3),
+        "posts": sum(counters["calls"]["action"].values()),
+        "list_calls": lists,
+        "server_gets": sum(counters["calls"]["server"].values()),
+        "list_calls_per_verified_server": round(lists / verified, 4) if verified else None,
+        "verified": verified,
+        "return_detect_median_s": round(statistics.median(delays), 3) if delays else None,
+        "return_detect_worst_s": round(max(delays), 3) if delays else None,
+        "servers_rebooted": len(counters["reboots"]),
+        "servers_rebooted_twice": sum(1 for n in counters["reboots"].values() if n > 1),
+        "request_status": status["status"],
+    }
+    target = 0.1 * args.boot_seconds + 1.0
+    median = row["return_detect_median_s"]
+    print(
+        f"wall {row['wall_s']} s = {row['x_bound']} x bound; {lists} list calls for {verified} "
+        f"verified servers ({row['list_calls_per_verified_server']} a server), "
+        f"{row['server_gets']} single GETs; return detected after {median} s median, "
+        f"{row['return_detect_worst_s']} s worst (target <= {target:g} s: "
+        f"{'met' if median is not None and median <= target else 'MISSED'}); "
+        f"{row['servers_rebooted']} rebooted, {row['servers_rebooted_twice']} twice; "
+        f"request {status['status']}"
+    )
+    return {
+        "scenario": {
+            "servers": args.servers,
+            "batch_size": args.batch_size,
+            "batches": len(batches),
+            "max_in_flight": args.max_in_flight,
+            "waves": waves,
+            "job_duration_s": args.job_duration,
+            "boot_seconds": args.boot_seconds,
+            "embedded": args.embedded,
+            "concurrency": args.concurrency,
+            "warmup": args.warmup,
+        },
+        "lower_bound_s": round(bound, 3),
+        "results": [row],
+    }
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -412,11 +524,22 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="300 servers, 100 a batch, 0.5 s")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--worker-log", type=Path, help="keep the worker's log here")
+    parser.add_argument(
+        "--boot-seconds", type=float, help="the verification scenario: servers back after this"
+    )
+    parser.add_argument("--max-in-flight", type=int, default=2, help="with --boot-seconds")
     args = parser.parse_args()
     # A SIGTERM (a CI timeout, say) unwinds like an error: everything started gets stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.tiny:
         args.servers, args.batch_size, args.job_duration = 300, 100, 0.5
+    if args.boot_seconds is not None:
+        with tempfile.TemporaryDirectory(prefix="bmsreboot-fleet-") as directory:
+            args.worker_log = args.worker_log or Path(directory) / "worker.log"
+            report = run_boot_scenario(args, Path(directory))
+        if args.json_out:
+            args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+        return
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = set(contenders) - set(CONTENDERS)
     if unknown:

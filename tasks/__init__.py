@@ -9,6 +9,8 @@ must never break a message already queued. Policy sits on each declaration:
   compare-and-set on the audit row (``worker.pipeline.submit``), so acks-late and redelivered.
 - ``bmsreboot.poll_batch`` (queue ``bmsreboot.poll``): a read-only GET plus idempotent writes;
   ``seq`` (optional) keeps one live poll chain per batch.
+- ``bmsreboot.verify_batch`` (queue ``bmsreboot.poll``): one check of a verifying batch's
+  servers (list reads plus idempotent writes); ``seq`` keeps one live chain of checks.
 - ``bmsreboot.release`` (queue ``bmsreboot.submit``): the release step of one project; safe to
   run twice (a lease, and compare-and-set on each batch).
 - ``bmsreboot.cancel_request`` (queue ``bmsreboot.intake``): cancel a request; idempotent.
@@ -37,7 +39,16 @@ from worker.broker import PRODUCER_ETA
 from worker.celery import app
 from worker.db.retention import purge_finished
 from worker.db.session import get_engine, unit_of_work
-from worker.pipeline import control, intake, poll, reconcile, release, scheduling, submit
+from worker.pipeline import (
+    control,
+    intake,
+    poll,
+    reconcile,
+    release,
+    scheduling,
+    submit,
+    verify,
+)
 from worker.pipeline.inventory import InventoryUnavailable
 from worker.pipeline.message import PROJECT_ID_PATTERN
 from worker.pipeline.runtime import Runtime, log
@@ -156,11 +167,22 @@ def poll_batch(
     self: Task[Any, Any], batch_id: Any = None, seq: Any = None, reserved: Any = False
 ) -> str:
     checked = _uuid("batch_id", batch_id)
-    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
-        raise BadArgument(f"seq must be a whole number of at least 0, got {_short(seq)}")
     if not isinstance(reserved, bool):
         raise BadArgument(f"reserved must be true or false, got {_short(reserved)}")
-    return poll.poll_batch(checked, _runtime(self), seq=seq, reserved=reserved)
+    return poll.poll_batch(checked, _runtime(self), seq=_seq(seq), reserved=reserved)
+
+
+@app.task(
+    name=names.VERIFY_BATCH, queue=names.ROUTES[names.VERIFY_BATCH], base=PipelineTask, **COMMON
+)
+def verify_batch(self: Task[Any, Any], batch_id: Any = None, seq: Any = None) -> str:
+    return verify.verify_batch(_uuid("batch_id", batch_id), _runtime(self), seq=_seq(seq))
+
+
+def _seq(seq: Any) -> int | None:
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
+        raise BadArgument(f"seq must be a whole number of at least 0, got {_short(seq)}")
+    return seq
 
 
 @app.task(name=names.RELEASE, queue=names.ROUTES[names.RELEASE], base=PipelineTask, **COMMON)

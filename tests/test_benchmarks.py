@@ -82,6 +82,29 @@ def test_a_benchmark_runs_at_its_tiny_size(name: str, tmp_path: Path, redis_url:
             assert ROW_KEYS[name] <= set(row), sorted(row)
 
 
+def test_the_fleet_benchmarks_verification_scenario_runs_at_its_tiny_size(
+    tmp_path: Path, redis_url: str
+) -> None:
+    require_postgres()
+    require_redis()
+    import redis
+
+    with redis.Redis.from_url(redis_url) as client:
+        client.delete(OWNER_KEY)
+    out = tmp_path / "report.json"
+    argv = [sys.executable, str(BENCHMARKS / "fleet.py"), "--tiny", "--boot-seconds", "2"]
+    argv += ["--redis-url", redis_url, "--json-out", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["scenario"]["boot_seconds"] == 2.0
+    (row,) = report["results"]
+    assert {"wall_s", "x_bound", "list_calls_per_verified_server", "return_detect_median_s"} <= set(
+        row
+    )
+    assert (row["verified"], row["servers_rebooted_twice"]) == (300, 0)
+
+
 def test_run_all_runs_the_scripts_and_writes_one_summary(tmp_path: Path) -> None:
     out = tmp_path / "all.json"
     argv = [sys.executable, str(BENCHMARKS / "run_all.py"), "--tiny", "--runs", "2"]

@@ -325,3 +325,73 @@ def test_submit_wants_ids_or_a_selector_and_not_both(pipeline_redis_pg: Pipeline
         assert run.returncode == 2
         assert "give server ids as arguments, with --ids-file, or by a selector" in run.stderr
         assert "Traceback" not in run.stderr
+
+
+def test_submit_carries_the_verification_policy_and_a_dry_run_shows_it(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    pipe = pipeline_redis_pg
+    pipe.configure()
+    servers = new_ids(4)
+    args = ("submit", "--project-id", PROJECT, *servers, "--dry-run", "--json")
+    run = bmsreboot(
+        pipe,
+        *args,
+        "--tcp-check",
+        "22",
+        "--health-timeout",
+        "600",
+        "--soak",
+        "30",
+        "--max-in-flight",
+        "1",
+        "--batch-size",
+        "2",
+    )
+    assert run.returncode == 0, run.stderr
+    plan = json.loads(run.stdout)
+    policy = plan["policy"]
+    assert (policy["health_check"], policy["health_timeout"], policy["soak_seconds"]) == (
+        {"tcp_port": 22},
+        600.0,
+        30.0,
+    )
+    # The tests' workers run with BMSREBOOT_VERIFY=false: the dry run says what would happen
+    assert policy["verify"] is False
+    assert plan["estimate"]["boot_s"] is None
+    off = json.loads(bmsreboot(pipe, *args, "--no-verify").stdout)
+    assert off["policy"]["verify"] is False
+    both = bmsreboot(pipe, *args, "--tcp-check", "22", "--http-check", "http://{ip}/")
+    assert both.returncode == 2
+    assert "give --tcp-check or --http-check, not both" in both.stderr
+
+
+def test_submit_no_verify_and_a_probe_reach_the_recorded_request(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    pipe = pipeline_redis_pg
+    pipe.configure()
+    servers = new_ids(2)
+    run = bmsreboot(
+        pipe,
+        "submit",
+        "--project-id",
+        PROJECT,
+        *servers,
+        "--no-verify",
+        "--http-check",
+        "http://{ip}:9100/-/healthy",
+        "--soak",
+        "5",
+        *WAIT,
+        "--json",
+    )
+    assert run.returncode == 0, run.stderr
+    final = json.loads(run.stdout)
+    assert final["verify"] is False
+    assert final["health_check"] == {"http_url": "http://{ip}:9100/-/healthy"}
+    assert final["soak_seconds"] == 5.0
+    shown = bmsreboot(pipe, "status", final["request_id"])
+    assert "verification: off, HTTP check http://{ip}:9100/-/healthy, soak 5 s between" in (
+        shown.stdout
+    )

@@ -746,3 +746,47 @@ def test_a_bad_selector_in_an_entry_is_a_problem_naming_it(
     )
     _entries, problems = load(write(tmp_path, text))
     assert any(problem in p for p in problems), problems
+
+
+def test_an_entry_carries_its_verification_policy_into_each_request(tmp_path: Path) -> None:
+    text = """
+[[schedule]]
+name = "web"
+cron = "0 4 * * *"
+project_id = "0123456789abcdef0123456789abcdef"
+selector = { tags = ["role=web"] }
+max_in_flight = 1
+health_timeout = 900
+health_check = { http_url = "http://{ip}:9100/-/healthy" }
+soak_seconds = 120
+"""
+    entries, problems = load(write(tmp_path, text))
+    assert problems == []
+    payload = entries[0].payload(dt.datetime(2026, 12, 1, 4, tzinfo=dt.UTC))
+    assert payload["health_timeout"] == 900
+    assert payload["health_check"] == {"http_url": "http://{ip}:9100/-/healthy"}
+    assert payload["soak_seconds"] == 120
+    assert "verify" not in payload  # the deployment's default
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        ('verify = "yes"\n', "verify must be true or false"),
+        ("health_timeout = 0\n", "health_timeout must be a number of seconds up to 86400"),
+        ("soak_seconds = -1\n", "soak_seconds must be a number of seconds up to 86400"),
+        ("health_timeout = 100000\n", "health_timeout must be a number of seconds up to 86400"),
+        ("health_check = { tcp_port = 22, http_url = 'http://x' }\n", "health_check must be"),
+        ("health_check = { port = 22 }\n", "health_check must be"),
+    ],
+)
+def test_a_bad_verification_field_in_an_entry_is_a_problem_naming_it(
+    tmp_path: Path, lines: str, problem: str
+) -> None:
+    text = (
+        '[[schedule]]\nname = "x"\ncron = "0 4 * * *"\n'
+        'project_id = "0123456789abcdef0123456789abcdef"\n'
+        'servers = ["616fb98f-46ca-475e-917e-2563e5a8cd19"]\n' + lines
+    )
+    _entries, problems = load(write(tmp_path, text))
+    assert any(problem in p for p in problems), problems

@@ -180,3 +180,44 @@ def test_validation_follows_the_message_model_for_every_bound() -> None:
     assert check(notify_task="a b").reasons == [
         "notify_task must be a Celery name (letters, digits and _ . : @ -), got 'a b'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"verify": "yes"}, "verify must be true or false, got 'yes'"),
+        ({"health_timeout": 0}, "health_timeout must be a number of seconds up to 86400, got 0"),
+        (
+            {"health_timeout": 10**6},
+            "health_timeout must be a number of seconds up to 86400, got 1000000",
+        ),
+        ({"soak_seconds": -1}, "soak_seconds must be a number of seconds up to 86400, got -1"),
+        ({"soak_seconds": "1m"}, "soak_seconds must be a number of seconds up to 86400, got '1m'"),
+        (
+            {"health_check": {"tcp_port": 22, "http_url": "http://x"}},
+            "health_check must be {tcp_port: PORT} or {http_url: URL} (one of them)",
+        ),
+        ({"health_check": {"tcp_port": 0}}, "health_check must be {tcp_port: PORT}"),
+        ({"health_check": {"http_url": "ftp://x"}}, "health_check must be {tcp_port: PORT}"),
+        ({"health_check": "22"}, "health_check must be {tcp_port: PORT}"),
+    ],
+)
+def test_each_verification_problem_has_its_reason(fields: dict[str, Any], reason: str) -> None:
+    result = check(**fields)
+    assert not result.valid
+    assert len(result.reasons) == 1
+    assert result.reasons[0].startswith(reason), result.reasons
+
+
+def test_the_verification_policy_is_recorded_as_given() -> None:
+    result = check(
+        verify=True,
+        health_timeout=600,
+        health_check={"http_url": "http://{ip}:9100/-/healthy"},
+        soak_seconds=30,
+    )
+    assert result.valid, result.reasons
+    assert (result.verify, result.health_timeout, result.soak_seconds) == (True, 600.0, 30.0)
+    assert result.health_check == {"http_url": "http://{ip}:9100/-/healthy"}
+    assert check().health_check is None
+    assert check().verify is None

@@ -50,7 +50,13 @@ def test_schema_is_the_json_schema_of_the_intake_message() -> None:
     assert set(schema["properties"]) == KNOWN_FIELDS
     assert schema["required"] == ["project_id"]
     assert schema["allOf"] == [
-        {"oneOf": [{"required": ["server_ids"]}, {"required": ["server_ids_packed"]}]},
+        {
+            "oneOf": [
+                {"required": ["server_ids"]},
+                {"required": ["server_ids_packed"]},
+                {"required": ["selector"]},
+            ]
+        },
         {"anyOf": [{"required": ["request_id"]}, {"required": ["idempotency_key"]}]},
     ]
     assert schema["additionalProperties"] is False

@@ -37,10 +37,13 @@ log = logging.getLogger("bmsreboot.metrics")
 BUDGET_WAIT_BUCKETS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 POLLS_BUCKETS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
 DELAY_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: Seconds from a job's end to its server seen back (bare metal boots in minutes).
+VERIFY_BUCKETS = (15.0, 30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0, 900.0, 1200.0, 1800.0)
 HISTOGRAMS = {
     "bmsreboot_budget_wait_seconds": BUDGET_WAIT_BUCKETS,
     "bmsreboot_polls_per_job": POLLS_BUCKETS,
     "bmsreboot_detection_delay_seconds": DELAY_BUCKETS,
+    "bmsreboot_verify_seconds": VERIFY_BUCKETS,
 }
 HASH_KEY = "bmsreboot:metrics"
 #: What an attempt at a webhook or chat delivery came to (``worker.webhooks``).
@@ -260,8 +263,8 @@ class Collector:
         from worker.db.session import unit_of_work
         from worker.db.states import (
             ACTIVE_REQUEST_STATES,
+            IN_FLIGHT_BATCH_STATES,
             TERMINAL_BATCH_STATES,
-            BatchStatus,
             RequestStatus,
             ServerStatus,
         )
@@ -295,7 +298,7 @@ class Collector:
             in_flight = session.scalar(
                 select(func.count())
                 .select_from(Batch)
-                .where(Batch.status.in_((BatchStatus.SUBMITTING, BatchStatus.SUBMITTED)))
+                .where(Batch.status.in_(IN_FLIGHT_BATCH_STATES))
             )
             oldest = session.scalar(
                 select(func.min(Batch.created_at)).where(Batch.status.not_in(TERMINAL_BATCH_STATES))
@@ -313,7 +316,9 @@ class Collector:
             )
         yield servers
         yield family(
-            "bmsreboot_batches_in_flight", "Batches submitting or submitted", value=in_flight or 0
+            "bmsreboot_batches_in_flight",
+            "Batches submitting, submitted or verifying",
+            value=in_flight or 0,
         )
         age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
         yield family(
@@ -330,6 +335,7 @@ _HELP = {
     "bmsreboot_budget_wait_seconds": "Seconds a call waited for its API budget slot",
     "bmsreboot_polls_per_job": "GETs per job, observed when the job ends",
     "bmsreboot_detection_delay_seconds": "Seconds from a job's end to the audit DB knowing it",
+    "bmsreboot_verify_seconds": "Seconds from a job's end to its server seen back",
 }
 
 

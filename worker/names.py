@@ -15,7 +15,7 @@ import uuid
 INTAKE_QUEUE = "bmsreboot.intake"
 #: The release step and the submits.
 SUBMIT_QUEUE = "bmsreboot.submit"
-#: The polls of jobs.
+#: The polls of jobs, and the checks of rebooted servers.
 POLL_QUEUE = "bmsreboot.poll"
 #: Webhook and chat deliveries (``worker.webhooks``): last, and apart, so that a slow or dead
 #: receiver never holds back the pipeline. A worker must consume it.
@@ -31,6 +31,7 @@ RUN_SCHEDULES = "bmsreboot.run_schedules"
 RELEASE = "bmsreboot.release"
 SUBMIT_BATCH = "bmsreboot.submit_batch"
 POLL_BATCH = "bmsreboot.poll_batch"
+VERIFY_BATCH = "bmsreboot.verify_batch"
 RECONCILE = "bmsreboot.reconcile"
 PURGE = "bmsreboot.purge"
 DELIVER_WEBHOOK = "bmsreboot.deliver_webhook"
@@ -46,6 +47,7 @@ ROUTES: dict[str, str] = {
     RELEASE: SUBMIT_QUEUE,
     SUBMIT_BATCH: SUBMIT_QUEUE,
     POLL_BATCH: POLL_QUEUE,
+    VERIFY_BATCH: POLL_QUEUE,
     DELIVER_WEBHOOK: WEBHOOK_QUEUE,
 }
 #: Intake's tasks: producers send them, and they take no countdown from a producer.

@@ -97,6 +97,10 @@ FIELDS = {
     "servers_file",
     "selector",
     "preflight",
+    "verify",
+    "health_timeout",
+    "health_check",
+    "soak_seconds",
     "type",
     "window",
     "batch_size",
@@ -157,6 +161,12 @@ class ScheduleEntry:
     #: Instead of ids: the project's servers a selector names, resolved at each tick.
     selector: dict[str, Any] | None = None
     preflight: bool | None = None
+    #: Verification after each job (None: the deployment's): on or off, the timeout, a probe
+    #: (``{tcp_port = 22}`` or ``{http_url = "..."}``), a soak between batches.
+    verify: bool | None = None
+    health_timeout: float | None = None
+    health_check: dict[str, Any] | None = None
+    soak_seconds: float | None = None
     #: The directories ``servers_file`` must stay inside (resolved): the schedule file's, and
     #: ``BMSREBOOT_SCHEDULE_IDS_DIR`` when set.
     ids_dirs: tuple[Path, ...] = ()
@@ -201,6 +211,10 @@ class ScheduleEntry:
             "server_ids": None if self.selector is not None else self.server_ids(),
             "selector": self.selector,
             "preflight": self.preflight,
+            "verify": self.verify,
+            "health_timeout": self.health_timeout,
+            "health_check": self.health_check,
+            "soak_seconds": self.soak_seconds,
             "type": self.type,
             "idempotency_key": tick_key(self.name, tick),
             "source": f"schedule:{self.name}",
@@ -410,6 +424,13 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
     if preflight is not None and not isinstance(preflight, bool):
         errors.append(f"preflight must be true or false, got {_quote(preflight)}")
         preflight = None
+    verify = item.get("verify")
+    if verify is not None and not isinstance(verify, bool):
+        errors.append(f"verify must be true or false, got {_quote(verify)}")
+        verify = None
+    health_timeout = _seconds(item, "health_timeout", errors, positive=True)
+    soak_seconds = _seconds(item, "soak_seconds", errors, positive=False)
+    health_check = _health_check(item, errors)
     concurrency = item.get("concurrency", "forbid")
     if concurrency not in CONCURRENCY:
         errors.append(f'concurrency must be "forbid" or "allow", got {_quote(concurrency)}')
@@ -433,9 +454,52 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
         concurrency=str(concurrency),
         selector=selector,
         preflight=preflight,
+        verify=verify,
+        health_timeout=health_timeout,
+        health_check=health_check,
+        soak_seconds=soak_seconds,
         ids_dirs=dirs,
     )
     return entry, errors
+
+
+def _seconds(
+    item: dict[str, Any], name: str, errors: list[str], *, positive: bool
+) -> float | None:
+    """A number of seconds up to a day (``health_timeout`` above 0, ``soak_seconds`` 0 or
+    more), as intake checks it."""
+    from worker.pipeline.message import MAX_HEALTH_TIMEOUT
+
+    value = item.get(name)
+    if value is None:
+        return None
+    number = not isinstance(value, bool) and isinstance(value, int | float)
+    if not number or not (0 < value if positive else 0 <= value) or value > MAX_HEALTH_TIMEOUT:
+        errors.append(f"{name} must be a number of seconds up to 86400, got {_quote(value)}")
+        return None
+    return float(value)
+
+
+def _health_check(item: dict[str, Any], errors: list[str]) -> dict[str, Any] | None:
+    """``health_check = {tcp_port = 22}`` or ``{http_url = "http://{ip}:9100/-/healthy"}``,
+    checked as intake checks it (the message model)."""
+    if "health_check" not in item:
+        return None
+    from pydantic import ValidationError
+
+    from worker.pipeline.message import HealthCheckMessage
+
+    raw = item["health_check"]
+    try:
+        HealthCheckMessage.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        errors.append(
+            "health_check must be {tcp_port = PORT} or {http_url = URL} (one of them): "
+            f"{first['msg']}"
+        )
+        return None
+    return {k: raw[k] for k in ("tcp_port", "http_url") if raw.get(k) is not None}
 
 
 def _selector(item: dict[str, Any], errors: list[str]) -> dict[str, Any] | None:

@@ -186,6 +186,26 @@ class Settings(BaseSettings):
         description="Read each batch's servers from the inventory just before its POST; send "
         "none that is locked, not ACTIVE, busy or on a host that is down.",
     )
+    verify: bool = Field(
+        True,
+        description="Count a reboot only once the inventory shows the server back after its "
+        "job (ACTIVE, idle, not locked, its host up).",
+    )
+    health_timeout: float = Field(
+        1200.0, gt=0, description="Seconds a rebooted server has to come back: then unhealthy."
+    )
+    verify_first_delay: float = Field(
+        60.0,
+        ge=0,
+        description="The first check of a batch's servers after its job, until the project "
+        "has a learned boot time.",
+    )
+    verify_max_interval: float = Field(
+        30.0, gt=0, description="Cap of the delay between two checks of a verifying batch."
+    )
+    probe_timeout: float = Field(
+        3.0, gt=0, description="Seconds a health check's TCP connect or HTTP GET may take."
+    )
     preflight_max_age: float = Field(
         10.0,
         ge=0,

@@ -29,9 +29,14 @@ from worker.simulator.inventory import server_id
 #: The servers the demo reboots: every one tagged env=prod (half of the simulator's).
 SELECTOR = {"tags": ["env=prod"]}
 #: Clocks for a demo that ends in a minute: the simulator's jobs take a few seconds.
+#: Seconds a demo server takes to come back after its job (a real one takes minutes).
+DEMO_BOOT_SECONDS = 3.0
 DEMO_ENV = {
     "BMSREBOOT_POLL_FIRST_DELAY": "1",
     "BMSREBOOT_POLL_MAX_INTERVAL": "3",
+    # The demo's servers boot in a few seconds (DEMO_BOOT_SECONDS), not minutes.
+    "BMSREBOOT_VERIFY_FIRST_DELAY": "2",
+    "BMSREBOOT_VERIFY_MAX_INTERVAL": "2",
     "BMSREBOOT_SUBMIT_RETRY_BASE": "1",
     "BMSREBOOT_SUBMIT_RETRY_MAX": "10",
 }
@@ -46,7 +51,8 @@ def _line(status: dict[str, Any]) -> str:
         f"{status['status']:>16}  batches "
         + ", ".join(f"{n} {s}" for s, n in sorted(batches.items()))
         + f"  | servers {counts['succeeded']} succeeded, {counts['failed']} failed, "
-        f"{counts['unknown']} unknown, {counts['pending']} pending"
+        f"{counts['unknown']} unknown, {counts['verifying']} verifying, "
+        f"{counts['pending']} pending"
     )
 
 
@@ -95,7 +101,7 @@ def run_demo(
     # Generated servers alternate env=prod and env=staging: twice as many as asked for, and
     # the selector names exactly the asked-for half (worker.simulator.inventory).
     sim_config = simulator_config or demo_simulator_config(
-        fail_fraction, inventory_servers=2 * servers
+        fail_fraction, inventory_servers=2 * servers, boot_seconds=DEMO_BOOT_SECONDS
     )
     with SimulatorServer(sim_config) as simulator:
         click.echo(
@@ -175,7 +181,7 @@ def run_demo(
                     total=counts["servers_total"],
                     completed=counts["servers_done"],
                     detail=f"{states['succeeded']} succeeded, {states['failed']} failed, "
-                    f"{states['unknown']} unknown",
+                    f"{states['unknown']} unknown, {states['verifying']} coming back",
                 )
                 line = _line(current)
                 if not console.is_terminal and line != last:

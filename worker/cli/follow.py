@@ -7,7 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from worker.db.states import TERMINAL_REQUEST_STATES
+from worker.db.states import IN_FLIGHT_BATCH_STATES, TERMINAL_REQUEST_STATES
+
+#: Batches out of service (sent, or rebooted and not yet seen back), and those not ended.
+IN_FLIGHT = tuple(sorted(IN_FLIGHT_BATCH_STATES))
+OPEN_BATCH_STATES = ("pending", *IN_FLIGHT)
 
 #: Exit codes of ``submit --wait`` and ``watch``.
 EXIT_ALL_SUCCEEDED = 0
@@ -76,12 +80,12 @@ def summary(status: dict[str, Any]) -> dict[str, int]:
     )
     return {
         "batches_total": len(status["batches"]),
-        "batches_done": sum(
-            n for state, n in batches.items() if state not in ("pending", "submitting", "submitted")
-        ),
-        "batches_in_flight": batches.get("submitting", 0) + batches.get("submitted", 0),
+        "batches_done": sum(n for state, n in batches.items() if state not in OPEN_BATCH_STATES),
+        "batches_in_flight": sum(batches.get(state, 0) for state in IN_FLIGHT),
         "servers_total": status["servers"]["total"],
-        "servers_done": status["servers"]["total"] - status["servers"]["pending"],
+        "servers_done": status["servers"]["total"]
+        - status["servers"]["pending"]
+        - status["servers"].get("verifying", 0),
         "posts": posts,
         "gets": gets,
         "throttled_batches": throttled,

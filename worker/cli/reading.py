@@ -193,6 +193,7 @@ def list_requests(
             f"{r['request_id']}  {r['status']:<16} {when(r['created_at']):<25}  "
             f"{r['source']:<24} {r['servers']}: {r['succeeded']} succeeded, {r['failed']} "
             f"failed, {r['unknown']} unknown, {r['cancelled']} cancelled"
+            + (f", {r['unhealthy']} unhealthy" if r["unhealthy"] else "")
             + (f", {r['skipped']} skipped" if r["skipped"] else "")
         )
 

@@ -134,6 +134,29 @@ def _celery_app(settings: Any) -> Any:
     is_flag=True,
     help="Send each batch without reading its servers' state first (default: read it).",
 )
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Count a reboot when its job succeeds, without seeing the server back (default: see it).",
+)
+@click.option(
+    "--health-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="A rebooted server not back within this is unhealthy (default 1200).",
+)
+@click.option("--tcp-check", type=int, metavar="PORT", help="Once back, connect to this port.")
+@click.option(
+    "--http-check",
+    metavar="URL",
+    help="Once back, GET this URL; 2xx is healthy ({ip}, {id}, {name} are filled in).",
+)
+@click.option(
+    "--soak",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="After each batch is verified, wait this long before the next is sent.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan; record and send nothing.")
 @click.option("--wait", is_flag=True, help="Follow the request to its end.")
 @click.option(
@@ -162,6 +185,11 @@ def submit(
     name: str | None,
     enterprise_project_id: str | None,
     no_preflight: bool,
+    no_verify: bool,
+    health_timeout: float | None,
+    tcp_check: int | None,
+    http_check: str | None,
+    soak: float | None,
     dry_run: bool,
     wait: bool,
     timeout: float | None,
@@ -172,10 +200,11 @@ def submit(
     records the request).
 
     A worker must be running to record and carry out the request (`celery -A worker worker
-    -B`); --wait shows its progress as `watch` does. Exit codes: 0 sent (with --wait: every
-    server succeeded); 1 with --wait, some server did not succeed (failed, unknown, cancelled,
-    or the request was halted); 2 the request is invalid (recorded as rejected); 3 gave up
-    waiting (--timeout); 4 no worker recorded the request within --timeout.
+    -B`); --wait shows its progress as `watch` does. A rebooted server counts once it is seen
+    back (--no-verify: once its job succeeds). Exit codes: 0 sent (with --wait: every server
+    succeeded); 1 with --wait, some server did not succeed (failed, unknown, unhealthy,
+    cancelled, or the request was halted); 2 the request is invalid (recorded as rejected);
+    3 gave up waiting (--timeout); 4 no worker recorded the request within --timeout.
     """
     from worker.pipeline.producer import build_payload, send_payload
     from worker.pipeline.producer import checked as checked_payload
@@ -197,6 +226,13 @@ def submit(
             "give server ids as arguments, with --ids-file, or by a selector (--tag, --name, "
             "--enterprise-project-id): one of them"
         )
+    if tcp_check is not None and http_check is not None:
+        raise click.UsageError("give --tcp-check or --http-check, not both")
+    health_check: dict[str, Any] | None = None
+    if tcp_check is not None:
+        health_check = {"tcp_port": tcp_check}
+    elif http_check is not None:
+        health_check = {"http_url": http_check}
     server_ids: list[str] | bytes | None = None
     if ids or ids_file:
         server_ids = list(ids) if ids else read_ids(ids_file)  # type: ignore[arg-type]
@@ -206,6 +242,10 @@ def submit(
         server_ids,
         selector=selector or None,
         preflight=False if no_preflight else None,
+        verify=False if no_verify else None,
+        health_timeout=health_timeout,
+        health_check=health_check,
+        soak_seconds=soak,
         type=reboot_type.upper(),
         idempotency_key=idempotency_key,
         source=source or f"cli:{getpass.getuser()}",
@@ -342,12 +382,13 @@ def _absolute(not_after: str | None) -> str | None:
 
 
 def _print_plan(checked: Any, settings: Any, as_json: bool) -> None:
-    from worker.pipeline.control import learned_for, plan
+    from worker.pipeline.control import learned_boot_for, learned_for, plan
 
     if checked.valid and checked.selector is not None:
         checked = _resolve_for_plan(checked, settings)
     learned = learned_for(checked.project_id, settings) if checked.valid else None
-    data = plan(checked, settings, learned=learned)
+    boot = learned_boot_for(checked.project_id, settings) if checked.valid else None
+    data = plan(checked, settings, learned=learned, boot=boot)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -370,12 +411,17 @@ def _print_plan(checked: Any, settings: Any, as_json: bool) -> None:
     policy = ", ".join(f"{k} {v}" for k, v in data["policy"].items() if v is not None)
     click.echo(f"policy: {policy}")
     estimate = data["estimate"]
+    boot_text = (
+        f" + {estimate['boot_s']:.0f} s for servers to come back ({estimate['boot_from']})"
+        if estimate["boot_s"] is not None
+        else ""
+    )
     click.echo(
         f"estimate: POSTs over {estimate['submission_span_s']} s at "
         f"{estimate['action_budget_per_minute']}/min"
         + (
             f"; about {estimate['total_s']} s in all (jobs of {estimate['job_duration_s']:.1f} s"
-            " learned from the project's recent jobs)"
+            f" learned from the project's recent jobs{boot_text} per wave)"
             if estimate["total_s"] is not None
             else "; job duration unknown (no history for this project)"
         )

@@ -11,9 +11,19 @@ from worker.cli.errors import audit_database_errors
 from worker.cli.params import parse_uuid
 
 #: The server counts a person sees, in this order (the states of ``worker.db.states``).
-COUNTS = ("total", "succeeded", "failed", "unknown", "pending", "cancelled", "skipped")
+COUNTS = (
+    "total",
+    "succeeded",
+    "failed",
+    "unknown",
+    "unhealthy",
+    "verifying",
+    "pending",
+    "cancelled",
+    "skipped",
+)
 #: The counts of servers whose part has ended, as a progress line names them.
-ENDED = ("succeeded", "failed", "unknown", "cancelled", "skipped")
+ENDED = ("succeeded", "failed", "unknown", "unhealthy", "cancelled", "skipped")
 
 
 def request_id_of(value: str | uuid.UUID) -> uuid.UUID:
@@ -38,6 +48,24 @@ def load_status(
         return status
 
 
+def verification_line(status: dict[str, Any]) -> str:
+    """What the request asked of verification, where it differs from the deployment's
+    defaults (empty: nothing asked)."""
+    parts = []
+    if status.get("verify") is False:
+        parts.append("off")
+    if status.get("health_timeout") is not None:
+        parts.append(f"health timeout {status['health_timeout']:g} s")
+    check = status.get("health_check") or {}
+    if "tcp_port" in check:
+        parts.append(f"TCP check port {check['tcp_port']}")
+    if "http_url" in check:
+        parts.append(f"HTTP check {check['http_url']}")
+    if status.get("soak_seconds"):
+        parts.append(f"soak {status['soak_seconds']:g} s between batches")
+    return "verification: " + ", ".join(parts) if parts else ""
+
+
 def print_status(status: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -56,8 +84,10 @@ def print_status(status: dict[str, Any]) -> None:
             console.print(f"  - {reason}")
     elif status.get("reason"):
         console.print(f"reason: {status['reason']}")
+    if line := verification_line(status):
+        console.print(line, markup=False, highlight=False)
     if status["batches"]:
-        table = Table("batch", "status", "job id", "size", "polls", "last error")
+        table = Table("batch", "status", "job id", "size", "polls", "checks", "last error")
         for b in status["batches"]:
             error = b.get("last_error") or {}
             why = " ".join(str(x) for x in (error.get("code"), error.get("message")) if x)
@@ -67,6 +97,7 @@ def print_status(status: dict[str, Any]) -> None:
                 b["job_id"] or "-",
                 str(b["size"]),
                 str(b["polls"]),
+                str(b.get("checks") or 0),
                 why if b["status"] not in ("succeeded", "submitted", "pending") else "",
             )
         console.print(table)

@@ -158,6 +158,18 @@ class RebootRequest(Base):
     selector: Mapped[dict[str, Any] | None]
     #: Whether each batch's servers are read before its POST (None: BMSREBOOT_PREFLIGHT).
     preflight: Mapped[bool | None]
+    #: Whether each server must be seen back after its reboot (None: BMSREBOOT_VERIFY).
+    verify: Mapped[bool | None]
+    #: Seconds a rebooted server has to come back (None: BMSREBOOT_HEALTH_TIMEOUT).
+    health_timeout: Mapped[float | None] = mapped_column(Float())
+    #: A probe once the inventory shows a server back: ``{"tcp_port": 22}`` or
+    #: ``{"http_url": "http://{ip}:9100/-/healthy"}``.
+    health_check: Mapped[dict[str, Any] | None]
+    #: After a batch is verified, the request's next release waits this long.
+    soak_seconds: Mapped[float | None] = mapped_column(Float())
+    #: No batch of the request is released before this time: the soak after its last
+    #: verified batch.
+    soak_until: Mapped[timestamp | None]
     #: Set when a rollout control stopped the request (``halted``: failure brake, failed canary,
     #: cut-off; ``cancelled``: cancel): nothing more is released, pending batches are cancelled,
     #: and the request ends in this state once its batches in flight have ended. ``reason``
@@ -173,6 +185,7 @@ class RebootRequest(Base):
     servers_unknown: Mapped[count]
     servers_cancelled: Mapped[count]
     servers_skipped: Mapped[count]
+    servers_unhealthy: Mapped[count]
     duplicates_removed: Mapped[count]
     created_at: Mapped[timestamp_now]
     started_at: Mapped[timestamp | None]
@@ -195,6 +208,9 @@ class RebootRequest(Base):
     )
 
 
+#: Server rows another request must not send (the partial index of ``server_results``).
+HELD_SERVERS = "status IN ('pending', 'verifying')"
+
 #: The request's final counts by server state: the column each state's count is kept in.
 SERVER_COUNT_COLUMNS: dict[ServerStatus, str] = {
     ServerStatus.SUCCEEDED: "servers_succeeded",
@@ -202,6 +218,7 @@ SERVER_COUNT_COLUMNS: dict[ServerStatus, str] = {
     ServerStatus.UNKNOWN: "servers_unknown",
     ServerStatus.CANCELLED: "servers_cancelled",
     ServerStatus.SKIPPED: "servers_skipped",
+    ServerStatus.UNHEALTHY: "servers_unhealthy",
 }
 
 
@@ -248,6 +265,11 @@ class Batch(Base):
     next_poll_at: Mapped[timestamp | None]
     deadline_at: Mapped[timestamp | None]
     poll_count: Mapped[count]
+    #: A ``verifying`` batch: its next check of its servers, and how many were made.
+    next_check_at: Mapped[timestamp | None]
+    checks: Mapped[count]
+    #: The median time its servers took from the job's end to being seen back (learned).
+    boot_seconds: Mapped[float | None] = mapped_column(Float())
     #: Since when the job API has answered that it does not know the job (404).
     job_missing_since: Mapped[timestamp | None]
     last_error_code: Mapped[str64 | None]
@@ -264,6 +286,7 @@ class Batch(Base):
         Index(None, "request_id", "status"),  # batches of a request by status
         Index(None, "project_id", "status", "index"),  # the release step's next batch
         Index(None, "status", "next_attempt_at"),  # the reconciler: overdue releases
+        Index(None, "status", "next_check_at"),  # the reconciler: overdue checks
         Index(None, "project_id", "job_ended_at"),  # learned job durations
         Index(None, "parent_batch_id"),  # the splits of a batch
     )
@@ -350,17 +373,22 @@ class ServerResult(Base):
     sub_job_id: Mapped[str64 | None]
     begin_time: Mapped[timestamp | None]
     end_time: Mapped[timestamp | None]
+    #: When the inventory showed it back after its reboot.
+    verified_at: Mapped[timestamp | None]
+    #: When it came back, by the inventory's own ``updated`` time (at most ``verified_at``):
+    #: what the project's learned boot time is made of, free of how often we looked.
+    returned_at: Mapped[timestamp | None]
     updated_at: Mapped[timestamp_now]
 
     __table_args__ = (
         Index(None, "server_id", "updated_at"),  # history of server X
-        # Servers pending in some request (few at any time): one server in two requests
-        # (worker.db.overlap).
+        # Servers pending or verifying in some request (few at any time): one server in two
+        # requests (worker.db.overlap).
         Index(
             "ix_server_results_pending_server_id",
             "server_id",
-            postgresql_where=text("status = 'pending'"),
-            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text(HELD_SERVERS),
+            sqlite_where=text(HELD_SERVERS),
         ),
         Index(None, "request_id", "status"),  # counts per request
         Index(None, "batch_id", "status"),  # settle a batch's pending servers

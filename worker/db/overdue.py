@@ -13,6 +13,7 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from worker.db.models import Batch, RebootRequest
+from worker.db.plan import soaked
 from worker.db.states import (
     ACTIVE_REQUEST_STATES,
     TERMINAL_BATCH_STATES,
@@ -59,6 +60,7 @@ def projects_with_overdue_releases(session: Session, before: dt.datetime) -> lis
                 Batch.next_attempt_at < before,
                 Batch.released_at.is_(None),
                 RebootRequest.status.in_(ACTIVE_REQUEST_STATES),
+                soaked(before),
             )
             .distinct()
         )
@@ -82,6 +84,19 @@ def overdue_polls(session: Session, before: dt.datetime, limit: int) -> list[tup
         select(Batch.id, Batch.poll_count)
         .where(Batch.status == BatchStatus.SUBMITTED, Batch.next_poll_at < before)
         .order_by(Batch.next_poll_at)
+        .limit(limit)
+    ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+def overdue_checks(
+    session: Session, before: dt.datetime, limit: int
+) -> list[tuple[uuid.UUID, int]]:
+    """Verifying batches whose next check was due before ``before``, with their check count."""
+    rows = session.execute(
+        select(Batch.id, Batch.checks)
+        .where(Batch.status == BatchStatus.VERIFYING, Batch.next_check_at < before)
+        .order_by(Batch.next_check_at)
         .limit(limit)
     ).all()
     return [(row[0], row[1]) for row in rows]

@@ -26,9 +26,12 @@ from sqlalchemy.orm import Session, aliased
 
 from worker import ids
 from worker.db.models import Batch, RebootRequest, ServerResult
-from worker.db.states import ACTIVE_REQUEST_STATES, BatchStatus, ServerStatus
-
-IN_FLIGHT = (BatchStatus.SUBMITTING, BatchStatus.SUBMITTED)
+from worker.db.states import (
+    ACTIVE_REQUEST_STATES,
+    IN_FLIGHT_BATCH_STATES,
+    BatchStatus,
+    ServerStatus,
+)
 
 
 def held_elsewhere(
@@ -47,14 +50,20 @@ def held_elsewhere(
         .join(other, other.id == ServerResult.request_id)
         .where(
             ServerResult.server_id.in_(server_ids),
-            ServerResult.status == ServerStatus.PENDING,
+            ServerResult.status.in_((ServerStatus.PENDING, ServerStatus.VERIFYING)),
             ServerResult.request_id != request.id,
             other.status.in_(ACTIVE_REQUEST_STATES),
-            or_(Batch.status.in_(IN_FLIGHT), came_first),
+            or_(Batch.status.in_(IN_FLIGHT_BATCH_STATES), came_first),
         )
     ).all()
     for server_id, other_id, batch_status in pending:
-        where = "in flight" if batch_status in IN_FLIGHT else "waiting to be sent"
+        where = (
+            "being verified"
+            if batch_status == BatchStatus.VERIFYING
+            else "in flight"
+            if batch_status in IN_FLIGHT_BATCH_STATES
+            else "waiting to be sent"
+        )
         held.setdefault(server_id, f"not sent: the server is {where} in request {other_id}")
     recent = session.execute(
         select(ServerResult.server_id, other.id, Batch.submitted_at)

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, ScalarSelect, and_, case, exists, func, or
 from sqlalchemy.orm import Session, aliased
 
 from worker.db.models import Batch, RebootRequest
-from worker.db.states import ACTIVE_REQUEST_STATES, BatchStatus
+from worker.db.states import ACTIVE_REQUEST_STATES, IN_FLIGHT_BATCH_STATES, BatchStatus
 
 
 def before_cut_off(now: dt.datetime) -> ColumnElement[bool]:
@@ -30,7 +30,8 @@ def before_cut_off(now: dt.datetime) -> ColumnElement[bool]:
 
 
 def _in_flight() -> ScalarSelect[int]:
-    """How many batches of the row's request are released, ``submitting`` or ``submitted``."""
+    """How many batches of the row's request are released, ``submitting``, ``submitted`` or
+    ``verifying`` (a batch counts until its servers are back, not until its job ends)."""
     other = aliased(Batch)
     return (
         select(func.count())
@@ -38,7 +39,7 @@ def _in_flight() -> ScalarSelect[int]:
         .where(
             other.request_id == Batch.request_id,
             or_(
-                other.status.in_((BatchStatus.SUBMITTING, BatchStatus.SUBMITTED)),
+                other.status.in_(IN_FLIGHT_BATCH_STATES),
                 and_(other.status == BatchStatus.PENDING, other.released_at.is_not(None)),
             ),
         )
@@ -54,8 +55,10 @@ def release_conditions(project_id: str, now: dt.datetime) -> list[ColumnElement[
     - the request is active and no control stopped it (brake, canary, cut-off, cancel);
     - ``not_after``: no batch is released after the cut-off time;
     - ``max_in_flight``: fewer than that many of the request's batches are released,
-      ``submitting`` or ``submitted``;
-    - ``canary_size``: batch 0 goes first; the others only once it has ``succeeded``.
+      ``submitting``, ``submitted`` or ``verifying``;
+    - ``canary_size``: batch 0 goes first; the others only once it has ``succeeded``;
+    - ``soak_seconds``: nothing is released before the soak after the request's last ended
+      batch is over (``soak_until``).
     """
     other = aliased(Batch)
     canary_passed = (
@@ -76,7 +79,33 @@ def release_conditions(project_id: str, now: dt.datetime) -> list[ColumnElement[
         before_cut_off(now),
         or_(RebootRequest.max_in_flight.is_(None), _in_flight() < RebootRequest.max_in_flight),
         or_(RebootRequest.canary_size.is_(None), Batch.index == 0, canary_passed),
+        soaked(now),
     ]
+
+
+def soaked(now: dt.datetime) -> ColumnElement[bool]:
+    """The request's soak, if any, is over."""
+    return or_(RebootRequest.soak_until.is_(None), RebootRequest.soak_until <= now)
+
+
+def start_soak(session: Session, batch: Batch, now: dt.datetime) -> float:
+    """After ``batch`` ended with servers rebooted, its request's next release waits its
+    ``soak_seconds`` (kured's pause between nodes, for caches and replicas to settle).
+    Returns the wait (0: none)."""
+    request = session.get(RebootRequest, batch.request_id)
+    if (
+        request is None
+        or not request.soak_seconds
+        or batch.status in (BatchStatus.CANCELLED, BatchStatus.SKIPPED, BatchStatus.REJECTED)
+    ):
+        return 0.0
+    session.execute(
+        update(RebootRequest)
+        .where(RebootRequest.id == request.id)
+        .values(soak_until=now + dt.timedelta(seconds=request.soak_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return request.soak_seconds
 
 
 def releasable(session: Session, project_id: str, now: dt.datetime, limit: int) -> list[uuid.UUID]:
@@ -126,14 +155,17 @@ def next_due_at(session: Session, project_id: str, now: dt.datetime) -> dt.datet
 def end_may_release(session: Session, batch: Batch) -> bool:
     """Whether the end of ``batch`` can make another batch of its request releasable: only the
     rollout limits that wait on other batches do (``max_in_flight``; the canary, whose batch 0
-    holds the rest back), and only while the request may still release. Every other pending
-    batch is due on its own schedule, and the release step already planned it: a release run
-    after each ended batch would be wasted work (one task, a lease and three queries)."""
+    holds the rest back; a soak, which ends later), and only while the request may still
+    release. Every other pending batch is due on its own schedule, and the release step
+    already planned it: a release run after each ended batch would be wasted work (one task,
+    a lease and three queries)."""
     request = session.get(RebootRequest, batch.request_id)
     if request is None or request.status not in ACTIVE_REQUEST_STATES or request.stop is not None:
         return False
-    return request.max_in_flight is not None or (
-        request.canary_size is not None and batch.index == 0
+    return (
+        request.max_in_flight is not None
+        or bool(request.soak_seconds)
+        or (request.canary_size is not None and batch.index == 0)
     )
 
 

@@ -76,3 +76,16 @@ def learned_job_duration(session: Session, project_id: str, history: int) -> flo
         max((ended - submitted).total_seconds(), 0.0) for submitted, ended in rows if ended
     ]
     return statistics.median(durations) if durations else None
+
+
+def learned_boot_seconds(session: Session, project_id: str, history: int) -> float | None:
+    """The median time the project's servers took from their job's end to being seen back,
+    over its ``history`` most recently verified batches (one indexed query), or None."""
+    rows = session.scalars(
+        select(Batch.boot_seconds)
+        .where(Batch.project_id == project_id, Batch.boot_seconds.is_not(None))
+        .order_by(Batch.job_ended_at.desc())
+        .limit(history)
+    ).all()
+    values = [float(v) for v in rows if v is not None]
+    return statistics.median(values) if values else None

@@ -12,8 +12,10 @@ followed to their end, and then the request ends in the ``stop`` state (``halted
 ``cancelled``), through ``finalize_request_if_done``.
 
 **The failure brake, exactly.** With ``failure_threshold`` T (a percentage) and N servers in the
-request, the brake trips when a batch ends and the request's servers ``failed`` or ``unknown``
-(a timed-out job's servers are ``unknown``) number strictly more than T% of N: F > N x T / 100.
+request, the brake trips when a batch ends and the request's servers ``failed``, ``unknown``
+(a timed-out job's servers are ``unknown``) or ``unhealthy`` (rebooted, not back within the
+health timeout) number strictly more than T% of N: F > N x T / 100. A verifying batch has not
+ended: its servers count once it has.
 It is checked each time a batch ends, so it trips at the end of the first batch after which
 F exceeds that count; batches already submitted then are followed to their end and counted.
 """
@@ -44,6 +46,9 @@ from worker.db.states import (
 )
 from worker.db.transitions import settle_batch, transition_batch, transition_request
 from worker.text import fit
+
+#: The server states the failure brake counts.
+BRAKE_STATES = (ServerStatus.FAILED, ServerStatus.UNKNOWN, ServerStatus.UNHEALTHY)
 
 
 def _locked_request(session: Session, request_id: uuid.UUID) -> RebootRequest | None:
@@ -148,12 +153,12 @@ def check_brakes(session: Session, request_id: uuid.UUID, *, actor: str) -> str 
             return reason
     if request.failure_threshold is not None:
         counts = server_counts(session, request_id)
-        bad = counts.get(ServerStatus.FAILED, 0) + counts.get(ServerStatus.UNKNOWN, 0)
+        bad = sum(counts.get(status, 0) for status in BRAKE_STATES)
         total = request.servers_total
         allowed = total * request.failure_threshold / 100.0
         if bad > allowed:
             reason = (
-                f"failure brake: {bad} of {total} servers failed or unknown "
+                f"failure brake: {bad} of {total} servers failed, unknown or unhealthy "
                 f"({100.0 * bad / total:.2f}%), above the threshold of "
                 f"{request.failure_threshold:g}% ({int(allowed)} servers)"
             )

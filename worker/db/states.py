@@ -35,6 +35,8 @@ class BatchStatus(StrEnum):
     TIMED_OUT = "timed_out"
     #: Nothing left to send: every server of the batch was skipped (see ServerStatus).
     SKIPPED = "skipped"
+    #: The job ended; its servers are watched until the inventory shows them back.
+    VERIFYING = "verifying"
 
 
 class RequestStatus(StrEnum):
@@ -54,9 +56,13 @@ class ServerStatus(StrEnum):
     FAILED = "failed"
     UNKNOWN = "unknown"
     CANCELLED = "cancelled"
-    #: Not sent, and why (``fail_reason``): the server was pending or in flight in another
-    #: active request when its batch was claimed.
+    #: Not sent, and why (``fail_reason``): another active request held it, or the pre-flight
+    #: check saw it locked, busy or down.
     SKIPPED = "skipped"
+    #: Its reboot's sub-job succeeded; not yet seen back (ACTIVE, idle, its host up).
+    VERIFYING = "verifying"
+    #: Rebooted, and not back within the health timeout, or seen ERROR/SHUTOFF after it.
+    UNHEALTHY = "unhealthy"
 
 
 class RebootType(StrEnum):
@@ -101,8 +107,9 @@ BATCH_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
     _B.PENDING: frozenset({_B.SUBMITTING, _B.CANCELLED, _B.SKIPPED, _B.FAILED}),
     _B.SUBMITTING: frozenset({_B.SUBMITTED, _B.PENDING, _B.UNKNOWN, _B.REJECTED, _B.FAILED}),
     _B.SUBMITTED: frozenset(
-        {_B.SUCCEEDED, _B.FAILED, _B.PARTIALLY_FAILED, _B.TIMED_OUT, _B.UNKNOWN}
+        {_B.SUCCEEDED, _B.FAILED, _B.PARTIALLY_FAILED, _B.TIMED_OUT, _B.UNKNOWN, _B.VERIFYING}
     ),
+    _B.VERIFYING: frozenset({_B.SUCCEEDED, _B.FAILED, _B.PARTIALLY_FAILED, _B.UNKNOWN}),
     _B.SUCCEEDED: frozenset(),
     _B.FAILED: frozenset(),
     _B.PARTIALLY_FAILED: frozenset(),
@@ -132,7 +139,12 @@ REQUEST_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
 
 _S = ServerStatus
 SERVER_TRANSITIONS: dict[ServerStatus, frozenset[ServerStatus]] = {
-    _S.PENDING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.UNKNOWN, _S.CANCELLED, _S.SKIPPED}),
+    _S.PENDING: frozenset(
+        {_S.SUCCEEDED, _S.FAILED, _S.UNKNOWN, _S.CANCELLED, _S.SKIPPED, _S.VERIFYING}
+    ),
+    # Back (succeeded), not back (unhealthy), or never seen (the list refused: unknown).
+    _S.VERIFYING: frozenset({_S.SUCCEEDED, _S.UNHEALTHY, _S.UNKNOWN}),
+    _S.UNHEALTHY: frozenset(),
     _S.SUCCEEDED: frozenset(),
     _S.FAILED: frozenset(),
     # An operator's decision only, as for unknown batches.
@@ -160,6 +172,12 @@ TERMINAL_REQUEST_STATES: frozenset[RequestStatus] = frozenset(
 )
 #: Requests still at work: batches of theirs may be released, sent and followed.
 ACTIVE_REQUEST_STATES: frozenset[RequestStatus] = frozenset({_R.ACCEPTED, _R.RUNNING})
+#: Batches whose servers are out of service: sent or being sent, or rebooted and not yet seen
+#: back. ``max_in_flight`` counts them (``worker.db.plan``), and a server in one is held from
+#: every other request (``worker.db.overlap``).
+IN_FLIGHT_BATCH_STATES: frozenset[BatchStatus] = frozenset(
+    {_B.SUBMITTING, _B.SUBMITTED, _B.VERIFYING}
+)
 #: Batches an operator decides on: the reboot may or may not have happened.
 UNDECIDED_BATCH_STATES: frozenset[BatchStatus] = frozenset({_B.UNKNOWN, _B.TIMED_OUT})
 
@@ -181,6 +199,22 @@ class IllegalTransition(Exception):
         super().__init__(f"{entity} {id}: cannot go from {current} to {target}")
 
 
+def derive_batch_status(server_counts: Mapping[ServerStatus, int]) -> BatchStatus:
+    """The final status of a batch from its servers once none is pending or verifying:
+    ``succeeded`` if every one succeeded; ``unknown`` if every one is unknown (``failed``
+    would invite a resubmission of servers that may have been rebooted); ``failed`` if none
+    succeeded; else ``partially_failed``."""
+    total = sum(server_counts.values())
+    succeeded = server_counts.get(ServerStatus.SUCCEEDED, 0)
+    if total and succeeded == total:
+        return BatchStatus.SUCCEEDED
+    if total and server_counts.get(ServerStatus.UNKNOWN, 0) == total:
+        return BatchStatus.UNKNOWN
+    if succeeded == 0:
+        return BatchStatus.FAILED
+    return BatchStatus.PARTIALLY_FAILED
+
+
 def derive_request_status(
     batch_statuses: Iterable[BatchStatus], server_counts: Mapping[ServerStatus, int]
 ) -> RequestStatus:
@@ -193,8 +227,9 @@ def derive_request_status(
     - no server succeeded → ``failed``;
     - otherwise → ``partially_failed``.
 
-    ``unknown``, ``failed``, ``cancelled``, ``skipped`` and any leftover ``pending`` server all
-    count against success: a server we cannot vouch for was not successfully rebooted.
+    ``unknown``, ``failed``, ``cancelled``, ``skipped``, ``unhealthy`` and any leftover
+    ``pending`` server all count against success: a server we cannot vouch for was not
+    successfully rebooted.
     """
     batches = list(batch_statuses)
     total = sum(server_counts.values())

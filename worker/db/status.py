@@ -61,6 +61,11 @@ def request_status(
         "notified_at": _iso(request.notified_at),
         "selector": request.selector,
         "preflight": request.preflight,
+        "verify": request.verify,
+        "health_timeout": request.health_timeout,
+        "health_check": request.health_check,
+        "soak_seconds": request.soak_seconds,
+        "soak_until": _iso(request.soak_until),
         "not_before": _iso(request.not_before),
         "not_after": _iso(request.not_after),
         "reason": request.reason,
@@ -84,6 +89,9 @@ def request_status(
                 "submitted_at": _iso(b.submitted_at),
                 "job_ended_at": _iso(b.job_ended_at),
                 "detected_at": _iso(b.detected_at),
+                "checks": b.checks,
+                "next_check_at": _iso(b.next_check_at),
+                "boot_seconds": b.boot_seconds,
                 "finished_at": _iso(b.finished_at),
                 "last_error": None
                 if b.last_error_code is None and b.last_error_message is None
@@ -104,13 +112,22 @@ def request_status(
                 ServerResult.status,
                 ServerResult.error_code,
                 ServerResult.fail_reason,
+                ServerResult.verified_at,
+                ServerResult.returned_at,
             )
             .where(ServerResult.request_id == request_id)
             .order_by(ServerResult.id)
         ).all()
         status["server_results"] = [
-            {"id": sid, "status": st.value, "error_code": code, "fail_reason": reason}
-            for sid, st, code, reason in rows
+            {
+                "id": sid,
+                "status": st.value,
+                "error_code": code,
+                "fail_reason": reason,
+                "verified_at": _iso(verified),
+                "returned_at": _iso(returned),
+            }
+            for sid, st, code, reason, verified, returned in rows
         ]
         # Batches not claimed yet hold their ids packed, with no rows: all pending.
         for packed in session.scalars(
@@ -119,7 +136,14 @@ def request_status(
             .order_by(Batch.index)
         ):
             status["server_results"].extend(
-                {"id": sid, "status": "pending", "error_code": None, "fail_reason": None}
+                {
+                    "id": sid,
+                    "status": "pending",
+                    "error_code": None,
+                    "fail_reason": None,
+                    "verified_at": None,
+                    "returned_at": None,
+                }
                 for sid in ids.iter_unpack(packed or b"")
             )
     return status
@@ -145,6 +169,8 @@ def server_history(session: Session, server_id: str, limit: int = 50) -> list[di
             "sub_job_id": result.sub_job_id,
             "begin_time": _iso(result.begin_time),
             "end_time": _iso(result.end_time),
+            "verified_at": _iso(result.verified_at),
+            "returned_at": _iso(result.returned_at),
             "updated_at": _iso(result.updated_at),
             "request_id": str(request.id),
             "request_status": request.status.value,

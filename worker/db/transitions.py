@@ -93,6 +93,10 @@ class ServerOutcome:
     sub_job_id: str | None = None
     begin_time: dt.datetime | None = None
     end_time: dt.datetime | None = None
+    #: When the server was seen back after its reboot (``verifying -> succeeded``).
+    verified_at: dt.datetime | None = None
+    #: When it came back, by the inventory's ``updated`` time.
+    returned_at: dt.datetime | None = None
 
 
 # --- transitions ------------------------------------------------------------------------------
@@ -242,10 +246,11 @@ def update_batch(
     *,
     expect: BatchStatus,
     poll_count_is: int | None = None,
+    checks_is: int | None = None,
     **values: Any,
 ) -> bool:
     """Set non-state columns of a batch if it is still in ``expect`` (and, if given, its poll
-    count is ``poll_count_is``); False if it is not.
+    count is ``poll_count_is``, its check count ``checks_is``); False if it is not.
 
     ``values`` may hold SQL expressions (``poll_count=Batch.poll_count + 1``).
     """
@@ -253,6 +258,8 @@ def update_batch(
     conditions = [Batch.id == batch_id, Batch.status == BatchStatus(expect)]
     if poll_count_is is not None:
         conditions.append(Batch.poll_count == poll_count_is)
+    if checks_is is not None:
+        conditions.append(Batch.checks == checks_is)
     stmt = (
         update(Batch)
         .where(*conditions)
@@ -391,17 +398,23 @@ def settle_batch(
 
 
 def settle_servers(
-    session: Session, batch_id: uuid.UUID, outcomes: Mapping[str, ServerOutcome], *, actor: str
+    session: Session,
+    batch_id: uuid.UUID,
+    outcomes: Mapping[str, ServerOutcome],
+    *,
+    actor: str,
+    expect: ServerStatus = ServerStatus.PENDING,
 ) -> int:
-    """Settle the given pending servers of a batch, each with its outcome (``skipped``: not
-    sent, and why; ``failed``: ``BMS.0040``, not in the inventory), and write their events;
-    the batch itself goes on (the rest of it is sent). Returns how many."""
+    """Settle the given servers of a batch that are still ``expect``, each with its outcome
+    (from ``pending``: ``skipped``, not sent and why, or ``failed`` with ``BMS.0040``; from
+    ``verifying``: ``succeeded`` when seen back, or ``unhealthy``), and write their events;
+    the batch itself goes on. Returns how many."""
     table = _SERVERS
     now = utcnow()
     alike: dict[ServerOutcome, list[str]] = {}
     for server_id, outcome in outcomes.items():
-        if ServerStatus(outcome.status) not in SERVER_TRANSITIONS[ServerStatus.PENDING]:
-            raise IllegalTransition("server", server_id, ServerStatus.PENDING, outcome.status)
+        if ServerStatus(outcome.status) not in SERVER_TRANSITIONS[expect]:
+            raise IllegalTransition("server", server_id, expect, outcome.status)
         alike.setdefault(outcome, []).append(server_id)
     settled: list[tuple[str, ServerOutcome]] = []
     for outcome, server_ids in alike.items():
@@ -409,13 +422,15 @@ def settle_servers(
             update(table)
             .where(
                 table.c.batch_id == batch_id,
-                table.c.status == ServerStatus.PENDING,
+                table.c.status == expect,
                 table.c.server_id.in_(server_ids),
             )
             .values(
                 status=ServerStatus(outcome.status),
                 error_code=fit(outcome.error_code, 64),
                 fail_reason=fit(outcome.fail_reason, 4000),
+                verified_at=outcome.verified_at,
+                returned_at=outcome.returned_at,
                 updated_at=now,
             )
             .returning(table.c.server_id)
@@ -427,7 +442,7 @@ def settle_servers(
             session,
             request_id,
             batch_id,
-            ServerStatus.PENDING.value,
+            expect.value,
             ((sid, ServerStatus(o.status).value, _server_detail(o)) for sid, o in settled),
             actor,
             at=now,

@@ -12,7 +12,7 @@ from typing import Any
 
 from worker.db.create import batch_sizes
 from worker.db.models import RebootRequest
-from worker.db.queries import learned_job_duration
+from worker.db.queries import learned_boot_seconds, learned_job_duration
 from worker.db.rollout import NothingToResolve, resolve_unknown, stop_request
 from worker.db.session import unit_of_work
 from worker.db.states import ACTIVE_REQUEST_STATES, RequestStatus
@@ -108,27 +108,38 @@ def resolve(
 
 
 def plan(
-    checked: ValidatedRequest, settings: Settings, *, learned: float | None = None
+    checked: ValidatedRequest,
+    settings: Settings,
+    *,
+    learned: float | None = None,
+    boot: float | None = None,
 ) -> dict[str, Any]:
     """What a request would do, without recording or sending anything: its batches, the
-    canary, the policy in force, and an estimate of its duration from the action budget and
-    the project's learned job duration (None: no history, only the submission span)."""
+    canary, the policy in force, and an estimate of its duration from the action budget, the
+    project's learned job duration (None: no history, only the submission span) and, with
+    verification on, the time its servers take to come back (``boot``, learned from the
+    project's recent returns; without it, ``BMSREBOOT_VERIFY_FIRST_DELAY``) and the soak. A
+    batch is out of service from its POST until its servers are back: job time + boot time,
+    and ``max_in_flight`` counts it all that time."""
     sizes = batch_sizes(checked.servers, checked.batch_size, checked.canary_size)
     interval = 60.0 / settings.action_rate_limit
     burst = settings.action_burst
+    verify = settings.verify if checked.verify is None else checked.verify
+    back = (boot if boot is not None else settings.verify_first_delay) if verify else 0.0
+    soak = checked.soak_seconds or 0.0
     releases: list[float] = []
     ends: list[float] = []
     for index in range(len(sizes)):
         at = max(0.0, (index - burst + 1) * interval)
         if learned is not None:
             if checked.canary_size and index > 0:
-                at = max(at, ends[0])
+                at = max(at, ends[0] + soak)
             if checked.max_in_flight and index >= checked.max_in_flight:
-                at = max(at, ends[index - checked.max_in_flight])
+                at = max(at, ends[index - checked.max_in_flight] + soak)
             if index:
                 at = max(at, releases[-1] + (interval if index >= burst else 0.0))
         releases.append(at)
-        ends.append(at + (learned or 0.0))
+        ends.append(at + (learned or 0.0) + back)
     cut_off = None
     if checked.not_after is not None:
         from datetime import UTC, datetime
@@ -157,11 +168,21 @@ def plan(
             "canary_size": checked.canary_size,
             "failure_threshold": checked.failure_threshold,
             "not_after": checked.not_after.isoformat() if checked.not_after else None,
+            "verify": verify,
+            "health_timeout": checked.health_timeout or settings.health_timeout,
+            "health_check": checked.health_check,
+            "soak_seconds": checked.soak_seconds,
         },
         "estimate": {
             "action_budget_per_minute": settings.action_rate_limit,
             "job_duration_s": learned,
             "job_duration_from": "the project's recent jobs" if learned is not None else None,
+            "boot_s": back if verify else None,
+            "boot_from": None
+            if not verify
+            else "the project's recent returns"
+            if boot is not None
+            else "BMSREBOOT_VERIFY_FIRST_DELAY (no history)",
             "submission_span_s": round(releases[-1], 1) if releases else 0.0,
             "total_s": round(max(ends), 1) if learned is not None and ends else None,
             "batches_cut_off": cut_off,
@@ -169,6 +190,19 @@ def plan(
         "reasons": checked.reasons,
         "warnings": checked.warnings,
     }
+
+
+def learned_boot_for(project_id: str, settings: Settings) -> float | None:
+    """The project's learned boot time (job end to seen back), if the database can be read."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker.db.session import get_engine
+
+    try:
+        with unit_of_work(get_engine(settings.effective_database_url)) as session:
+            return learned_boot_seconds(session, project_id, settings.poll_history)
+    except SQLAlchemyError:
+        return None
 
 
 def learned_for(project_id: str, settings: Settings) -> float | None:

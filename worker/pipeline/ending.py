@@ -9,8 +9,9 @@ earlier step already moved, :func:`batch_ended`), in the unit of work that ended
 2. the request's rollout brakes are judged and, if every batch has ended, its final status
    and counts are written (``notify.finalize``);
 3. the completion callback, if any, is sent once that unit has committed;
-4. the project's release step runs if this end can open the way for another batch of the
-   request (``max_in_flight``, the canary: ``plan.end_may_release``).
+4. the request's soak starts, if it has one (``plan.start_soak``);
+5. the project's release step runs (after the soak) if this end can open the way for another
+   batch of the request (``max_in_flight``, the canary, the soak: ``plan.end_may_release``).
 
 A new final state is one new branch here, not an edit in every caller. A request stopped or
 decided on without a batch ending (a cancel, a cut-off, an operator's decision) goes through
@@ -25,7 +26,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from worker.db.models import Batch
-from worker.db.plan import end_may_release
+from worker.db.plan import end_may_release, start_soak
 from worker.db.session import after_commit
 from worker.db.states import BatchStatus, ServerStatus
 from worker.db.transitions import ServerOutcome, settle_batch
@@ -70,8 +71,9 @@ def batch_ended(session: Session, batch: Batch, rt: Runtime) -> None:
     brakes and final status, its callback after commit, and the release step if a rollout
     limit waited on this batch."""
     request_changed(session, batch.request_id, rt)
+    soak = start_soak(session, batch, rt.now())
     if end_may_release(session, batch):
-        rt.dispatcher.release(batch.project_id)
+        rt.dispatcher.release(batch.project_id, countdown=soak)
 
 
 def request_changed(session: Session, request_id: uuid.UUID, rt: Runtime) -> None:

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from worker.bms.client import MAX_SERVERS_PER_PAGE
@@ -35,7 +36,7 @@ from worker.bms.errors import BmsError, NotFoundError, PermissionDeniedError, Th
 from worker.bms.models import ServerDetails
 from worker.budget import LIST
 from worker.pipeline.failures import throttle_cooldown
-from worker.pipeline.runtime import Runtime, describe, log
+from worker.pipeline.runtime import Runtime, describe, log, utcnow
 
 #: A batch of at most this many servers is read server by server, not as the whole list.
 SINGLE_GETS = 5
@@ -130,14 +131,38 @@ def resolve(rt: Runtime, project_id: str, selector: Selector) -> list[str]:
 
 
 def server_states(
-    rt: Runtime, project_id: str, server_ids: Iterable[str]
+    rt: Runtime, project_id: str, server_ids: Iterable[str], *, after: datetime | None = None
 ) -> dict[str, ServerDetails | None]:
-    """The current state of each server (None: the inventory does not have it)."""
+    """The current state of each server (None: the inventory does not have it), read no
+    earlier than ``after`` (a verification reads what came after the job's end)."""
     wanted = [s.lower() for s in server_ids]
     if len(wanted) <= SINGLE_GETS:
         return {sid: _one(rt, project_id, sid) for sid in wanted}
-    everything = _snapshot(rt, project_id)
+    everything = _snapshot(rt, project_id, after)
     return {sid: everything.get(sid) for sid in wanted}
+
+
+def is_back(server: ServerDetails) -> bool:
+    """Whether a rebooted server is back: ACTIVE, no task running, not locked, its host up
+    (or no host information)."""
+    return (
+        server.status == "ACTIVE"
+        and not server.task_state
+        and not server.locked
+        and server.host_status in ("UP", "")
+    )
+
+
+def seen(server: ServerDetails) -> str:
+    """What the inventory shows of a server, in a few words (a reason's last part)."""
+    parts = [f"status {server.status}"]
+    if server.task_state:
+        parts.append(f"task_state {server.task_state}")
+    if server.locked:
+        parts.append("locked")
+    if server.host_status and server.host_status != "UP":
+        parts.append(f"host_status {server.host_status}")
+    return ", ".join(parts)
 
 
 def preflight_reason(server: ServerDetails) -> str | None:
@@ -155,26 +180,31 @@ def preflight_reason(server: ServerDetails) -> str | None:
 
 # --- reading -------------------------------------------------------------------------------
 
-_snapshots: dict[str, tuple[float, dict[str, ServerDetails]]] = {}
+#: Per project (its budget key): when the list was read (monotonic, and wall clock), and it.
+_snapshots: dict[str, tuple[float, datetime, dict[str, ServerDetails]]] = {}
 _snapshots_lock = threading.Lock()
 
 
-def _snapshot(rt: Runtime, project_id: str) -> dict[str, ServerDetails]:
+def _snapshot(rt: Runtime, project_id: str, after: datetime | None) -> dict[str, ServerDetails]:
     """The project's whole list, read at most ``preflight_max_age`` seconds ago in this
-    process (batches released one after another share one read)."""
+    process and not before ``after`` (batches checked one after another share one read)."""
     key = rt.budget_key(project_id, LIST)
     max_age = rt.settings.preflight_max_age
     with _snapshots_lock:
         kept = _snapshots.get(key)
-        if kept is not None and time.monotonic() - kept[0] <= max_age:
-            return kept[1]
-    started = time.monotonic()
+    if (
+        kept is not None
+        and time.monotonic() - kept[0] <= max_age
+        and (after is None or kept[1] >= after)
+    ):
+        return kept[2]
+    started, started_at = time.monotonic(), utcnow()
     servers: dict[str, ServerDetails] = {}
     for page in _pages(rt, project_id, None, max_wait=MAX_WAIT):
         for server in page:
             servers[server.id.lower()] = server
     with _snapshots_lock:
-        _snapshots[key] = (started, servers)
+        _snapshots[key] = (started, started_at, servers)
     return servers
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, model_validator
 
 from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL as MAX_BATCH_SIZE
@@ -71,6 +71,32 @@ class SelectorMessage(BaseModel):
     def _at_least_one(self) -> SelectorMessage:
         if not (self.tags or self.name or self.enterprise_project_id):
             raise ValueError("give at least one of tags, name, enterprise_project_id")
+        return self
+
+
+#: The longest a server may take to come back, and the longest pause between waves (a day).
+MAX_HEALTH_TIMEOUT = 86_400
+
+
+class HealthCheckMessage(BaseModel):
+    """A probe once the inventory shows a server back: a TCP connect to its first fixed IPv4
+    address, or an HTTP GET (2xx is healthy; ``{ip}``, ``{id}`` and ``{name}`` are filled)."""
+
+    model_config = ConfigDict(extra="forbid", title="health_check")
+
+    tcp_port: StrictInt | None = Field(None, ge=1, le=65535, description="A port to connect to.")
+    http_url: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        pattern=r"^https?://",
+        description="A URL to GET: http://{ip}:9100/-/healthy.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> HealthCheckMessage:
+        if (self.tcp_port is None) == (self.http_url is None):
+            raise ValueError("give one of tcp_port or http_url")
         return self
 
 
@@ -163,10 +189,33 @@ class RebootRequestMessage(BaseModel):
         description="No batch released after: ISO 8601 with a zone, or a duration (2h); at "
         f"most {MAX_NOT_AFTER_DAYS} days ahead.",
     )
-    preflight: bool | None = Field(
+    preflight: StrictBool | None = Field(
         None,
         description="Read each batch's servers just before its POST and send none that is "
         "locked, busy or down (default: BMSREBOOT_PREFLIGHT, on).",
+    )
+    verify: StrictBool | None = Field(
+        None,
+        description="Count a reboot only once the server is seen back (ACTIVE, idle, its host "
+        "up) after its job (default: BMSREBOOT_VERIFY, on).",
+    )
+    health_timeout: Annotated[float, Strict()] | StrictInt | None = Field(
+        None,
+        gt=0,
+        le=MAX_HEALTH_TIMEOUT,
+        description="Seconds a rebooted server has to come back before it is unhealthy "
+        "(default: BMSREBOOT_HEALTH_TIMEOUT, 1200).",
+    )
+    health_check: HealthCheckMessage | None = Field(
+        None,
+        description="A probe once the inventory shows a server back.",
+        json_schema_extra=lambda schema: _not_null(schema),
+    )
+    soak_seconds: Annotated[float, Strict()] | StrictInt | None = Field(
+        None,
+        ge=0,
+        le=MAX_HEALTH_TIMEOUT,
+        description="After a batch is verified, the next release waits this long (default 0).",
     )
     not_before: str | None = Field(
         None,

@@ -15,13 +15,17 @@ they never change the batch's outcome. When the job is ``SUCCESS`` or ``FAIL`` t
 outcomes are written from ``sub_jobs`` (a server missing from them is ``unknown``, not
 succeeded). A job still running past the batch's deadline makes the batch ``timed_out`` and its
 servers ``unknown``.
+
+With verification on (``BMSREBOOT_VERIFY``, a request's ``verify``), a server whose sub-job
+succeeded is ``verifying``, not yet ``succeeded``, and so is its batch: it has not ended, and
+``worker.pipeline.verify`` follows it until its servers are back.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
@@ -29,7 +33,7 @@ from sqlalchemy.orm import Session
 from worker.bms.errors import BmsError, ThrottledError
 from worker.bms.models import Job
 from worker.budget import JOB
-from worker.db.models import Batch
+from worker.db.models import Batch, RebootRequest
 from worker.db.queries import batch_server_ids, learned_job_duration
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, ServerStatus
@@ -37,12 +41,14 @@ from worker.db.transitions import (
     ErrorInfo,
     ServerOutcome,
     record_poll,
+    settle_batch,
     update_batch,
 )
 from worker.pipeline.backoff import countdown_ceiling, poll_delay, with_jitter
 from worker.pipeline.ending import end_batch
 from worker.pipeline.failures import Next, after_poll, throttle_cooldown
 from worker.pipeline.runtime import Runtime, describe, error_info, log
+from worker.pipeline.verify import first_check_delay, verifies
 
 #: A budget slot at most this far away is waited for in the task; farther ones are a countdown.
 MAX_SLEEP = 1.0
@@ -173,8 +179,9 @@ def outcomes_from(job: Job) -> dict[str, ServerOutcome]:
 def _settle_job(
     session: Session, batch_id: uuid.UUID, this: _Poll, job: Job, rt: Runtime
 ) -> float | None:
-    """Write the ended job's outcomes and end the batch; returns the detection delay, or None
-    when another message of this poll chain got there first."""
+    """Write the ended job's outcomes and end the batch (or, with verification on and a
+    server whose sub-job succeeded, make it ``verifying``); returns the detection delay, or
+    None when another message of this poll chain got there first."""
     outcomes = outcomes_from(job)
     to = batch_status_from(outcomes, batch_server_ids(session, batch_id))
     if not record_poll(session, batch_id, next_poll_at=None, seq=this.polls):
@@ -183,6 +190,44 @@ def _settle_job(
     # The job's own end time teaches the project's job duration; without one (or one from a
     # clock ahead of ours) the moment we learned it stands in.
     ended = min(job.end_time, now) if job.end_time else now
+    detail = {
+        "job_status": job.status,
+        "sub_jobs": len(job.sub_jobs),
+        "job_error_code": job.error_code,
+    }
+    request = session.get(RebootRequest, session.get_one(Batch, batch_id).request_id)
+    assert request is not None
+    back = {sid for sid, o in outcomes.items() if o.status == ServerStatus.SUCCEEDED}
+    if back and verifies(request, rt.settings):
+        # The cloud power-cycled them; they count once the inventory shows them back.
+        for server_id in back:
+            outcomes[server_id] = replace(outcomes[server_id], status=ServerStatus.VERIFYING)
+        first = first_check_delay(session, this.project_id, rt)
+        settle_batch(
+            session,
+            batch_id,
+            BatchStatus.VERIFYING,
+            actor=rt.actor,
+            outcomes=outcomes,
+            default_status=ServerStatus.UNKNOWN,
+            default_fail_reason=MISSING_FROM_JOB,
+            detail={**detail, "verifying": len(back)},
+            job_ended_at=ended,
+            detected_at=now,
+            checks=0,
+            next_check_at=ended + timedelta(seconds=first),
+        )
+        wait = max((ended - now).total_seconds() + first, 0.0)
+        rt.dispatcher.verify(batch_id, countdown=wait, seq=0)
+        log.info(
+            "batch %s: job %s is %s; verifying %d server(s), first check in %.0f s",
+            batch_id,
+            job.job_id,
+            job.status,
+            len(back),
+            wait,
+        )
+        return (now - ended).total_seconds()
     end_batch(
         session,
         batch_id,
@@ -191,11 +236,7 @@ def _settle_job(
         servers=ServerStatus.UNKNOWN,
         outcomes=outcomes,
         fail_reason=MISSING_FROM_JOB,
-        detail={
-            "job_status": job.status,
-            "sub_jobs": len(job.sub_jobs),
-            "job_error_code": job.error_code,
-        },
+        detail=detail,
         job_ended_at=ended,
         detected_at=now,
         **({"last_error_message": NOTHING_KNOWN} if to is BatchStatus.UNKNOWN else {}),

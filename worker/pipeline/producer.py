@@ -176,13 +176,14 @@ def plan_request(
     **fields: Any,
 ) -> dict[str, Any]:
     """The dry run: validate and plan a request without recording or sending anything."""
-    from worker.pipeline.control import learned_for, plan
+    from worker.pipeline.control import learned_boot_for, learned_for, plan
 
     settings = settings or get_settings()
     payload = build_payload(project_id, server_ids, **fields)
     result = checked(payload, settings)
     learned = learned_for(project_id, settings) if result.valid else None
-    return plan(result, settings, learned=learned)
+    boot = learned_boot_for(project_id, settings) if result.valid else None
+    return plan(result, settings, learned=learned, boot=boot)
 
 
 def request_reboot(

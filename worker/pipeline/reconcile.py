@@ -14,6 +14,7 @@ run looks for work overdue by more than ``BMSREBOOT_RECONCILE_GRACE`` seconds:
   ``unknown``, never resubmitted;
 - ``submitted`` batches whose next poll is overdue: polled again (the ``seq`` of the new
   message makes it the only live poll chain of the batch);
+- ``verifying`` batches whose next check is overdue: checked again (by ``seq`` too);
 - requests whose batches have all ended but which were never finalized: finalized;
 - finished requests whose completion callback was not handed to the broker: sent;
 - requests past their ``not_after`` with batches not yet sent: cut off (``halted``).
@@ -30,6 +31,7 @@ from datetime import timedelta
 
 from worker.db.models import Batch
 from worker.db.overdue import (
+    overdue_checks,
     overdue_polls,
     projects_with_overdue_releases,
     stale_submitting,
@@ -102,6 +104,12 @@ def reconcile(rt: Runtime) -> dict[str, int]:
     for batch_id, seq in polls:
         rt.dispatcher.poll(batch_id, countdown=0.0, seq=seq)
     done["polls"] = len(polls)
+
+    with unit_of_work(rt.engine) as session:
+        checks = overdue_checks(session, overdue, PER_RUN)
+    for batch_id, seq in checks:
+        rt.dispatcher.verify(batch_id, countdown=0.0, seq=seq)
+    done["checks"] = len(checks)
 
     with unit_of_work(rt.engine) as session:
         open_requests = unfinalized_requests(session, PER_RUN)

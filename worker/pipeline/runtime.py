@@ -32,11 +32,12 @@ log = logging.getLogger("bmsreboot.pipeline")
 
 
 class Dispatcher(ABC):
-    """Sends follow-up work: a project's release step, a batch's submit or poll, a completion
-    callback. Called inside a unit of work, it sends once that unit has committed (and never if
-    it rolled back: ``worker.db.session.after_commit``), so a follow-up never names a row its
-    receiver cannot read yet, wherever the call is written. The Celery implementation lives in
-    ``worker.pipeline.tasking``; tests record instead (``RecordingDispatcher``).
+    """Sends follow-up work: a project's release step, a batch's submit, poll or check, a
+    completion callback. Called inside a unit of work, it sends once that unit has committed
+    (and never if it rolled back: ``worker.db.session.after_commit``), so a follow-up never
+    names a row its receiver cannot read yet, wherever the call is written. The Celery
+    implementation lives in ``worker.pipeline.tasking``; tests record instead
+    (``RecordingDispatcher``).
 
     A send returns False instead of raising when the broker refused the message (True when it
     waits for a commit): the state it would have driven is committed, and the reconciler
@@ -53,6 +54,9 @@ class Dispatcher(ABC):
     ) -> bool:
         return self._later("poll", batch_id, countdown, seq=seq, reserved=reserved)
 
+    def verify(self, batch_id: uuid.UUID, countdown: float, seq: int | None = None) -> bool:
+        return self._later("verify", batch_id, countdown, seq=seq)
+
     def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
         return self._later("notify", (task_name, status, queue), 0.0)
 
@@ -63,7 +67,7 @@ class Dispatcher(ABC):
 
     @abstractmethod
     def deliver(self, kind: str, item: Any, countdown: float, **options: Any) -> bool:
-        """Send one follow-up now (``kind``: release, submit, poll or notify)."""
+        """Send one follow-up now (``kind``: release, submit, poll, verify or notify)."""
 
     @abstractmethod
     def waiting(self, queue: str) -> int | None:

@@ -58,6 +58,14 @@ class CeleryDispatcher(Dispatcher):
                 kwargs=kwargs,
                 countdown=countdown,
             )
+        if kind == "verify":
+            return self._send(
+                names.VERIFY_BATCH,
+                f"a check of batch {item}",
+                args=(str(item),),
+                kwargs={"seq": options["seq"]} if options.get("seq") is not None else {},
+                countdown=countdown,
+            )
         assert kind == "notify", kind
         task_name, status, queue = item
         # A callback nobody consumes expires instead of piling up in its queue for ever.

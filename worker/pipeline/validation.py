@@ -61,6 +61,11 @@ class ValidatedRequest:
     selector: dict[str, Any] | None
     #: Whether to read each batch's servers before its POST (None: BMSREBOOT_PREFLIGHT).
     preflight: bool | None
+    #: Verification after each job (None: the settings'): on, the timeout, a probe, a soak.
+    verify: bool | None
+    health_timeout: float | None
+    health_check: dict[str, Any] | None
+    soak_seconds: float | None
     servers_given: int
     duplicates_removed: int
     #: What the producer asked for, compared when a request id or key comes again.
@@ -104,6 +109,13 @@ FINGERPRINT_FIELDS = (
     "canary_size",
     "failure_threshold",
 )
+
+
+def _check(value: Any) -> dict[str, Any] | None:
+    """A valid health check as it is recorded: the one key given."""
+    if not isinstance(value, Mapping):
+        return None
+    return {k: value[k] for k in ("tcp_port", "http_url") if value.get(k) is not None}
 
 
 def _selector(value: Any) -> dict[str, Any] | None:
@@ -332,6 +344,19 @@ def _reason(name: str, error: Mapping[str, Any], value: Any) -> str:
     """One pydantic error on one field of the message, in an operator's words."""
     kind = error["type"]
     got = _short(value)
+    if name == "health_check":
+        return (
+            "health_check must be {tcp_port: PORT} or {http_url: URL} (one of them): "
+            f"{error['msg']}, got {got}"
+        )
+    if name in ("health_timeout", "soak_seconds") and kind in (
+        "greater_than",
+        "greater_than_equal",
+        "less_than_equal",
+        "float_type",
+        "int_type",
+    ):
+        return f"{name} must be a number of seconds up to 86400, got {got}"
     if name == "selector":
         where = ".".join(str(part) for part in error["loc"][1:])
         return (
@@ -346,6 +371,8 @@ def _reason(name: str, error: Mapping[str, Any], value: Any) -> str:
         return f"{name} is missing"
     if name in _WHAT_IT_MUST_BE:
         return f"{name} must be {_WHAT_IT_MUST_BE[name]}, got {got}"
+    if kind == "bool_type":
+        return f"{name} must be true or false, got {got}"
     if kind == "int_type":
         return f"{name} must be a whole number, got {got}"
     if kind in ("greater_than_equal", "less_than_equal"):
@@ -475,6 +502,10 @@ def validate_request(
         not_before=not_before,
         selector=_selector(fields.get("selector")) if "selector" not in found else None,
         preflight=ok.preflight if isinstance(ok.preflight, bool) else None,
+        verify=ok.verify if isinstance(ok.verify, bool) else None,
+        health_timeout=float(ok.health_timeout) if ok.health_timeout is not None else None,
+        health_check=_check(fields.get("health_check")) if "health_check" not in found else None,
+        soak_seconds=float(ok.soak_seconds) if ok.soak_seconds is not None else None,
         servers_given=servers_given,
         duplicates_removed=duplicates,
         fingerprint=fingerprint(payload, packed),
