@@ -463,9 +463,7 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
     return entry, errors
 
 
-def _seconds(
-    item: dict[str, Any], name: str, errors: list[str], *, positive: bool
-) -> float | None:
+def _seconds(item: dict[str, Any], name: str, errors: list[str], *, positive: bool) -> float | None:
     """A number of seconds up to a day (``health_timeout`` above 0, ``soak_seconds`` 0 or
     more), as intake checks it."""
     from worker.pipeline.message import MAX_HEALTH_TIMEOUT
@@ -474,7 +472,7 @@ def _seconds(
     if value is None:
         return None
     number = not isinstance(value, bool) and isinstance(value, int | float)
-    if not number or not (0 < value if positive else 0 <= value) or value > MAX_HEALTH_TIMEOUT:
+    if not number or not (value > 0 if positive else value >= 0) or value > MAX_HEALTH_TIMEOUT:
         errors.append(f"{name} must be a number of seconds up to 86400, got {_quote(value)}")
         return None
     return float(value)
