@@ -32,7 +32,15 @@ from worker.simulator.server import SimulatorServer
 
 #: Knobs that hold several values: the option repeats.
 _MULTIPLE = frozenset(
-    {"fail_servers", "unknown_servers", "stuck_servers", "credentials", "iam_users", "projects"}
+    {
+        "fail_servers",
+        "unknown_servers",
+        "stuck_servers",
+        "credentials",
+        "iam_users",
+        "projects",
+        "agencies",
+    }
 )
 _HELP = {
     "job_duration": "Seconds from job creation to its end (INIT for the first tenth).",
@@ -57,6 +65,14 @@ _HELP = {
     "job_ttl": "Seconds a finished job stays visible before it is purged (404).",
     "ak_lockout_failures": "Consecutive signature failures before an AK is locked, or 'none'.",
     "ak_lockout_seconds": "Seconds an AK stays locked.",
+    "metadata_credential_ttl": "Seconds a metadata-service credential stays valid.",
+    "metadata_agency": "on: the host has an agency; off: the metadata service answers 401.",
+    "agency_credential_ttl": "Seconds an assumed agency's credential stays valid, or 'none' "
+    "for the request's duration_seconds.",
+    "agencies": "Agency URNs STS knows (none given: any).",
+    "security_token": "on: a temporary AK needs its X-Security-Token, signed and unexpired; "
+    "off: a missing or unsigned one is let through.",
+    "sts_secret": "Seals temporary credentials; simulators sharing it accept each other's.",
 }
 assert set(_HELP) == set(FIELD_NAMES), "every knob needs a CLI option"
 #: What each knob takes, for --help (every option is parsed by the knob's own converter).
@@ -83,6 +99,12 @@ _METAVAR = {
     "job_ttl": "SECONDS",
     "ak_lockout_failures": "N|none",
     "ak_lockout_seconds": "SECONDS",
+    "metadata_credential_ttl": "SECONDS",
+    "metadata_agency": "on|off",
+    "agency_credential_ttl": "SECONDS|none",
+    "agencies": "URN",
+    "security_token": "on|off",
+    "sts_secret": "TEXT",
 }
 assert set(_METAVAR) == set(FIELD_NAMES)
 

@@ -7,7 +7,8 @@ strike *after acceptance* (``drop``, ``slow``, ``gateway_502``, ``no_job_id``) w
 of the queue for the next request that is accepted: a rejected request does not consume them,
 so a test's injected "accept then drop" always lands on a real, executed action.
 
-For ``jobs`` acceptance means the job was found; for ``tokens`` that a token was issued.
+For ``jobs`` acceptance means the job was found; for ``tokens``, ``metadata_token``,
+``securitykey`` and ``assume_agency`` that a token or credential was issued.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-ROUTES = ("action", "jobs", "tokens")
+#: The BMS and IAM routes, then the metadata and STS ones (``sts.py``).
+ROUTES = ("action", "jobs", "tokens", "metadata_token", "securitykey", "assume_agency")
 BEFORE_ACCEPT = frozenset({"5xx", "429", "401", "drop_before"})
 AFTER_ACCEPT = frozenset({"drop", "slow", "gateway_502", "no_job_id"})
 FAULTS = BEFORE_ACCEPT | AFTER_ACCEPT
