@@ -114,6 +114,8 @@ def _default(name: str) -> str:
     value = to_json(SimulatorConfig())[name]
     if value is None:
         return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, list | tuple):
         return ", ".join(map(str, value)) or "(none)"
     if isinstance(value, dict):

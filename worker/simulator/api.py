@@ -5,6 +5,7 @@ before-accept fault or random ``fault_5xx``, authentication (401 APIGW.0301 / 40
 rate limit (429 APIGW.0308), body validation (400 BMS.*), unknown servers (400 BMS.0040, nothing
 accepted), then acceptance, after which an injected after-accept fault or a random
 ``drop_after_accept`` may replace the answer. Every call is counted in exactly one outcome.
+The metadata and STS routes (``sts.py``) take the same injected faults, and are counted alike.
 """
 
 from __future__ import annotations
