@@ -26,6 +26,8 @@ class Stats:
         self.calls: dict[str, Counter[str]] = {route: Counter() for route in ROUTES}
         self.actions: dict[str, Counter[str]] = {action: Counter() for action in ACTIONS}
         self.polls: Counter[str] = Counter()
+        #: Authenticated calls by what signed them: token, permanent, metadata, agency:<urn>.
+        self.signed_with: Counter[str] = Counter()
 
     def count_call(self, route: str, outcome: str) -> None:
         self.calls[route][outcome] += 1
@@ -44,6 +46,7 @@ class Stats:
                 for route, counter in self.calls.items()
             },
             "polls": dict(self.polls),
+            "signed_with": dict(self.signed_with),
             "jobs": jobs,
             "servers": servers,
         }
