@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         description="Comma-separated project ids this deployment may touch; a request for any "
         "other is rejected with no API call. Unset: any project the credentials reach.",
     )
+    fleet_file: Path | None = Field(
+        None,
+        description="A TOML file of the accounts (credentials), regions (endpoints) and "
+        "projects this deployment serves (worker.fleet; `bmsreboot fleet check`): each "
+        "request's project picks its account, region and endpoints, and a project outside it "
+        "is rejected with no API call. Unset: the settings above describe one account.",
+    )
 
     # --- requests ----------------------------------------------------------------------------
     max_request_servers: int = Field(
