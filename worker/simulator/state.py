@@ -169,6 +169,11 @@ class SimulatorState:
             self.stats.signed_with[source] += 1
         return source
 
+    def record_issued(self, source: str, ak: str) -> None:
+        """A temporary credential was issued (``stats["issued"]``)."""
+        with self.lock:
+            self.stats.issued.setdefault(source, []).append(ak)
+
     def accept_action(
         self, project_id: str, action: PowerAction, now: float
     ) -> tuple[Job, Fault | None]:

@@ -114,6 +114,12 @@ def is_temporary_ak(ak: str) -> bool:
     return len(ak) == TEMPORARY_AK_LENGTH and ak.startswith(TEMPORARY_AK_PREFIX)
 
 
+def is_security_token(secret: str, value: str) -> bool:
+    """Whether ``value`` is a security token sealed with ``secret`` (tests look for one where
+    no secret may be)."""
+    return _unseal(secret, "security-token", value) is not None
+
+
 def derive_sk(secret: str, ak: str) -> str:
     """The SK of a temporary AK: what the gateway recovers from its secret."""
     return _b64(_mac(secret, "sk", ak.encode("utf-8")))[:40]
@@ -174,7 +180,7 @@ def handle(state: SimulatorState, route: str, request: Incoming, now: float) -> 
     if route == "metadata_token":
         return _metadata_token(state.config, request, now)
     if route == "securitykey":
-        return _security_key(state.config, request, now)
+        return _security_key(state, request, now)
     return _assume_agency(state, request, now)
 
 
@@ -194,7 +200,8 @@ def _metadata_token(config: SimulatorConfig, request: Incoming, now: float) -> t
     return _text(200, _seal(config.sts_secret, "metadata-token", {"exp": now + ttl})), True
 
 
-def _security_key(config: SimulatorConfig, request: Incoming, now: float) -> tuple[Reply, bool]:
+def _security_key(state: SimulatorState, request: Incoming, now: float) -> tuple[Reply, bool]:
+    config = state.config
     if not config.metadata_agency:
         return _text(401, NO_AGENCY_TEXT), False
     claims = _unseal(
@@ -204,6 +211,7 @@ def _security_key(config: SimulatorConfig, request: Incoming, now: float) -> tup
     if not isinstance(expiry, int | float) or now >= expiry:
         return _text(401, "Unauthorized: a valid X-Metadata-Token is required"), False
     issued = issue(config, "metadata", now, config.metadata_credential_ttl)
+    state.record_issued(issued.source, issued.ak)
     body = {
         "credential": {
             "access": issued.ak,
@@ -229,6 +237,7 @@ def _assume_agency(state: SimulatorState, request: Incoming, now: float) -> tupl
         message = f"the agency '{urn}' cannot be found"
         return wire.gateway_error(404, STS_NO_AGENCY, message, request.request_id), False
     issued = issue(config, f"agency:{urn}", now, config.agency_credential_ttl or float(duration))
+    state.record_issued(issued.source, issued.ak)
     match = _AGENCY_URN.fullmatch(urn)
     account, agency = (match["account"], match["name"]) if match else ("unknown", urn)
     agency_id = hashlib.sha256(urn.encode("utf-8")).hexdigest()[:32]
