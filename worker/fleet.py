@@ -398,7 +398,8 @@ class _Reader:
             source = self._spec(spec, label, span)
             projects = self._projects(item.get("projects"), label, name, span, owners)
             if name is not None and source is not None and isinstance(spec, dict):
-                accounts.append(_Account(name, source, spec, projects, line, span))
+                listed = bool(item.get("projects"))
+                accounts.append(_Account(name, source, spec, projects, line, span, listed))
         self._unused_accounts(accounts)
         return accounts
 
@@ -489,7 +490,7 @@ class _Reader:
         """An account with no project must sign for another (an agency's ``from``)."""
         callers = {a.caller for a in accounts if a.caller is not None}
         for account in accounts:
-            if not account.projects and account.name not in callers:
+            if not account.listed and account.name not in callers:
                 self.problem(
                     account.span.key("projects"),
                     f"account {account.name!r} has no projects and assumes no agency for "
@@ -601,6 +602,8 @@ class _Account:
     projects: tuple[Project, ...]
     line: int
     span: _Span
+    #: Whether it lists projects (a bad one is a problem of its own, not "no projects").
+    listed: bool = True
     credentials: CredentialSource | None = None
 
     @property
