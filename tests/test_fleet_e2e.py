@@ -4,14 +4,20 @@ regions (a simulator each) and one account per credential source (``tests/fixtur
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 
 import pytest
 
 from tests.fixtures.pipeline import new_ids
-from tests.fixtures.regions import AGENCY_URN, OUTSIDE, PROJECTS, SECRETS, Regions, regions
+from tests.fixtures.regions import (
+    AGENCY_URN,
+    OUTSIDE,
+    PROJECTS,
+    SECRETS,
+    Regions,
+    redis_text,
+    regions,
+)
 from worker.simulator.sts import derive_sk, is_security_token
 
 __all__ = ["regions"]  # the fixture
@@ -164,51 +170,6 @@ def test_a_password_account_reboots_with_iam_tokens_of_its_own_region(regions: R
 # --- no secret of any source anywhere ------------------------------------------------------
 _TOKEN_LIKE = re.compile(r"[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{43}")
 _TEMPORARY_AK = re.compile(r"HSTA[A-Z0-9]{16}")
-
-
-def redis_text(url: str) -> str:
-    """Every key and value of the broker's Redis database, message bodies decoded."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    parts: list[str] = []
-    for key in client.scan_iter():
-        kind = client.type(key).decode()
-        values: list[bytes] = []
-        if kind == "string":
-            values = [client.get(key) or b""]
-        elif kind == "list":
-            values = list(client.lrange(key, 0, -1))
-        elif kind == "hash":
-            values = [b"%s=%s" % kv for kv in client.hgetall(key).items()]
-        elif kind == "set":
-            values = list(client.smembers(key))
-        elif kind == "zset":
-            values = [member for member, _ in client.zrange(key, 0, -1, withscores=True)]
-        parts.append(key.decode(errors="replace"))
-        for value in values:
-            text = value.decode(errors="replace")
-            parts.append(text)
-            parts.extend(_bodies(text))
-    client.close()
-    return "\n".join(parts)
-
-
-def _bodies(text: str) -> list[str]:
-    """The base64 bodies of kombu messages in ``text`` (a JSON message, or a hash field)."""
-    found = []
-    for start in [m.start() for m in re.finditer(r"\{", text)][:1]:
-        try:
-            message = json.loads(text[start:])
-        except ValueError:
-            continue
-        body = message.get("body") if isinstance(message, dict) else None
-        if isinstance(body, str):
-            try:
-                found.append(base64.b64decode(body).decode(errors="replace"))
-            except ValueError:
-                found.append(body)
-    return found
 
 
 def test_no_secret_of_any_source_reaches_the_debug_log_the_audit_database_or_redis(
