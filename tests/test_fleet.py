@@ -444,3 +444,25 @@ def test_a_worker_with_a_bad_fleet_file_does_not_start_and_says_why_in_one_line(
     assert last.startswith("bmsreboot: the worker did not start: ")
     assert f"{path}:3: account 'prod': environment variable NOT_SET_AK is not set" in last
     assert " ready." not in run.stdout + run.stderr
+
+
+def test_fleet_without_a_fleet_file_shows_the_one_account_of_the_settings() -> None:
+    # Given the single-account settings of today
+    run = bmsreboot(
+        "fleet",
+        HUAWEICLOUD_SDK_AK=ENV["PROD_AK"],
+        HUAWEICLOUD_SDK_SK=ENV["PROD_SK"],
+        BMSREBOOT_REGION="ap-southeast-1",
+        BMSREBOOT_ALLOWED_PROJECTS=EAST,
+    )
+    # Then
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "no fleet file (BMSREBOOT_FLEET_FILE): the settings describe one account",
+        "account settings: static AK HPUA**** (HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK)",
+        f"  projects (BMSREBOOT_ALLOWED_PROJECTS): {EAST}",
+        "region ap-southeast-1: bms https://bms.ap-southeast-1.myhuaweicloud.com, iam "
+        "https://iam.ap-southeast-1.myhuaweicloud.com, sts "
+        "https://sts.ap-southeast-1.myhuaweicloud.com",
+    ]
+    assert ENV["PROD_SK"] not in run.stdout + run.stderr

@@ -11,9 +11,10 @@ import json
 import click
 
 from worker.bms.client import BmsClient
-from worker.bms.errors import BmsError, ConfigurationError
+from worker.bms.errors import BmsError
 from worker.cli.errors import OneLineGroup
 from worker.cli.params import JOB_ID, PROJECT_ID
+from worker.fleet import FleetError, load_fleet
 from worker.settings import Settings
 
 
@@ -31,8 +32,6 @@ def job(project_id: str, job_id: str) -> None:
     try:
         if settings.fleet_file is not None:
             # The project's own account and region, as a worker would reach it.
-            from worker.fleet import load_fleet
-
             fleet = load_fleet(settings.fleet_file, settings)
             try:
                 raw = fleet.client_for(project_id).get_job_raw(project_id, job_id)
@@ -41,8 +40,8 @@ def job(project_id: str, job_id: str) -> None:
         else:
             with BmsClient.from_settings(settings) as client:
                 raw = client.get_job_raw(project_id, job_id)
-    except ConfigurationError as error:  # a fleet file's problem, a project outside it
-        raise click.ClickException(str(error)) from None
+    except FleetError as error:
+        raise click.ClickException(f"{error}: see `bmsreboot fleet check {error.path}`") from None
     except BmsError as error:
         fields = {
             "status": error.status,

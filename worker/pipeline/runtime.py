@@ -122,14 +122,6 @@ class Runtime:
         found = self.fleet.region_for(project_id) if self.fleet is not None else None
         return found or self.settings.region
 
-    @property
-    def allowed_projects(self) -> frozenset[str] | None:
-        """The only projects this deployment touches (the fleet file's, and
-        ``BMSREBOOT_ALLOWED_PROJECTS``'s when set); None: any."""
-        from worker.fleet import allowed_projects
-
-        return allowed_projects(self.settings, self.fleet)
-
     def scope(self) -> dict[str, Any]:
         """What validation checks a request's project and region against (the keyword
         arguments of ``validate_request``)."""
