@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -136,3 +137,23 @@ def test_given_a_project_id_that_is_not_32_hex_when_api_job_then_usage_error_and
     assert "'PROJECT_ID': not a project id (32 hexadecimal characters): 'nothex'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert sum(simulator.stats()["calls"]["jobs"].values()) == 0
+
+
+def test_given_a_fleet_file_when_api_job_then_the_projects_account_and_region_are_used(
+    simulator: SimulatorHandle, job_id: str, tmp_path: Path
+) -> None:
+    # Given a fleet file whose region of PROJECT is the simulator, with its keys in variables
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        '[[account]]\nname = "prod"\n'
+        'credentials = { source = "env", ak_env = "OPS_AK", sk_env = "OPS_SK" }\n'
+        f'projects = [{{ id = "{PROJECT}", region = "la-south-2" }}]\n'
+        f'[regions."la-south-2"]\nbms = "{simulator.base_url}"\n'
+    )
+    env = {"BMSREBOOT_FLEET_FILE": str(fleet), "OPS_AK": simulator.ak, "OPS_SK": simulator.sk}
+    # When
+    result = run("job", PROJECT, job_id, BMSREBOOT_BMS_ENDPOINT="http://127.0.0.1:9", **env)
+    # Then the project's region answered (not BMSREBOOT_BMS_ENDPOINT, unused with a fleet file)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["job_id"] == job_id
+    assert simulator.stats()["polls"] == {job_id: 1}

@@ -29,6 +29,7 @@ import requests
 from tests.fixtures.simulator import SimulatorHandle
 from tests.test_signing import CaptureServer, capture_server  # noqa: F401 - a fixture
 from worker import __version__
+from worker.bms.agency import AgencyCredentials
 from worker.bms.auth import TokenAuth
 from worker.bms.client import (
     ALL_GRANTED_EPS,
@@ -37,12 +38,14 @@ from worker.bms.client import (
     MAX_SERVERS_PER_CALL,
     BmsClient,
 )
+from worker.bms.credentials import StaticCredentials
 from worker.bms.errors import (
     AuthenticationError,
     BmsError,
     ConfigurationError,
     ConnectError,
     ConnectionDropped,
+    CredentialError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
@@ -53,8 +56,10 @@ from worker.bms.errors import (
     error_from_response,
     parse_error_body,
 )
+from worker.bms.metadata import MetadataCredentials
 from worker.bms.models import TERMINAL_JOB_STATUSES, Job, ServerDetails
 from worker.bms.signing import AkSkAuth
+from worker.bms.sources import credentials_from_config
 from worker.settings import Settings
 from worker.simulator.faults import FAULTS
 from worker.simulator.inventory import (
@@ -690,6 +695,92 @@ def test_given_known_secrets_when_errors_clients_and_auths_are_printed_then_no_s
     assert '"password"' not in everything  # no IAM request body
 
 
+def test_given_every_credential_source_when_used_and_failing_then_no_secret_shows_anywhere(
+    simulator: SimulatorHandle, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # Given every source: env, file, the metadata service, an agency, a password login
+    caplog.set_level(logging.DEBUG)
+    settings = Settings(metadata_url=simulator.base_url, sts_endpoint=simulator.base_url)
+    (tmp_path / "credentials").write_text(
+        "[basic]\nak = HPUAFILE0000000001\nsk = SECRET-FILE-SK\n"
+        "security_token = SECRET-FILE-TOKEN\n"
+    )
+    environ = {
+        "PROD_AK": "HPUAENV00000000001",
+        "PROD_SK": "SECRET-ENV-SK",
+        "PROD_TOKEN": "SECRET-ENV-TOKEN",
+        "OPS_PASSWORD": "SECRET-OPS-PASSWORD",
+    }
+
+    def build(spec: dict[str, Any]) -> Any:
+        return credentials_from_config(spec, settings=settings, environ=environ)
+
+    env = build(
+        {"source": "env", "ak_env": "PROD_AK", "sk_env": "PROD_SK", "token_env": "PROD_TOKEN"}
+    )
+    file = build({"source": "file", "path": str(tmp_path / "credentials")})
+    meta = build({"source": "metadata"})
+    agency = build(
+        {
+            "source": "agency",
+            "agency_urn": "iam::0a1b2c:agency:ops",
+            "from": StaticCredentials(simulator.ak, simulator.sk),
+        }
+    )
+    login = build(
+        {"source": "password", "user": "ops", "domain": "acme", "password_env": "OPS_PASSWORD"}
+    )
+    wrong_caller = AgencyCredentials(
+        "iam::0a1b2c:agency:ops",
+        via=StaticCredentials(simulator.ak, "SECRET-WRONG-SK"),
+        sts_endpoint=simulator.base_url,
+    )
+    errors: list[BaseException] = []
+    # When they sign BMS calls, refresh, and fail in every way they can
+    with (
+        BmsClient(simulator.base_url, AkSkAuth(provider=meta)) as by_metadata,
+        BmsClient(simulator.base_url, AkSkAuth(provider=agency)) as by_agency,
+    ):
+        job_id = by_metadata.batch_reboot(PROJECT, new_ids(1))
+        by_agency.get_job(PROJECT, job_id)
+        simulator.inject("action", "401")  # a refused credential: refreshed, sent again
+        by_metadata.batch_reboot(PROJECT, new_ids(1))
+    issued = [meta.get(), agency.get()]
+    simulator.inject("securitykey", "5xx")
+    failing = MetadataCredentials(simulator.base_url)
+    for attempt in (failing.get, wrong_caller.get):
+        with pytest.raises(BmsError) as caught:
+            attempt()
+        errors.append(caught.value)
+    for spec in (
+        {"source": "env", "ak_env": "PROD_AK", "sk_env": "NOT_SET"},
+        {"source": "file", "path": str(tmp_path / "credentials"), "profile": "missing"},
+    ):
+        with pytest.raises(CredentialError) as caught:
+            build(spec)
+        errors.append(caught.value)
+    # Then no SK, token or password shows in a repr, a description, an error or a log line
+    objects: list[Any] = [env, file, meta, agency, login, wrong_caller, failing, *issued, settings]
+    objects += [AkSkAuth(provider=p) for p in (env, file, meta, agency)]
+    texts = [str(o) + repr(o) for o in [*objects, *errors]]
+    texts += [o.describe() for o in (env, file, meta, agency, login)]
+    texts += ["".join(traceback.format_exception(e)) for e in errors]
+    texts.append(caplog.text)
+    everything = "\n".join(texts)
+    secrets = [
+        *("SECRET-FILE-SK", "SECRET-FILE-TOKEN", "SECRET-ENV-SK", "SECRET-ENV-TOKEN"),
+        *("SECRET-OPS-PASSWORD", "SECRET-WRONG-SK", simulator.sk),
+    ]
+    secrets += [value for c in issued for value in (c.sk, c.security_token) if value]
+    assert caplog.text  # the providers did log: fetched, refreshed, failed
+    for secret in secrets:
+        assert secret not in everything
+    for c in issued:
+        assert c.ak not in everything  # only its first characters
+    for provider in (meta, agency, wrong_caller, failing):
+        provider.close()
+
+
 # --- construction from settings -------------------------------------------------------------
 _ENV = (
     "HUAWEICLOUD_SDK_AK",
@@ -702,6 +793,8 @@ _ENV = (
     "BMSREBOOT_BMS_ENDPOINT",
     "BMSREBOOT_IAM_ENDPOINT",
     "BMSREBOOT_CA_BUNDLE",
+    "HUAWEICLOUD_SDK_SECURITY_TOKEN",
+    "BMSREBOOT_SECURITY_TOKEN",
 )
 
 
@@ -729,6 +822,28 @@ def test_given_ak_sk_in_the_environment_when_from_settings_then_signing_is_used(
     assert client.timeout == (5.0, 30.0)
 
 
+def test_given_a_temporary_aksk_in_the_environment_when_from_settings_then_its_token_is_signed(
+    simulator: SimulatorHandle, clean_env: pytest.MonkeyPatch
+) -> None:
+    # Given a temporary credential of the simulator's metadata service in the SDK's variables,
+    # and a simulator that requires its signed security token
+    simulator.configure(security_token=True)
+    metadata = MetadataCredentials(simulator.base_url)
+    issued = metadata.get()
+    metadata.close()
+    assert issued.security_token is not None
+    clean_env.setenv("BMSREBOOT_BMS_ENDPOINT", simulator.base_url)
+    clean_env.setenv("HUAWEICLOUD_SDK_AK", issued.ak)
+    clean_env.setenv("HUAWEICLOUD_SDK_SK", issued.sk)
+    clean_env.setenv("HUAWEICLOUD_SDK_SECURITY_TOKEN", issued.security_token)
+    # When
+    with BmsClient.from_settings(Settings()) as client:
+        job_id = client.batch_reboot(PROJECT, new_ids(1))
+    # Then
+    assert job_id
+    assert simulator.stats()["signed_with"] == {"metadata": 1}
+
+
 def test_given_iam_login_in_the_environment_when_from_settings_then_tokens_are_used(
     simulator: SimulatorHandle, clean_env: pytest.MonkeyPatch
 ) -> None:
@@ -753,6 +868,7 @@ def test_given_iam_login_in_the_environment_when_from_settings_then_tokens_are_u
         ({}, "no BMS credentials"),
         ({"HUAWEICLOUD_SDK_AK": "only-the-ak"}, "both"),
         ({"BMSREBOOT_IAM_USER": "u", "BMSREBOOT_IAM_DOMAIN": "d"}, "no BMS credentials"),
+        ({"HUAWEICLOUD_SDK_SECURITY_TOKEN": "t"}, "belongs to a temporary AK/SK"),
         (
             {"HUAWEICLOUD_SDK_AK": "a", "HUAWEICLOUD_SDK_SK": "s", "BMSREBOOT_BMS_ENDPOINT": "x"},
             "URL",

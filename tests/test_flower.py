@@ -11,6 +11,7 @@ pass for a censored one.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import socket
 import subprocess
@@ -26,10 +27,13 @@ import requests
 from celery import Celery
 
 from tests.fixtures.compose import healthcheck
-from tests.fixtures.pipeline import worker_env
+from tests.fixtures.pipeline import new_ids, worker_env
+from tests.fixtures.regions import PROJECTS, SECRETS, fleet_env, for_fleet, simulator
 from tests.fixtures.services import RedisServer, free_port, require_redis
 from worker.censor import MASK, censor, install
 from worker.cli.localworker import start_worker, stop_worker
+from worker.simulator.server import SimulatorServer
+from worker.simulator.sts import derive_sk, is_security_token
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_PASSWORD = f"redis-pw-{uuid.uuid4().hex[:12]}"
@@ -43,25 +47,31 @@ class Secured:
     node: str
     redis: RedisServer
     worker_log: Path
+    #: Both regions of the worker's fleet file (every credential source: fixtures/regions.py).
+    simulator: SimulatorServer
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    """A worker on a Redis that requires a password."""
+    """A worker on a Redis that requires a password, with a fleet file of every credential
+    source (one simulator serves both of its regions)."""
     require_redis()  # redis-server is installed (or the test is skipped, failed under CI)
     tmp = tmp_path_factory.mktemp("secured")
     server = RedisServer(tmp / "redis", password=REDIS_PASSWORD).start()
-    env = worker_env(tmp / "data", "http://127.0.0.1:9", server.url(0), None)
+    sim = simulator()
+    fleet = fleet_env(tmp, sim, sim)
+    env = for_fleet(worker_env(tmp / "data", sim.base_url, server.url(0), None), fleet)
     name = f"secrets-{uuid.uuid4().hex[:6]}"
     log = tmp / "worker.log"
     try:
         worker = start_worker(env, log, name, beat=False, cwd=ROOT)
         try:
-            yield Secured(env, f"{name}@{socket.gethostname()}", server, log)
+            yield Secured(env, f"{name}@{socket.gethostname()}", server, log, sim)
         finally:
             stop_worker(worker)
     finally:
         server.close()
+        sim.stop()
 
 
 def readme_flower() -> tuple[list[str], dict[str, str]]:
@@ -251,3 +261,71 @@ def test_no_password_in_the_logs_of_flower_and_the_worker(secured: Secured, flow
         assert f"@127.0.0.1:{secured.redis.port}" in text, log
         assert REDIS_PASSWORD not in text, log
         assert FLOWER_PASSWORD not in text, log
+
+
+def test_no_credential_of_any_source_shows_in_flower(secured: Secured, flower: Flower) -> None:
+    from worker.celery import make_celery_app
+    from worker.cli.follow import follow
+    from worker.db.session import make_engine, unit_of_work
+    from worker.db.status import request_status
+    from worker.pipeline.producer import send_payload
+    from worker.settings import Settings
+
+    # Given a request for every account of the worker's fleet file (env, file, metadata,
+    # agency, password, a temporary AK/SK with its token, and one without), carried out
+    settings = Settings(
+        broker_url=secured.env["BMSREBOOT_BROKER_URL"],
+        data_dir=Path(secured.env["BMSREBOOT_DATA_DIR"]),
+    )
+    app = make_celery_app(settings)
+    engine = make_engine(settings.effective_database_url)
+    requests_sent = []
+    for project in PROJECTS.values():
+        payload = {"request_id": str(uuid.uuid4()), "project_id": project, "server_ids": new_ids(1)}
+        send_payload(app, payload)
+        requests_sent.append(payload["request_id"])
+
+    def final(request_id: str) -> dict[str, object]:
+        def read() -> dict[str, object] | None:
+            try:
+                with unit_of_work(engine) as session:
+                    return request_status(session, uuid.UUID(request_id))
+            except Exception:  # the worker creates the embedded database: not there yet
+                return None
+
+        return follow(read, timeout=60, interval=0.2)
+
+    statuses = [final(request_id)["status"] for request_id in requests_sent]
+    app.close()
+    engine.dispose()
+    assert statuses.count("succeeded") == len(PROJECTS) - 1  # all but the tokenless one
+    stats = secured.simulator.state.stats_json(time.time())
+    # When Flower's pages and API about the worker and its tasks are read
+    tasks = requests.get(f"{flower.base}/api/tasks", auth=AUTH, timeout=30)
+    assert tasks.status_code == 200
+    pages = [tasks.text]
+    for task_id in list(tasks.json())[:20]:
+        pages.append(requests.get(f"{flower.base}/task/{task_id}", auth=AUTH, timeout=30).text)
+    for path in ("/tasks", f"/worker/{secured.node}", "/api/workers?refresh=1"):
+        page = requests.get(f"{flower.base}{path}", auth=AUTH, timeout=30)
+        assert page.status_code == 200, path
+        pages.append(page.text)
+    pages.append(flower.log.read_text(errors="replace"))
+    shown = "\n".join(pages)
+    # Then Flower saw the tasks (their ids), and none of the credentials
+    assert requests_sent[0] in shown
+    sts_secret = secured.simulator.config.sts_secret
+    issued = [ak for aks in stats["issued"].values() for ak in aks]
+    assert issued  # the metadata and agency accounts did get temporary credentials
+    secrets = [
+        *SECRETS.values(),
+        secured.env["TEMP_SK"],
+        secured.env["TEMP_TOKEN"],
+        *(derive_sk(sts_secret, ak) for ak in issued),
+        *secured.simulator.state.tokens.values(),
+    ]
+    for secret in secrets:
+        assert secret not in shown
+    candidates = re.findall(r"[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{43}", shown)
+    assert not [t for t in candidates if is_security_token(sts_secret, t)]
+    assert not re.findall(r"HSTA[A-Z0-9]{16}", shown)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.pipeline import PROJECT, Pipeline, new_ids
+from tests.fixtures.regions import redis_text
 from worker.simulator.config import SimulatorConfig, server_fails
 
 pytestmark = pytest.mark.slow
@@ -302,7 +303,7 @@ def test_the_embedded_default_runs_end_to_end(pipeline_embedded: Pipeline) -> No
     )
 
 
-def test_no_secret_reaches_the_worker_log_or_the_audit_database(
+def test_no_secret_reaches_the_worker_log_the_audit_database_or_redis(
     pipeline_redis_pg: Pipeline,
 ) -> None:
     from sqlalchemy import MetaData, select
@@ -313,6 +314,7 @@ def test_no_secret_reaches_the_worker_log_or_the_audit_database(
     pipe.wait(pipe.send(server_ids=new_ids(3)))
     secret = pipe.env["HUAWEICLOUD_SDK_SK"]
     assert secret not in pipe.log_path.read_text(errors="replace")
+    assert secret not in redis_text(pipe.env["BMSREBOOT_BROKER_URL"])
     metadata = MetaData()
     metadata.reflect(pipe.engine)
     with pipe.engine.connect() as conn:

@@ -28,6 +28,7 @@ from huaweicloudsdkbms.v1 import (
     StartServersInfo,
 )
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.auth.internal import MetadataAccessor
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkcore.http.http_config import HttpConfig
 
@@ -49,13 +50,13 @@ def sdk_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def client(sim: SimulatorHandle, sk: str | None = None) -> Any:
+def client(sim: SimulatorHandle, sk: str | None = None, ak: str | None = None) -> Any:
     config = HttpConfig.get_default_config()
     config.timeout = (5, 10)
     return (
         BmsClient.new_builder()
         .with_http_config(config)
-        .with_credentials(BasicCredentials(sim.ak, sk or sim.sk, PROJECT))
+        .with_credentials(BasicCredentials(ak or sim.ak, sk or sim.sk, PROJECT))
         .with_endpoint(sim.base_url)
         .build()
     )
@@ -228,3 +229,50 @@ def test_given_an_unknown_server_then_the_sdk_raises_404_bms_0040(
 
     assert raised.value.status_code == 404
     assert raised.value.error_code == "BMS.0040"
+
+
+# --- temporary credentials: the SDK's own metadata accessor and security token ------------------
+def sdk_metadata_credential(sim: SimulatorHandle) -> Any:
+    """The SDK's MetadataAccessor (PUT token, GET securitykey), pointed at the simulator."""
+    accessor = type("SimulatorMetadata", (MetadataAccessor,), {"_METADATA_ENDPOINT": sim.base_url})
+    return accessor().get_credential()
+
+
+@pytest.mark.usefixtures("sdk_home")
+def test_given_the_sdk_metadata_accessor_when_it_asks_then_its_credential_reboots_with_a_token(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given a simulator that requires the signed security token of a temporary AK
+    simulator.configure(security_token=True, job_duration=0.05)
+    credential = sdk_metadata_credential(simulator)
+    config = HttpConfig.get_default_config()
+    config.timeout = (5, 10)
+    basic = BasicCredentials(credential.access, credential.secret, PROJECT).with_security_token(
+        credential.security_token
+    )
+    sdk = BmsClient.new_builder().with_http_config(config).with_credentials(basic)
+    sdk = sdk.with_endpoint(simulator.base_url).build()
+    # When the SDK reboots with it
+    accepted = sdk.batch_reboot_baremetal_servers(reboot_request(sid(1)))
+    # Then: the SDK parsed the metadata answer, and the simulator accepted its signed token
+    assert credential.expire_at > 0
+    assert wait_terminal(sdk, accepted.job_id).status == "SUCCESS"
+    stats = simulator.stats()
+    assert stats["calls"]["metadata_token"]["accepted"] == 1
+    assert set(stats["signed_with"]) == {"metadata"}
+    assert stats["reboots"] == {sid(1): 1}
+
+
+@pytest.mark.usefixtures("sdk_home")
+def test_given_the_sdk_without_the_token_when_it_reboots_then_401_apigw_0301(
+    simulator: SimulatorHandle,
+) -> None:
+    # Given the temporary AK/SK without its security token
+    credential = sdk_metadata_credential(simulator)
+    sdk = client(simulator, sk=credential.secret, ak=credential.access)
+    # When / Then
+    with pytest.raises(ClientRequestException) as raised:
+        sdk.batch_reboot_baremetal_servers(reboot_request(sid(1)))
+    assert raised.value.status_code == 401
+    assert raised.value.error_code == "APIGW.0301"
+    assert simulator.stats()["reboots"] == {}

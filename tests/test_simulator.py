@@ -768,7 +768,10 @@ def test_given_the_http_control_endpoints_then_config_inject_stats_and_reset_wor
     stats = http("GET", f"{base}/stats").json()
     assert stats["reboots"] == {sid(1): 1, sid(2): 1}
     assert stats["jobs"][job_id]["servers"] == 2
-    assert set(stats["calls"]) == {"action", "jobs", "tokens", "servers", "server"}
+    assert set(stats["calls"]) == {
+        *("action", "jobs", "tokens", "servers", "server"),
+        *("metadata_token", "securitykey", "assume_agency"),
+    }
     assert http("POST", f"{base}/reset").status_code == 200
     after = http("GET", f"{base}/stats").json()
     assert after["reboots"] == {}

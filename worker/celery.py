@@ -181,7 +181,9 @@ def _prepare_database(**_: Any) -> None:
 
     settings = get_settings()
     url = settings.effective_database_url
-    if not (settings.ak and settings.sk) and not (settings.iam_user and settings.iam_password):
+    if settings.fleet_file is not None:
+        _check_fleet(settings, url)
+    elif not (settings.ak and settings.sk) and not (settings.iam_user and settings.iam_password):
         log.error(
             "NO CREDENTIALS: every batch this worker submits will fail. Set "
             "HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK (or BMSREBOOT_IAM_USER, "
@@ -200,6 +202,44 @@ def _prepare_database(**_: Any) -> None:
             )
     except Exception as exc:
         refuse_to_start(exc, url)
+
+
+def _check_fleet(settings: Settings, database_url: str) -> None:
+    """A fleet file with a mistake stops the worker before it consumes anything: every problem
+    is logged (one line each), and the worker ends with the first."""
+    from worker.fleet import FleetError, load_fleet
+
+    try:
+        fleet = load_fleet(settings.fleet_file or "", settings)
+    except FleetError as error:
+        for line in error.lines():
+            log.critical("fleet file: %s", line)
+        refuse_to_start(
+            ImproperlyConfigured(f"{error}: see `bmsreboot fleet check {error.path}`"),
+            database_url,
+        )
+        return
+    ignored = [
+        name
+        for name, value in (
+            ("BMSREBOOT_BMS_ENDPOINT", settings.bms_endpoint),
+            ("BMSREBOOT_IAM_ENDPOINT", settings.iam_endpoint),
+        )
+        if value
+    ]
+    if ignored:
+        log.warning(
+            "%s not used with a fleet file: endpoints come from its [regions] tables",
+            " and ".join(ignored),
+        )
+    log.info(
+        "fleet file %s: %d accounts, %d projects in %d regions",
+        fleet.path,
+        len(fleet.accounts),
+        len(fleet.projects),
+        len(fleet.regions),
+    )
+    fleet.close()
 
 
 def refuse_to_start(exc: BaseException, database_url: str) -> None:
@@ -236,9 +276,13 @@ def _prepare_beat(**_: Any) -> None:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.schedule_file is not None:
+        from worker.fleet import served_by
         from worker.schedules import load
 
-        entries, problems = load(settings.schedule_file, settings.schedule_ids_dir)
+        scope, unread = served_by(settings)
+        if unread:
+            log.error("fleet file: %s", unread)
+        entries, problems = load(settings.schedule_file, settings.schedule_ids_dir, scope)
         for problem in problems:
             log.error("schedule file: %s (this entry is not run; the others are)", problem)
         log.info(

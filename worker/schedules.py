@@ -334,17 +334,31 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ScheduleFileError(f"{path}: not valid TOML: {exc}") from None
 
 
-def load(path: Path, ids_dir: Path | None = None) -> tuple[list[ScheduleEntry], list[str]]:
+def load(
+    path: Path, ids_dir: Path | None = None, served: Served | None = None
+) -> tuple[list[ScheduleEntry], list[str]]:
     """The valid entries of a schedule file and one message per problem (naming the entry).
     A file that cannot be read or parsed is one problem and no entries. ``ids_dir``
-    (``BMSREBOOT_SCHEDULE_IDS_DIR``) is a second directory ids files may be in."""
+    (``BMSREBOOT_SCHEDULE_IDS_DIR``) is a second directory ids files may be in. ``served``:
+    the only projects this deployment touches and where they are listed (the fleet file,
+    ``BMSREBOOT_ALLOWED_PROJECTS``); an entry naming another project is a problem."""
     try:
-        return load_entries(path, ids_dir)
+        return load_entries(path, ids_dir, served)
     except ScheduleFileError as exc:
         return [], [str(exc)]
 
 
-def load_entries(path: Path, ids_dir: Path | None = None) -> tuple[list[ScheduleEntry], list[str]]:
+@dataclass(frozen=True)
+class Served:
+    """The projects a deployment touches (lower case), and where that list comes from."""
+
+    projects: frozenset[str]
+    source: str
+
+
+def load_entries(
+    path: Path, ids_dir: Path | None = None, served: Served | None = None
+) -> tuple[list[ScheduleEntry], list[str]]:
     """As ``load``, but a file that cannot be read or parsed raises ``ScheduleFileError``."""
     data = read_file(path)
     extra = sorted(set(data) - {"schedule"})
@@ -364,6 +378,12 @@ def load_entries(path: Path, ids_dir: Path | None = None) -> tuple[list[Schedule
             problems.append(f"{label}: must be a table")
             continue
         entry, errors = _entry(item, dirs)
+        if (
+            entry is not None
+            and served is not None
+            and entry.project_id.lower() not in served.projects
+        ):
+            errors.append(f"project_id {entry.project_id} is not in {served.source}")
         if entry is not None and entry.name in seen:
             errors.append(f"duplicate name {entry.name!r}: names must be unique")
         problems.extend(f"{label}: {error}" for error in errors)

@@ -1,8 +1,9 @@
 """The one typed settings object, read from the environment.
 
 Every field is read from ``BMSREBOOT_<FIELD>`` unless it says otherwise. Credentials use the
-official SDK's variable names (``HUAWEICLOUD_SDK_AK`` / ``HUAWEICLOUD_SDK_SK``) so an operator's
-existing environment works unchanged. Secrets are ``SecretStr``: they print as ``**********``.
+official SDK's variable names (``HUAWEICLOUD_SDK_AK`` / ``HUAWEICLOUD_SDK_SK`` /
+``HUAWEICLOUD_SDK_SECURITY_TOKEN``) so an operator's existing environment works unchanged.
+Secrets are ``SecretStr``: they print as ``**********``.
 
 With nothing configured the project runs on embedded defaults under ``data_dir``: a SQLite audit
 database and Celery's SQLAlchemy transport on SQLite as the broker. Production sets
@@ -66,9 +67,31 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("HUAWEICLOUD_SDK_SK", "BMSREBOOT_SK"),
         description="Secret key for AK/SK signing (env HUAWEICLOUD_SDK_SK).",
     )
+    security_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("HUAWEICLOUD_SDK_SECURITY_TOKEN", "BMSREBOOT_SECURITY_TOKEN"),
+        description="Security token of a temporary AK/SK (env HUAWEICLOUD_SDK_SECURITY_TOKEN): "
+        "sent as X-Security-Token and signed. Unset: the AK/SK is permanent.",
+    )
     iam_user: str | None = Field(None, description="IAM user for password-token auth.")
     iam_password: SecretStr | None = Field(None, description="IAM password for token auth.")
     iam_domain: str | None = Field(None, description="IAM account (domain) name for token auth.")
+    sts_endpoint: str | None = Field(
+        None,
+        description="Full STS base URL (agency credentials); overrides "
+        "https://sts.{region}.myhuaweicloud.com.",
+    )
+    metadata_url: str = Field(
+        "http://169.254.169.254",
+        description="Base URL of the ECS/BMS metadata service (metadata credentials); tests "
+        "point it at the simulator.",
+    )
+    credentials_refresh_margin: float = Field(
+        900.0,
+        ge=0,
+        description="Temporary credentials (metadata, agency) are refreshed when fewer than "
+        "this many seconds are left before they expire (or half their lifetime, if shorter).",
+    )
     ca_bundle: str | None = Field(None, description="Path to a CA bundle for TLS verification.")
     verify_tls: bool = Field(True, description="Verify TLS certificates (never off in production).")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
@@ -78,6 +101,13 @@ class Settings(BaseSettings):
         None,
         description="Comma-separated project ids this deployment may touch; a request for any "
         "other is rejected with no API call. Unset: any project the credentials reach.",
+    )
+    fleet_file: Path | None = Field(
+        None,
+        description="A TOML file of the accounts (credentials), regions (endpoints) and "
+        "projects this deployment serves (worker.fleet; `bmsreboot fleet check`): each "
+        "request's project picks its account, region and endpoints, and a project outside it "
+        "is rejected with no API call. Unset: the settings above describe one account.",
     )
 
     # --- requests ----------------------------------------------------------------------------
@@ -264,7 +294,7 @@ class Settings(BaseSettings):
     # --- housekeeping ------------------------------------------------------------------------
     retention_days: int = Field(90, ge=1, description="Finished requests older than this purge.")
 
-    @field_validator("bms_endpoint", "iam_endpoint")
+    @field_validator("bms_endpoint", "iam_endpoint", "sts_endpoint", "metadata_url")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
         return v.rstrip("/") if v else v
@@ -304,6 +334,10 @@ class Settings(BaseSettings):
     @property
     def effective_iam_endpoint(self) -> str:
         return self.iam_endpoint or f"https://iam.{self.region}.myhuaweicloud.com"
+
+    @property
+    def effective_sts_endpoint(self) -> str:
+        return self.sts_endpoint or f"https://sts.{self.region}.myhuaweicloud.com"
 
     @property
     def effective_database_url(self) -> str:

@@ -74,7 +74,7 @@ class TokenAuth(requests.auth.AuthBase):
         self._timeout = timeout
         self._verify = verify
         self._owns_session = session is None
-        self._session = session or _plain_session(user_agent)
+        self._session = session or plain_session(user_agent)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._tokens: dict[str, _Token] = {}
         self._lock = threading.Lock()
@@ -100,10 +100,12 @@ class TokenAuth(requests.auth.AuthBase):
                 cached = self._tokens[project_id] = self._fetch(project_id)
             return cached.value
 
-    def invalidate(self, project_id: str) -> None:
-        """Forget the project's token: the API refused it (revoked, or expired early)."""
+    def invalidate(self, project_id: str) -> bool:
+        """Forget the project's token: the API refused it (revoked, or expired early). True:
+        the next request fetches a new one, so sending again may succeed."""
         with self._lock:
             self._tokens.pop(project_id, None)
+        return True
 
     def add_response_hook(self, hook: Any) -> None:
         self._session.hooks["response"].append(hook)
@@ -165,7 +167,8 @@ def _from_iam(error: BmsError) -> BmsError:
     return error
 
 
-def _plain_session(user_agent: str | None) -> requests.Session:
+def plain_session(user_agent: str | None) -> requests.Session:
+    """A session of its own for credential calls (IAM, metadata, STS): no automatic retries."""
     session = requests.Session()
     if user_agent:
         session.headers["User-Agent"] = user_agent

@@ -4,8 +4,9 @@
 One :class:`BmsClient` holds one pooled ``requests.Session``. Every call has a timeout, TLS is
 verified by default, and the client never retries on its own: the task layer owns retries (see
 ``worker.pipeline.failures``) because only it knows whether a POST may be sent again. The single
-exception is a 401 under token auth, answered by fetching a fresh token and sending once more
-(a 401 means the request was not accepted, so sending it again cannot reboot anything twice).
+exception is a 401 under token auth or temporary AK/SK credentials, answered by fetching a fresh
+token or credential and sending once more (a 401 means the request was not accepted, so sending
+it again cannot reboot anything twice).
 
 Failures raise the errors of :mod:`worker.bms.errors`; read ``maybe_accepted`` on a failed POST.
 """
@@ -36,6 +37,7 @@ from worker.bms.errors import (
 )
 from worker.bms.models import Job, ServerDetails, ServerPage
 from worker.bms.signing import AkSkAuth, canonical_query
+from worker.bms.sources import CredentialSource, PasswordLogin, source_from_settings
 from worker.text import clean
 
 if TYPE_CHECKING:
@@ -68,9 +70,10 @@ _CONFIG_ERRORS = (
 
 @runtime_checkable
 class RefreshableAuth(Protocol):
-    """An auth whose credential for a project can be dropped and fetched again."""
+    """An auth whose credential for a project can be dropped and fetched again; ``invalidate``
+    says whether there is a new one to send with (a static AK/SK has none)."""
 
-    def invalidate(self, project_id: str) -> None: ...
+    def invalidate(self, project_id: str) -> bool: ...
 
 
 def new_session(pool_maxsize: int = DEFAULT_POOL_SIZE) -> requests.Session:
@@ -116,35 +119,41 @@ class BmsClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BmsClient:
-        """AK/SK signing when ``HUAWEICLOUD_SDK_AK``/``_SK`` are set, else IAM token auth when
-        the IAM user, password and domain are set, else :class:`ConfigurationError`."""
-        timeout = (settings.connect_timeout, settings.read_timeout)
-        verify: bool | str = settings.ca_bundle or settings.verify_tls
-        if settings.ak or settings.sk:
-            if not (settings.ak and settings.sk):
-                raise ConfigurationError(
-                    "set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or neither"
-                )
-            auth = AkSkAuth(settings.ak.get_secret_value(), settings.sk.get_secret_value())
-            return cls(settings.effective_bms_endpoint, auth, timeout=timeout, verify=verify)
-        if settings.iam_user and settings.iam_password and settings.iam_domain:
-            token_auth = TokenAuth(
-                settings.effective_iam_endpoint,
-                settings.iam_user,
-                settings.iam_password.get_secret_value(),
-                settings.iam_domain,
-                timeout=timeout,
-                verify=verify,
-                user_agent=DEFAULT_USER_AGENT,
+        """AK/SK signing when ``HUAWEICLOUD_SDK_AK``/``_SK`` are set (with the security token
+        ``HUAWEICLOUD_SDK_SECURITY_TOKEN`` of a temporary AK/SK, if set), else IAM token auth
+        when the IAM user, password and domain are set, else :class:`ConfigurationError`."""
+        return cls.for_source(
+            settings.effective_bms_endpoint,
+            source_from_settings(settings),
+            iam_endpoint=settings.effective_iam_endpoint,
+            timeout=(settings.connect_timeout, settings.read_timeout),
+            verify=settings.ca_bundle or settings.verify_tls,
+        )
+
+    @classmethod
+    def for_source(
+        cls,
+        endpoint: str,
+        source: CredentialSource,
+        *,
+        iam_endpoint: str | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        verify: bool | str = True,
+    ) -> BmsClient:
+        """A client of one endpoint (one region) signing with ``source``: AK/SK from a
+        :class:`CredentialProvider` (which may be shared by the clients of several regions;
+        closing the client leaves it open), or tokens of a :class:`PasswordLogin` from
+        ``iam_endpoint`` (the same region's IAM; the client owns that token auth)."""
+        if isinstance(source, PasswordLogin):
+            if not iam_endpoint:
+                raise ConfigurationError("a password login needs the region's IAM endpoint")
+            token_auth = source.token_auth(
+                iam_endpoint, timeout=timeout, verify=verify, user_agent=DEFAULT_USER_AGENT
             )
-            endpoint = settings.effective_bms_endpoint
             client = cls(endpoint, token_auth, timeout=timeout, verify=verify)
             client._owned_auth = token_auth
             return client
-        raise ConfigurationError(
-            "no BMS credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK (AK/SK signing), "
-            "or BMSREBOOT_IAM_USER, BMSREBOOT_IAM_PASSWORD and BMSREBOOT_IAM_DOMAIN (IAM token)"
-        )
+        return cls(endpoint, AkSkAuth(provider=source), timeout=timeout, verify=verify)
 
     def __repr__(self) -> str:
         return f"BmsClient(endpoint={self.endpoint!r}, auth={self.auth!r})"
@@ -334,9 +343,12 @@ class BmsClient:
             headers["Content-Type"] = JSON_CONTENT_TYPE
         is_post = method == "POST"
         response = self._send_once(method, url, headers, body, is_post=is_post)
-        if response.status_code == 401 and isinstance(self.auth, RefreshableAuth):
-            log.info("401 on %s %s: refreshing the token once", method, path)
-            self.auth.invalidate(project_id)
+        if (
+            response.status_code == 401
+            and isinstance(self.auth, RefreshableAuth)
+            and self.auth.invalidate(project_id)
+        ):
+            log.info("401 on %s %s: sending once more with a new credential", method, path)
             response = self._send_once(method, url, headers, body, is_post=is_post)
         if not 200 <= response.status_code < 300:
             raise error_from_response(response, is_post=is_post)

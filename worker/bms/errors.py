@@ -32,6 +32,8 @@ The tree::
     │   └── ConnectionDropped     the connection closed before a response
     ├── ProtocolError             an answer we cannot use (2xx without job id, bad JSON)
     └── ConfigurationError        no usable endpoint or credentials
+        └── CredentialError       a credential source that cannot work (unknown source, a
+                                  missing variable, a host without an agency)
 
 No message ever holds a secret: messages are built from response bodies and our own words,
 never from request bodies or headers.
@@ -53,6 +55,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectError",
     "ConnectionDropped",
+    "CredentialError",
     "NotFoundError",
     "PermissionDeniedError",
     "ProtocolError",
@@ -175,6 +178,12 @@ class ProtocolError(BmsError):
 
 class ConfigurationError(BmsError):
     """No usable endpoint or credentials."""
+
+
+class CredentialError(ConfigurationError):
+    """A credential source that cannot work as configured: an unknown source, a missing
+    variable or file, a metadata service without an agency. The message names what is wrong,
+    never a secret."""
 
 
 def parse_error_body(body: Any) -> tuple[str | None, str | None]:

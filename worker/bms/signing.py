@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import requests
+
+from worker.bms.credentials import Credential, CredentialProvider, StaticCredentials
 
 ALGORITHM = "SDK-HMAC-SHA256"
 DATE_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -129,37 +132,59 @@ def parse_sdk_date(value: str) -> datetime:
 
 
 class AkSkAuth(requests.auth.AuthBase):
-    """Signs a prepared request with AK/SK. Credentials are injected, never read from the
-    environment here, and never shown by ``repr``. ``clock`` exists for fixed test vectors."""
+    """Signs a prepared request with AK/SK, and with the security token of temporary
+    credentials: sent as ``X-Security-Token`` and signed (it is in SignedHeaders), as the
+    official SDK does (``Credentials.sign_request`` sets the header before ``Signer.sign``).
+
+    Give it an AK/SK (and optional token), or a :class:`CredentialProvider` that it asks on
+    every request, so temporary credentials are replaced without rebuilding the client.
+    Credentials are injected, never read from the environment here, and never shown by
+    ``repr``. ``clock`` exists for fixed test vectors."""
 
     def __init__(
         self,
-        ak: str,
-        sk: str,
+        ak: str | None = None,
+        sk: str | None = None,
         security_token: str | None = None,
         *,
+        provider: CredentialProvider | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        if not ak or not sk:
-            raise ValueError("AkSkAuth needs a non-empty AK and SK")
-        self._ak = ak
-        self._sk = sk
-        self._security_token = security_token
+        if provider is None:
+            if not ak or not sk:
+                raise ValueError("AkSkAuth needs a non-empty AK and SK")
+            provider = StaticCredentials(ak, sk, security_token)
+        elif ak or sk or security_token:
+            raise ValueError("AkSkAuth takes an AK/SK or a provider, not both")
+        self.provider = provider
         self._clock = clock or (lambda: datetime.now(UTC))
+        # The credential this thread signed with last: what a 401 refused (see invalidate).
+        self._used = threading.local()
 
     def __repr__(self) -> str:
-        return f"AkSkAuth(ak={self._ak[:4]}****)"
+        return f"AkSkAuth({self.provider.describe()})"
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        credential = self.provider.get()
+        self._used.credential = credential
         parts = urlsplit(r.url or "")
         r.headers["Host"] = parts.netloc
         r.headers["X-Sdk-Date"] = format_sdk_date(self._clock())
-        if self._security_token:
-            r.headers["X-Security-Token"] = self._security_token
+        if credential.security_token:
+            r.headers["X-Security-Token"] = credential.security_token
+        else:
+            r.headers.pop("X-Security-Token", None)
         lowered = {k.lower(): str(v) for k, v in r.headers.items()}
         signed = sorted(name for name in SIGNED_HEADER_NAMES if name in lowered)
         body = r.body if isinstance(r.body, bytes) else (r.body or "").encode("utf-8")
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        sig = signature(self._sk, r.method or "GET", target, lowered, signed, body)
-        r.headers["Authorization"] = authorization_header(self._ak, signed, sig)
+        sig = signature(credential.sk, r.method or "GET", target, lowered, signed, body)
+        r.headers["Authorization"] = authorization_header(credential.ak, signed, sig)
         return r
+
+    def invalidate(self, project_id: str) -> bool:
+        """The API refused the credential this thread signed with (401): ask the provider for
+        another. True when it gave a different one, so that sending again may succeed."""
+        stale: Credential | None = getattr(self._used, "credential", None)
+        fresh = self.provider.refresh(stale)
+        return stale is not None and fresh != stale

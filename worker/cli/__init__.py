@@ -14,6 +14,7 @@ from worker.cli.db import db
 from worker.cli.deadletters import dead_letters
 from worker.cli.demo import demo
 from worker.cli.errors import OneLineGroup
+from worker.cli.fleet import fleet_cli
 from worker.cli.metrics import metrics_cli
 from worker.cli.reading import history, list_requests
 from worker.cli.reboots import cancel, resolve_unknown, status, submit
@@ -53,6 +54,7 @@ for command in (
     cancel,
     resolve_unknown,
     schedules_cli,
+    fleet_cli,
     schema,
     demo,
     dead_letters,

@@ -14,6 +14,7 @@ from worker.bms.client import BmsClient
 from worker.bms.errors import BmsError
 from worker.cli.errors import OneLineGroup
 from worker.cli.params import JOB_ID, PROJECT_ID
+from worker.fleet import FleetError, load_fleet
 from worker.settings import Settings
 
 
@@ -27,9 +28,20 @@ def api() -> None:
 @click.argument("job_id", type=JOB_ID)
 def job(project_id: str, job_id: str) -> None:
     """Print a job (GET /v1/PROJECT_ID/jobs/JOB_ID) as the API's JSON."""
+    settings = Settings()
     try:
-        with BmsClient.from_settings(Settings()) as client:
-            raw = client.get_job_raw(project_id, job_id)
+        if settings.fleet_file is not None:
+            # The project's own account and region, as a worker would reach it.
+            fleet = load_fleet(settings.fleet_file, settings)
+            try:
+                raw = fleet.client_for(project_id).get_job_raw(project_id, job_id)
+            finally:
+                fleet.close()
+        else:
+            with BmsClient.from_settings(settings) as client:
+                raw = client.get_job_raw(project_id, job_id)
+    except FleetError as error:
+        raise click.ClickException(f"{error}: see `bmsreboot fleet check {error.path}`") from None
     except BmsError as error:
         fields = {
             "status": error.status,

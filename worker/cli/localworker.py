@@ -43,11 +43,13 @@ def start_worker(
     cwd: Path | None = None,
     beat: bool = True,
     queues: str | None = None,
+    loglevel: str = "INFO",
 ) -> subprocess.Popen[bytes]:
     """``celery -A worker worker`` with ``env``, its output in ``log_path``; returns once the
     worker says it is ready. ``beat`` embeds Celery beat (``-B``), which sends the reconciler
     and the retention purge: what a one-machine setup runs instead of a separate beat process.
-    ``queues`` (comma-separated) limits the queues it consumes (``-Q``).
+    ``queues`` (comma-separated) limits the queues it consumes (``-Q``); ``loglevel`` is
+    Celery's (DEBUG for a test that reads everything the worker says).
     The worker leads its own process group, so that :func:`kill_worker` reaches its children."""
     start = log_path.stat().st_size if log_path.exists() else 0
     log = log_path.open("ab")
@@ -61,7 +63,7 @@ def start_worker(
             "-A",
             "worker",
             "worker",
-            "--loglevel=INFO",
+            f"--loglevel={loglevel}",
             f"--concurrency={concurrency}",
             f"--hostname={name}@%h",
             "--without-gossip",

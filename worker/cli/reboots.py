@@ -92,6 +92,11 @@ def _celery_app(settings: Any) -> Any:
 
 @click.command()
 @click.option("--project-id", required=True, help="Huawei Cloud project id (32 hex).")
+@click.option(
+    "--region",
+    help="The project's region (cn-north-4), checked against the fleet file: a project in "
+    "another region is rejected.",
+)
 @click.option("--ids-file", type=click.File("r"), help="One server id per line; - for stdin.")
 @click.argument("ids", nargs=-1)
 @click.option(
@@ -169,6 +174,7 @@ def _celery_app(settings: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def submit(
     project_id: str,
+    region: str | None,
     ids_file: TextIO | None,
     ids: tuple[str, ...],
     reboot_type: str,
@@ -256,6 +262,7 @@ def submit(
         canary_size=canary_size,
         failure_threshold=failure_threshold,
         not_after=_absolute(not_after),
+        region=region,
     )
     checked = checked_payload(payload, settings)
     if dry_run:
@@ -436,29 +443,47 @@ def _resolve_for_plan(checked: Any, settings: Any) -> Any:
     from worker.bms.client import BmsClient
     from worker.bms.errors import ConfigurationError
     from worker.db.session import get_engine
+    from worker.fleet import Fleet, load_fleet
     from worker.pipeline.intake import resolve_selector
     from worker.pipeline.inventory import InventoryUnavailable
     from worker.pipeline.runtime import RecordingDispatcher, Runtime
     from worker.pipeline.tasking import _budget
 
+    client: BmsClient | None = None
+    fleet: Fleet | None = None
     try:
-        client = BmsClient.from_settings(settings)
+        if settings.fleet_file is not None:
+            fleet = load_fleet(settings.fleet_file, settings)
+            fleet.client_for(checked.project_id)  # its credentials, before any budget slot
+        else:
+            client = BmsClient.from_settings(settings)
     except ConfigurationError as error:
+        if fleet is not None:
+            fleet.close()
         raise click.ClickException(f"the selector cannot be resolved here: {error}") from None
+
+    def the_client() -> BmsClient:
+        assert client is not None
+        return client
+
     rt = Runtime(
         settings=settings,
         engine=get_engine(settings.effective_database_url),
-        client=lambda: client,
+        client=the_client,
         dispatcher=RecordingDispatcher(),
         actor="cli:dry-run",
         budget=_budget(),
+        fleet=fleet,
     )
     try:
         return resolve_selector(checked, rt)
     except InventoryUnavailable as error:
         raise click.ClickException(f"the server list could not be read: {error}") from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
+        if fleet is not None:
+            fleet.close()
 
 
 def _emit(data: dict[str, Any], as_json: bool) -> None:
@@ -513,7 +538,18 @@ def _cli_runtime(actor: str) -> Any:
         dispatcher=CeleryDispatcher(app, callback_expires=settings.callback_expires),
         actor=actor,
         budget=_budget(),
+        # The projects' regions and endpoints (the budgets' keys), no credentials: no API call.
+        fleet=_fleet_without_credentials(settings),
     )
+
+
+def _fleet_without_credentials(settings: Any) -> Any:
+    from worker.fleet import FleetError, read_scope
+
+    try:
+        return read_scope(settings)
+    except FleetError as error:
+        raise click.ClickException(f"{error}: see `bmsreboot fleet check {error.path}`") from None
 
 
 @contextlib.contextmanager

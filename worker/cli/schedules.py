@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from worker.fleet import served_by
 from worker.schedules import ScheduleFileError, load, load_entries
 
 
@@ -84,10 +85,13 @@ def _schedules_command() -> Any:
         from worker.settings import get_settings
 
         source = _file_or_setting(path)
+        scope, unread = served_by(get_settings())
         try:
-            entries, problems = load_entries(source, get_settings().schedule_ids_dir)
+            entries, problems = load_entries(source, get_settings().schedule_ids_dir, scope)
         except ScheduleFileError as exc:
             raise click.ClickException(str(exc)) from None
+        if unread:
+            problems.append(f"fleet file: {unread}")
         now = dt.datetime.now(dt.UTC)
         last = _last_ticks([e.name for e in entries], 3)
         rows: list[dict[str, Any]] = [
@@ -138,7 +142,10 @@ def _schedules_command() -> Any:
         from worker.settings import get_settings
 
         source = _file_or_setting(path)
-        entries, problems = load(source, get_settings().schedule_ids_dir)
+        scope, unread = served_by(get_settings())
+        entries, problems = load(source, get_settings().schedule_ids_dir, scope)
+        if unread:
+            problems.append(f"fleet file: {unread}")
         for problem in problems:
             click.echo(problem, err=True)
         click.echo(f"{source}: {len(entries)} valid entries, {len(problems)} problems")

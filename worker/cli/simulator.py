@@ -42,6 +42,7 @@ _MULTIPLE = frozenset(
         "projects",
         "no_return_servers",
         "denied_permissions",
+        "agencies",
     }
 )
 #: Every rate limit, for --no-rate-limit.
@@ -81,6 +82,14 @@ _HELP = {
     "no_return_servers": "Server ids that end ERROR after a reboot.",
     "denied_permissions": "IAM permissions the caller lacks, refused with 403: "
     "bms:servers:list, bms:servers:get.",
+    "metadata_credential_ttl": "Seconds a metadata-service credential stays valid.",
+    "metadata_agency": "on: the host has an agency; off: the metadata service answers 401.",
+    "agency_credential_ttl": "Seconds an assumed agency's credential stays valid, or 'none' "
+    "for the request's duration_seconds.",
+    "agencies": "Agency URNs STS knows (none given: any).",
+    "security_token": "on: a temporary AK needs its X-Security-Token, signed and unexpired; "
+    "off: a missing or unsigned one is let through.",
+    "sts_secret": "Seals temporary credentials; simulators sharing it accept each other's.",
 }
 assert set(_HELP) == set(FIELD_NAMES), "every knob needs a CLI option"
 #: What each knob takes, for --help (every option is parsed by the knob's own converter).
@@ -115,6 +124,12 @@ _METAVAR = {
     "no_return_fraction": "FRACTION",
     "no_return_servers": "ID",
     "denied_permissions": "PERMISSION",
+    "metadata_credential_ttl": "SECONDS",
+    "metadata_agency": "on|off",
+    "agency_credential_ttl": "SECONDS|none",
+    "agencies": "URN",
+    "security_token": "on|off",
+    "sts_secret": "TEXT",
 }
 assert set(_METAVAR) == set(FIELD_NAMES)
 
@@ -124,6 +139,8 @@ def _default(name: str) -> str:
     value = to_json(SimulatorConfig())[name]
     if value is None:
         return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, list | tuple):
         return ", ".join(map(str, value)) or "(none)"
     if isinstance(value, dict):

@@ -76,7 +76,7 @@ def accept_request(
         default_batch_size=rt.settings.default_batch_size,
         positional=positional,
         policy_defaults=rt.settings.policy_defaults,
-        allowed_projects=rt.settings.allowed_project_ids,
+        **rt.scope(),
     )
     for warning in checked.warnings:
         log.warning("request %s: %s", checked.request_id, warning)

@@ -20,6 +20,8 @@ from worker.bms.client import MAX_SERVERS_PER_CALL as MAX_BATCH_SIZE
 UUID_PATTERN = ids.UUID_RE.pattern
 #: Project ids are 32 hexadecimal characters in Huawei Cloud.
 PROJECT_ID_PATTERN = r"^[0-9a-fA-F]{32}$"
+#: A region's name: cn-north-4, ap-southeast-1 (lower-case words and numbers joined by "-").
+REGION_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 #: A Celery task or queue name a producer may name for its callback.
 CELERY_NAME = r"^[A-Za-z0-9_.:@-]{1,255}$"
 #: The most batches a request can have in flight that means anything: a request holds at most
@@ -126,6 +128,13 @@ class RebootRequestMessage(BaseModel):
 
     project_id: str = Field(
         pattern=PROJECT_ID_PATTERN, description="Huawei Cloud project id (32 hex characters)."
+    )
+    region: str | None = Field(
+        None,
+        pattern=REGION_PATTERN,
+        max_length=64,
+        description="The project's region (cn-north-4), checked: a project in another region "
+        "(the fleet file's, else BMSREBOOT_REGION) is rejected with no API call.",
     )
     server_ids: list[str] | None = Field(
         None,

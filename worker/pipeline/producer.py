@@ -110,13 +110,27 @@ def checked(payload: dict[str, Any], settings: Settings) -> ValidatedRequest:
     """Validate ``payload`` as the worker will; when invalid, a request id derived from the
     idempotency key is replaced by a random one (in ``payload``), so that the rejection does
     not take the id of the corrected retry."""
+    from worker.fleet import FleetError, read_scope
+    from worker.pipeline.runtime import scope_of
+
+    unchecked = None
+    try:
+        fleet = read_scope(settings)
+    except FleetError as error:
+        # The worker checks the project against its own fleet file all the same.
+        fleet, unchecked = None, f"the project is not checked here: {error}"
+    scope = scope_of(settings, fleet)
+    if unchecked is not None:
+        scope = {"allowed_projects": settings.allowed_project_ids}
     result = validate_request(
         payload,
         max_servers=settings.max_request_servers,
         default_batch_size=settings.default_batch_size,
         policy_defaults=settings.policy_defaults,
-        allowed_projects=settings.allowed_project_ids,
+        **scope,
     )
+    if unchecked is not None:
+        result.warnings.append(unchecked)
     key = payload.get("idempotency_key")
     derived = (
         isinstance(key, str)

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
@@ -27,6 +27,9 @@ from worker.db.session import after_commit
 from worker.db.transitions import ErrorInfo
 from worker.metrics import Metrics
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.fleet import Fleet
 
 log = logging.getLogger("bmsreboot.pipeline")
 
@@ -88,6 +91,9 @@ class Runtime:
     metrics: Metrics = field(default_factory=lambda: Metrics(None))
     #: The time the steps go by (what is due, how old a claim is); a test may move it.
     clock: Callable[[], datetime] = utcnow
+    #: The fleet file's accounts, regions and projects (``worker.fleet``); None: the settings
+    #: describe one account, and ``client`` reaches it.
+    fleet: Fleet | None = None
 
     def __post_init__(self) -> None:
         if self.budget is None:
@@ -103,16 +109,27 @@ class Runtime:
 
     def client_for(self, project_id: str) -> BmsClient:
         """The client that reaches ``project_id``'s region with its account's credentials
-        (one account and region unless a fleet is configured: ``worker.fleet``)."""
+        (one account and region unless a fleet is configured: ``worker.fleet``). A project
+        outside the fleet file raises ConfigurationError: nothing is sent."""
+        if self.fleet is not None:
+            return self.fleet.client_for(project_id)
         return self.client()
 
     def endpoint_for(self, project_id: str) -> str:
-        """The BMS endpoint of ``project_id``'s region."""
-        return self.settings.effective_bms_endpoint
+        """The BMS endpoint of ``project_id``'s region (the settings' for a project outside
+        the fleet file: no request for it is accepted, so only a budget key names it)."""
+        found = self.fleet.endpoint_for(project_id) if self.fleet is not None else None
+        return found or self.settings.effective_bms_endpoint
 
     def region_for(self, project_id: str) -> str:
         """The region ``project_id`` belongs to."""
-        return self.settings.region
+        found = self.fleet.region_for(project_id) if self.fleet is not None else None
+        return found or self.settings.region
+
+    def scope(self) -> dict[str, Any]:
+        """What validation checks a request's project and region against (the keyword
+        arguments of ``validate_request``)."""
+        return scope_of(self.settings, self.fleet)
 
     def budget_key(self, project_id: str, route: str) -> str:
         """A budget is per (endpoint, project, route): each region's API gets its own."""
@@ -126,6 +143,18 @@ class Runtime:
             return Rate(s.list_rate_limit, s.list_burst)
         assert route == JOB
         return Rate(s.job_rate_limit, s.job_burst)
+
+
+def scope_of(settings: Settings, fleet: Fleet | None) -> dict[str, Any]:
+    """``validate_request``'s keyword arguments for the projects and regions served: the fleet
+    file's, or the settings' one region and ``BMSREBOOT_ALLOWED_PROJECTS``."""
+    from worker.fleet import allowed_projects
+
+    return {
+        "allowed_projects": allowed_projects(settings, fleet),
+        "project_regions": fleet.project_regions if fleet is not None else None,
+        "region": settings.region if fleet is None else None,
+    }
 
 
 class Sent(tuple[str, Any, float]):

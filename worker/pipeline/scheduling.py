@@ -29,9 +29,17 @@ from sqlalchemy.orm import Session
 from worker.db.models import RebootRequest, ScheduleTick
 from worker.db.session import is_postgresql, unit_of_work
 from worker.db.states import ACTIVE_REQUEST_STATES
+from worker.fleet import served
 from worker.pipeline import intake
 from worker.pipeline.runtime import Runtime
-from worker.schedules import IdsFileError, ScheduleEntry, load, request_id_for, stamp
+from worker.schedules import (
+    IdsFileError,
+    ScheduleEntry,
+    Served,
+    load,
+    request_id_for,
+    stamp,
+)
 
 log = logging.getLogger("bmsreboot.schedules")
 
@@ -44,9 +52,12 @@ RECORD_CHUNK = 500
 _logged: dict[str, str] = {}
 
 
-def entries(path: Path, ids_dir: Path | None = None) -> list[ScheduleEntry]:
-    """The valid entries of the file, logging its problems once per change."""
-    valid, problems = load(path, ids_dir)
+def entries(
+    path: Path, ids_dir: Path | None = None, served: Served | None = None
+) -> list[ScheduleEntry]:
+    """The valid entries of the file, logging its problems once per change (``served``: the
+    projects an entry may name)."""
+    valid, problems = load(path, ids_dir, served)
     digest = hashlib.sha256("\n".join(problems).encode()).hexdigest()
     if _logged.get(str(path)) != digest:
         _logged[str(path)] = digest
@@ -66,7 +77,7 @@ def run_schedules(
     now = now or rt.now()
     grace = dt.timedelta(seconds=rt.settings.schedule_grace)
     done = {"sent": 0, "skipped": 0}
-    for entry in entries(path, rt.settings.schedule_ids_dir):
+    for entry in entries(path, rt.settings.schedule_ids_dir, served(rt.settings, rt.fleet)):
         if not entry.enabled:
             continue
         with unit_of_work(rt.engine) as session:
@@ -131,7 +142,8 @@ def schedule_tick(name: str, tick_iso: str, rt: Runtime, now: dt.datetime | None
     if decided is not None:
         return decided  # a duplicate message (two beats, a redelivery): already done
     path = rt.settings.schedule_file
-    found = entries(path, rt.settings.schedule_ids_dir) if path else []
+    scope = served(rt.settings, rt.fleet)
+    found = entries(path, rt.settings.schedule_ids_dir, scope) if path else []
     entry = next((e for e in found if e.name == name), None)
     if entry is None or not entry.enabled:
         return _skip(rt, name, tick, "gone", "the entry is gone, disabled or invalid", now)

@@ -13,6 +13,7 @@ from worker import names
 from worker.bms.client import BmsClient
 from worker.budget import Budget, budget_for
 from worker.db.session import get_engine
+from worker.fleet import Fleet, load_fleet
 from worker.metrics import Metrics, counters_for, response_hook
 from worker.pipeline.runtime import Dispatcher, Runtime
 from worker.settings import get_settings
@@ -112,6 +113,18 @@ def _client() -> BmsClient:
 
 
 @lru_cache(maxsize=1)
+def _fleet() -> Fleet | None:
+    """The fleet file's accounts, regions and projects, read once per process (a change needs
+    a restart: the worker checks the file when it starts); None without one."""
+    settings = get_settings()
+    if settings.fleet_file is None:
+        return None
+    fleet = load_fleet(settings.fleet_file, settings)
+    fleet.add_response_hook(response_hook(_metrics()))
+    return fleet
+
+
+@lru_cache(maxsize=1)
 def _metrics() -> Metrics:
     settings = get_settings()
     return Metrics(counters_for(settings.broker_url, get_engine(settings.effective_database_url)))
@@ -133,4 +146,5 @@ def worker_runtime(dispatcher: CeleryDispatcher, *, actor: str) -> Runtime:
         actor=actor,
         budget=_budget(),
         metrics=_metrics(),
+        fleet=_fleet(),
     )

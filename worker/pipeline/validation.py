@@ -337,6 +337,7 @@ _WHAT_IT_MUST_BE = {
     "failure_threshold": "a percentage from 0 to 100",
     "not_after": "an ISO 8601 time or a duration",
     "not_before": "an ISO 8601 time or a duration",
+    "region": "a region name such as cn-north-4",
 }
 
 
@@ -388,6 +389,34 @@ def _reason(name: str, error: Mapping[str, Any], value: Any) -> str:
     return f"{name}: {error['msg']}, got {got}"
 
 
+def _scope(
+    project_id: str,
+    asked: str | None,
+    allowed: frozenset[str] | None,
+    project_regions: Mapping[str, str] | None,
+    region: str | None,
+) -> list[str]:
+    """Why the deployment does not serve this project (in the region asked), if it does not."""
+    key = project_id.lower()
+    if project_regions is not None and key not in project_regions:
+        return [
+            f"project {project_id} is not in the fleet file (BMSREBOOT_FLEET_FILE): nothing "
+            "was sent to the cloud"
+        ]
+    if allowed is not None and key not in allowed:
+        return [
+            f"project {project_id} is not one this deployment serves "
+            "(BMSREBOOT_ALLOWED_PROJECTS): nothing was sent to the cloud"
+        ]
+    if asked is None:
+        return []
+    if project_regions is not None and project_regions[key] != asked:
+        return [f"project {project_id} is in region {project_regions[key]}, not {asked}"]
+    if project_regions is None and region is not None and region != asked:
+        return [f"this deployment serves region {region} (BMSREBOOT_REGION), not {asked}"]
+    return []
+
+
 def validate_request(
     payload: Mapping[str, Any],
     *,
@@ -397,6 +426,8 @@ def validate_request(
     policy_defaults: Mapping[str, Any] | None = None,
     now: dt.datetime | None = None,
     allowed_projects: frozenset[str] | None = None,
+    project_regions: Mapping[str, str] | None = None,
+    region: str | None = None,
 ) -> ValidatedRequest:
     """Check and normalise a request payload (the intake task's keyword arguments).
 
@@ -407,7 +438,10 @@ def validate_request(
     arguments a producer sent without names (never accepted). ``policy_defaults`` fills the
     rollout policy's fields the payload leaves out (the operator's settings); ``not_after``
     durations count from ``now``. A field given as None counts as not given.
-    ``allowed_projects``: the only projects this deployment serves (None: any)."""
+    ``allowed_projects``: the only projects this deployment serves (None: any).
+    ``project_regions``: the fleet file's projects (lower case) and their regions, the only
+    projects served (None: no fleet file); without one, ``region`` is the one region served
+    (``BMSREBOOT_REGION``). A request's ``region`` must be its project's."""
     now = now or dt.datetime.now(dt.UTC)
     given = {k: v for k, v in payload.items() if v is not None}
     if policy_defaults:
@@ -479,12 +513,9 @@ def validate_request(
     if ok.type == "SOFT":
         warnings.append(SOFT_WARNING)
     project_id = ok.project_id if "project_id" in fields and "project_id" not in found else None
-    outside = allowed_projects is not None and project_id is not None
-    if outside and str(project_id).lower() not in (allowed_projects or ()):
-        reasons.append(
-            f"project {project_id} is not one this deployment serves "
-            "(BMSREBOOT_ALLOWED_PROJECTS): nothing was sent to the cloud"
-        )
+    if project_id is not None:
+        asked = ok.region if "region" in fields and "region" not in found else None
+        reasons.extend(_scope(str(project_id), asked, allowed_projects, project_regions, region))
     return ValidatedRequest(
         request_id=uuid.UUID(str(ok.request_id)) if ok.request_id else uuid.uuid4(),
         project_id=project_id or safe_text(given.get("project_id", ""), 64),

@@ -10,7 +10,8 @@ is counted in exactly one outcome.
 
 Routes: ``action`` (POST .../baremetalservers/action), ``jobs`` (GET .../jobs/{id}),
 ``tokens`` (POST /v3/auth/tokens), ``servers`` (GET .../baremetalservers/detail, the list) and
-``server`` (GET .../baremetalservers/{id}).
+``server`` (GET .../baremetalservers/{id}). The metadata and STS routes (``sts.py``) take the same
+injected faults, and are counted alike.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import re
 import time
 
-from worker.simulator import wire
+from worker.simulator import sts, wire
 from worker.simulator.auth import SIGNATURE_FAIL, AuthFailure, Incoming, TenantMismatch
 from worker.simulator.config import PERMISSIONS
 from worker.simulator.faults import Fault
@@ -36,7 +37,14 @@ LIST_PATH = re.compile(r"^/v1/([^/]+)/baremetalservers/detail$")
 SERVER_PATH = re.compile(r"^/v1/([^/]+)/baremetalservers/((?!action$|detail$)[^/]+)$")
 TOKENS_PATH = "/v3/auth/tokens"
 #: The documented limit shown in an injected 429 on a route that has no limit configured.
-DEFAULT_LIMITS = {"action": 50, "jobs": 2000, "tokens": 50, "servers": 500, "server": 1000}
+DEFAULT_LIMITS = {
+    "action": 50,
+    "jobs": 2000,
+    "tokens": 50,
+    "servers": 500,
+    "server": 1000,
+    **dict.fromkeys(sts.ROUTES, 50),
+}
 
 
 def dispatch(state: SimulatorState, request: Incoming) -> tuple[str | None, Reply]:
@@ -52,6 +60,8 @@ def dispatch(state: SimulatorState, request: Incoming) -> tuple[str | None, Repl
         route, reply = "server", _server(state, request, match[1], match[2])
     elif request.method == "POST" and request.path == TOKENS_PATH:
         route, reply = "tokens", _tokens(state, request)
+    elif (credential_route := sts.route_of(request)) is not None:
+        route, reply = credential_route, _credentials(state, credential_route, request)
     else:
         reply = wire.no_route(request.request_id)
     latency = state.config.latency
@@ -151,11 +161,29 @@ def _tokens(state: SimulatorState, request: Incoming) -> Reply:
     return _after(state, "tokens", state.add_token(value, token), reply)
 
 
+def _credentials(state: SimulatorState, route: str, request: Incoming) -> Reply:
+    """The metadata service and STS (``sts.py``): faults around the route's own answer."""
+    refused = _before(state, route, request)
+    if refused:
+        return refused
+    reply, accepted = sts.handle(state, route, request, time.time())
+    if not accepted:
+        state.count(route, "rejected")
+        return reply
+    with state.lock:
+        fault = state.faults.take_after(route)
+    return _after(state, route, fault, reply)
+
+
 def _before(state: SimulatorState, route: str, request: Incoming) -> Reply | None:
     """An injected before-accept fault, or a random 5xx; None to carry on."""
     fault = state.take_fault_before(route)
     name = fault.name if fault else None
-    if name is None and route != "tokens" and state.chance(state.config.fault_5xx):
+    if (
+        name is None
+        and route not in ("tokens", *sts.ROUTES)
+        and state.chance(state.config.fault_5xx)
+    ):
         name = "5xx"
     if name is None:
         return None

@@ -32,6 +32,8 @@ DEFAULT_PROJECT_NAME = "cn-north-4"
 DEFAULT_PROJECT_ID = "0123456789abcdef0123456789abcdef"
 #: Route -> the IAM permission it needs, for ``denied_permissions``.
 PERMISSIONS = {"servers": "bms:servers:list", "server": "bms:servers:get"}
+#: Seals temporary credentials (``sts.py``); simulators that share it accept each other's.
+DEFAULT_STS_SECRET = "bmsreboot-simulator-sts-secret"  # noqa: S105 - a local test value
 
 
 def iam_user_key(domain: str, user: str) -> str:
@@ -89,6 +91,19 @@ class SimulatorConfig:
     no_return_servers: frozenset[str] = frozenset()
     #: IAM permissions the caller lacks: each refuses its route with 403 (see PERMISSIONS).
     denied_permissions: frozenset[str] = frozenset()
+    # --- temporary credentials (sts.py): the metadata service and STS ----------------------
+    #: Seconds a credential from GET /openstack/latest/securitykey stays valid.
+    metadata_credential_ttl: float = 3600.0
+    #: Whether the host has an agency: off, the metadata service answers 401 with
+    #: "Please configure Cloud Service Agency first".
+    metadata_agency: bool = True
+    #: Seconds an assumed agency's credential stays valid; None: the request's duration_seconds.
+    agency_credential_ttl: float | None = None
+    #: Agency URNs STS knows; empty: any.
+    agencies: frozenset[str] = frozenset()
+    #: As the gateway: a temporary AK needs its X-Security-Token, signed, unexpired.
+    security_token: bool = True
+    sts_secret: str = DEFAULT_STS_SECRET
 
     def __post_init__(self) -> None:
         for name in ("fail_fraction", "fault_5xx", "drop_after_accept", "no_return_fraction"):
@@ -115,6 +130,12 @@ class SimulatorConfig:
                 f"denied_permissions takes {', '.join(sorted(PERMISSIONS.values()))}, "
                 f"not {', '.join(sorted(unknown))}"
             )
+        if self.metadata_credential_ttl <= 0:
+            raise ValueError("metadata_credential_ttl must be positive")
+        if self.agency_credential_ttl is not None and self.agency_credential_ttl <= 0:
+            raise ValueError("agency_credential_ttl must be positive")
+        if not self.sts_secret:
+            raise ValueError("sts_secret must not be empty")
 
     @property
     def has_inventory(self) -> bool:
@@ -197,6 +218,18 @@ def _items(value: Any) -> list[str]:
     return [part.strip() for item in value for part in _str(item).split(",") if part.strip()]
 
 
+def _bool(value: Any) -> bool:
+    # A JSON boolean, or on/off (true/false, yes/no, 1/0) from the CLI.
+    if isinstance(value, bool):
+        return value
+    text = _str(value).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise TypeError("expected on or off")
+
+
 def _set(value: Any) -> frozenset[str]:
     return frozenset(_items(value))
 
@@ -242,12 +275,18 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "no_return_fraction": _float,
     "no_return_servers": _set,
     "denied_permissions": _set,
+    "metadata_credential_ttl": _float,
+    "metadata_agency": _bool,
+    "agency_credential_ttl": _optional(_float),
+    "agencies": _set,
+    "security_token": _bool,
+    "sts_secret": _str,
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(SimulatorConfig))
 assert set(FIELD_NAMES) == set(_CONVERTERS), "every knob needs a converter"
 
 #: Fields whose values are secrets; shown masked by :func:`to_json`.
-_SECRET_VALUES = ("credentials", "iam_users")
+_SECRET_VALUES = ("credentials", "iam_users", "sts_secret")
 
 
 def patched(config: SimulatorConfig, patch: Mapping[str, Any]) -> SimulatorConfig:
@@ -272,7 +311,7 @@ def to_json(config: SimulatorConfig) -> dict[str, Any]:
         if isinstance(value, frozenset):
             value = sorted(value)
         elif name in _SECRET_VALUES:
-            value = dict.fromkeys(value, "******")
+            value = dict.fromkeys(value, "******") if isinstance(value, dict) else "******"
         elif isinstance(value, dict):
             value = dict(value)
         out[name] = value

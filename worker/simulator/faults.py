@@ -9,8 +9,9 @@ it does not know the job) wait at the head
 of the queue for the next request that is accepted: a rejected request does not consume them,
 so a test's injected "accept then drop" always lands on a real, executed action.
 
-For ``jobs`` acceptance means the job was found; for ``tokens`` that a token was issued; for
-``servers`` (the list) that the query was valid; for ``server`` (one server) that it was found.
+For ``jobs`` acceptance means the job was found; for ``tokens``, ``metadata_token``,
+``securitykey`` and ``assume_agency`` that a token or credential was issued; for ``servers`` (the
+list) that the query was valid; for ``server`` (one server) that it was found.
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-ROUTES = ("action", "jobs", "tokens", "servers", "server")
+#: The BMS and IAM routes, then the metadata and STS ones (``sts.py``).
+ROUTES = (
+    "action",
+    "jobs",
+    "tokens",
+    "servers",
+    "server",
+    "metadata_token",
+    "securitykey",
+    "assume_agency",
+)
 BEFORE_ACCEPT = frozenset({"5xx", "429", "401", "404", "drop_before"})
 AFTER_ACCEPT = frozenset({"drop", "slow", "gateway_502", "no_job_id", "no_sub_jobs"})
 FAULTS = BEFORE_ACCEPT | AFTER_ACCEPT

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from worker.simulator import sts
 from worker.simulator.auth import (
     AuthFailure,
     Incoming,
@@ -124,15 +125,29 @@ class SimulatorState:
                 raise AuthFailure(found)
             if found.project_id != project_id:
                 raise TenantMismatch
+            with self.lock:
+                self.stats.signed_with["token"] += 1
             return
+        self.verify_aksk(request, now)
+        x_project = request.headers.get("x-project-id")
+        if x_project is not None and x_project != project_id:
+            raise TenantMismatch
+
+    def verify_aksk(self, request: Incoming, now: float) -> str:
+        """What signed a correct AK/SK request: ``permanent`` (a ``credentials`` AK), or the
+        source of a temporary credential (``metadata``, ``agency:<urn>``: ``sts.py``). Raises
+        AuthFailure (401) otherwise; signature failures count toward the AK's lockout."""
         config = self._config
         ak = access_key(request)
+        credentials = config.credentials
         if ak is not None:
             with self.lock:
                 if self.lockout.is_locked(ak, now):
                     raise AuthFailure(AK_LOCKED)
+            if ak not in credentials and sts.is_temporary_ak(ak):
+                credentials = {ak: sts.derive_sk(config.sts_secret, ak)}
         try:
-            verify_signature(request, config.credentials, now)
+            verify_signature(request, credentials, now)
         except AuthFailure as failure:
             if failure.ak is not None:
                 with self.lock:
@@ -144,12 +159,20 @@ class SimulatorState:
                         config.ak_lockout_seconds,
                     )
             raise
-        if ak is not None:
-            with self.lock:
-                self.lockout.record(ak, True, now, None, 0.0)
-        x_project = request.headers.get("x-project-id")
-        if x_project is not None and x_project != project_id:
-            raise TenantMismatch
+        assert ak is not None  # a verified signature named its AK
+        with self.lock:
+            self.lockout.record(ak, True, now, None, 0.0)
+        source = "permanent"
+        if credentials is not config.credentials:
+            source = sts.check_temporary(request, ak, config, now)
+        with self.lock:
+            self.stats.signed_with[source] += 1
+        return source
+
+    def record_issued(self, source: str, ak: str) -> None:
+        """A temporary credential was issued (``stats["issued"]``)."""
+        with self.lock:
+            self.stats.issued.setdefault(source, []).append(ak)
 
     def accept_action(
         self, project_id: str, action: PowerAction, now: float

@@ -26,6 +26,11 @@ class Stats:
         self.calls: dict[str, Counter[str]] = {route: Counter() for route in ROUTES}
         self.actions: dict[str, Counter[str]] = {action: Counter() for action in ACTIONS}
         self.polls: Counter[str] = Counter()
+        #: Authenticated calls by what signed them: token, permanent, metadata, agency:<urn>.
+        self.signed_with: Counter[str] = Counter()
+        #: The temporary AKs issued, by what they act as (metadata, agency:<urn>): a test
+        #: derives their SKs (``sts.derive_sk``) to look for them where no secret may be.
+        self.issued: dict[str, list[str]] = {}
 
     def count_call(self, route: str, outcome: str) -> None:
         self.calls[route][outcome] += 1
@@ -44,6 +49,8 @@ class Stats:
                 for route, counter in self.calls.items()
             },
             "polls": dict(self.polls),
+            "signed_with": dict(self.signed_with),
+            "issued": {source: list(aks) for source, aks in self.issued.items()},
             "jobs": jobs,
             "servers": servers,
         }

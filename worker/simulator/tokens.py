@@ -142,3 +142,7 @@ class TokenStore:
 
     def clear(self) -> None:
         self._tokens.clear()
+
+    def values(self) -> list[str]:
+        """The tokens issued and not forgotten (a test looks for them where none may be)."""
+        return list(self._tokens)
