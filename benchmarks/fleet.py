@@ -77,7 +77,7 @@ from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkcore.http.http_config import HttpConfig
 
 from worker.celery import make_celery_app
-from worker.cli.localworker import kill_worker, start_worker, stop_worker
+from worker.cli.localworker import _LAUNCH, kill_worker, start_worker, stop_worker
 from worker.db.session import make_engine, unit_of_work, upgrade_database
 from worker.db.states import TERMINAL_REQUEST_STATES
 from worker.db.status import request_status
@@ -238,13 +238,39 @@ def bmsreboot_worker(
         yield app, engine, workers[0]
 
 
+def start_beat(
+    env: dict[str, str], log_path: Path, timeout: float = 60.0
+) -> subprocess.Popen[bytes]:
+    """A standalone ``celery -A worker beat`` (as production runs it), once it has started."""
+    start = log_path.stat().st_size if log_path.exists() else 0
+    with log_path.open("ab") as log:
+        argv = [sys.executable, "-c", _LAUNCH, str(os.getpid()), "-A", "worker", "beat"]
+        proc = subprocess.Popen(
+            [*argv, "--loglevel=INFO"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if b"beat: Starting" in log_path.read_bytes()[start:]:
+            return proc
+        time.sleep(0.2)
+    stop_worker(proc)
+    raise RuntimeError(f"beat did not start: see {log_path}")
+
+
 @contextlib.contextmanager
 def bmsreboot_workers(
-    base_url: str, args: argparse.Namespace, tmp: Path, count: int
+    base_url: str, args: argparse.Namespace, tmp: Path, count: int, *, separate_beat: bool = False
 ) -> Iterator[tuple[Any, Any, list[subprocess.Popen[bytes]]]]:
     """``count`` worker processes (the first with embedded beat) on one broker and database;
     yields (app, engine, workers). ``args.pool`` (optional) picks Celery's pool: Celery's CLI
-    reads ``CELERY_WORKER_POOL`` for ``--pool``. ``args.database`` gets the database's name."""
+    reads ``CELERY_WORKER_POOL`` for ``--pool``. ``args.database`` gets the database's name.
+    ``separate_beat``: no worker embeds beat; a standalone beat process runs beside them
+    (``args.beat``, its log beside the worker's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BMSREBOOT_")}
     env.update(
         {
@@ -285,11 +311,15 @@ def bmsreboot_workers(
                 f"fleet{n}-{uuid.uuid4().hex[:8]}",
                 concurrency=args.concurrency,
                 cwd=REPO,
-                beat=n == 0,
+                beat=n == 0 and not separate_beat,
             )
             workers.append(worker)
             stack.callback(kill_worker, worker)  # after the warm shutdown: anything left
             stack.callback(stop_worker, worker)
+        if separate_beat:
+            args.beat = start_beat(env, args.worker_log.with_suffix(".beat.log"))
+            stack.callback(kill_worker, args.beat)
+            stack.callback(stop_worker, args.beat)
         engine = make_engine(settings.effective_database_url)
         stack.callback(engine.dispose)
         app = make_celery_app(settings)

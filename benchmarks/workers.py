@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,13 @@ PARTS = ("workers", "simulator", "postgres_db", "postgres_all", "redis", "benchm
 
 
 @contextlib.contextmanager
-def simulator_process(job_duration: float, log: Path) -> Iterator[tuple[str, int]]:
-    """``bmsreboot simulator`` without rate limits on a free port; yields (base URL, pid)."""
+def simulator_process(
+    job_duration: float, log: Path, options: Sequence[str] = ("--no-rate-limit",)
+) -> Iterator[tuple[str, int]]:
+    """``bmsreboot simulator`` on a free port, by default without rate limits (``options``:
+    more of its command-line options); yields (base URL, pid)."""
     exe = Path(sys.executable).with_name("bmsreboot")
-    argv = [str(exe), "simulator", "--port", "0", "--no-rate-limit"]
+    argv = [str(exe), "simulator", "--port", "0", *options]
     argv += ["--job-duration", str(job_duration)]
     with log.open("ab") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)

@@ -32,6 +32,7 @@ EXPECTED = {
     "simulator_polls": {"scenario", "results"},
     "create_request": {"scenario", "rows"},
     "intake": {"scenario", "recorded_median_s"},
+    "soak": {"scenario", "results", "outcome"},
 }
 ROW_KEYS = {
     "fleet": {"contender", "wall_s", "gets_per_job", "throttled_429", "detect_median_s"},
@@ -49,6 +50,7 @@ ROW_KEYS = {
     },
     "workers": {"workers", "wall_s", "cpu_s_per_1000_servers", "cores_used", "servers_rebooted"},
     "simulator_polls": {"where", "polls_per_s", "simulator_cpu_ms_per_poll"},
+    "soak": {"process", "rss_start_mb", "rss_end_mb", "rss_slope_mb_per_min", "replaced"},
 }
 SCRIPTS = [p.stem for p in run_all.scripts()]
 

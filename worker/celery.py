@@ -102,6 +102,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # of pending polls cannot pile into one worker's memory. A producer's countdown never
         # counts against it: worker.broker.eta_refusal.
         "worker_eta_task_limit": settings.eta_task_limit,
+        # A pool child whose peak RSS passed this is replaced after its task (the task ends
+        # and is acknowledged first: nothing is lost). A bound on whatever grows in a child
+        # that is not ours to fix (BMSREBOOT_MAX_MEMORY_PER_CHILD, BENCHMARKS.md).
+        "worker_max_memory_per_child": settings.max_memory_per_child or None,
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": max(settings.task_time_limit - 30, 10),
         # On broker connection loss, an acks-late task can no longer ack and is redelivered to
@@ -299,3 +303,36 @@ def _fresh_connections(**_: Any) -> None:
     from worker.db.session import get_engine
 
     get_engine(get_settings().effective_database_url).dispose(close=False)
+
+
+@signals.worker_process_init.connect
+def _diagnostics(**_: Any) -> None:
+    """``BMSREBOOT_TRACEMALLOC_DIR`` (a diagnostic, off by default): the child traces its
+    allocations and reports what grows (``worker.diagnostics``)."""
+    settings = get_settings()
+    if settings.tracemalloc_dir is not None:
+        from worker.diagnostics import trace_memory
+
+        trace_memory(settings.tracemalloc_dir, settings.tracemalloc_interval)
+
+
+@signals.worker_process_shutdown.connect
+def _say_why_a_child_leaves(pid: int = 0, exitcode: int | None = None, **_: Any) -> None:
+    """A pool child past ``BMSREBOOT_MAX_MEMORY_PER_CHILD`` leaves after its task (billiard's
+    ``EX_RECYCLE``) and the pool starts another; billiard's own warning goes to a logger nobody
+    configures, so without this line a replacement leaves no trace. Sent in the child as it
+    exits, with the peak RSS that billiard compared (``ru_maxrss``, KiB on Linux)."""
+    import resource
+
+    from billiard.pool import EX_RECYCLE
+
+    limit = get_settings().max_memory_per_child
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if exitcode == EX_RECYCLE and limit and peak > limit:
+        log.warning(
+            "pool process %d replaced: its peak RSS of %d KiB passed "
+            "BMSREBOOT_MAX_MEMORY_PER_CHILD (%d KiB); its last task had ended",
+            pid,
+            peak,
+            limit,
+        )

@@ -285,10 +285,31 @@ class Settings(BaseSettings):
         description="Countdown messages one worker holds at most (polls are): above it, it "
         "takes no more until some are due.",
     )
+    max_memory_per_child: int = Field(
+        393216,
+        ge=0,
+        description="KiB (Celery's worker_max_memory_per_child; 0: no bound): a pool child "
+        "whose peak RSS passed it is replaced once its task has finished. 384 MiB: about 3 "
+        "times a steady child (96-121 MB in benchmarks/soak.py) and above every peak measured "
+        "(157 MiB in a child, 229 MiB in the main process it is forked from, recording a "
+        "million ids), so only a child that kept growing reaches it (BENCHMARKS.md, Memory "
+        "over a long run).",
+    )
 
     # --- logs -------------------------------------------------------------------------------
     log_format: str = Field(
         "text", pattern="^(text|json)$", description="text, or json: one JSON object a line."
+    )
+
+    # --- diagnostics (off by default) ------------------------------------------------------
+    tracemalloc_dir: Path | None = Field(
+        None,
+        description="A diagnostic, never for production: each pool child traces its "
+        "allocations (tracemalloc) and reports the sites that grew in this directory "
+        "(worker.diagnostics).",
+    )
+    tracemalloc_interval: float = Field(
+        60.0, gt=0, description="Seconds between two tracemalloc reports of a pool child."
     )
 
     # --- housekeeping ------------------------------------------------------------------------
