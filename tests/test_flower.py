@@ -15,7 +15,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from celery import Celery
 from tests.fixtures.compose import healthcheck
 from tests.fixtures.pipeline import worker_env
 from tests.fixtures.services import RedisServer, free_port, require_redis
+from tests.fixtures.waiting import wait_for
 from worker.censor import MASK, censor, install
 from worker.cli.localworker import start_worker, stop_worker
 
@@ -103,11 +103,13 @@ def flower(secured: Secured, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while not _sees(base, secured.node):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Flower never saw {secured.node}:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+
+        def seen() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"Flower exited:\n{log.read_text()[-3000:]}")
+            return _sees(base, secured.node)
+
+        wait_for(seen, f"Flower seeing {secured.node}", details=lambda: log.read_text()[-3000:])
         yield Flower(base, log)
     finally:
         proc.terminate()
