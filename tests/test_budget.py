@@ -166,15 +166,17 @@ def test_separate_processes_share_one_budget(target: tuple[str, str]) -> None:
 def test_a_lease_has_one_holder_until_released_or_expired(store: Callable[[], Budget]) -> None:
     first, second = store(), store()
     k = key()
-    token = first.try_lease(k, 0.5)
+    # Held far longer than this test runs, however slow the machine
+    token = first.try_lease(k, 60)
     assert token is not None
-    assert second.try_lease(k, 0.5) is None
+    assert second.try_lease(k, 60) is None
     # Only the holder's token releases it
     second.release_lease(k, "not-the-token")
-    assert second.try_lease(k, 0.5) is None
+    assert second.try_lease(k, 60) is None
     first.release_lease(k, token)
     again = second.try_lease(k, 0.3)
     assert again is not None
+    # Once its seconds have passed on the store's clock (Redis's own: it cannot be moved)
     time.sleep(0.4)
     assert first.try_lease(k, 0.3) is not None
 
@@ -185,9 +187,8 @@ def test_one_pending_wake_up_however_many_ask(store: Callable[[], Budget]) -> No
     assert budget.claim_wake(k, 10.0)
     # Someone wanting a wake-up later than the pending one relies on it
     assert not budget.claim_wake(k, 20.0)
-    # An earlier one is needed, though
-    assert budget.claim_wake(k, 0.2)
-    time.sleep(0.3)
+    # An earlier one is needed, though: one due now
+    assert budget.claim_wake(k, 0.0)
     # The due wake-up ran: later ones may be claimed again
     budget.consume_wake(k)
     assert budget.claim_wake(k, 5.0)
@@ -200,6 +201,7 @@ def test_a_lost_wake_up_is_claimed_again_once_stale(store: Callable[[], Budget])
     k = key()
     assert budget.claim_wake(k, 0.0)
     assert not budget.claim_wake(k, 1.0)
+    # Once it is overdue by WAKE_STALE on the store's clock (Redis's own: it cannot be moved)
     time.sleep(WAKE_STALE + 0.2)
     # Its message never ran (consume_wake was never called): it counts as lost
     assert budget.claim_wake(k, 1.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import select
 import shutil
 import socket
 import ssl
@@ -27,6 +28,7 @@ import pytest
 import requests
 
 from tests.fixtures.simulator import SimulatorHandle
+from tests.fixtures.waiting import wait_for
 from tests.test_signing import CaptureServer, capture_server  # noqa: F401 - a fixture
 from worker import __version__
 from worker.bms.agency import AgencyCredentials
@@ -91,13 +93,12 @@ def token_calls(sim: SimulatorHandle) -> int:
     return int(sim.stats()["calls"]["tokens"]["accepted"])
 
 
-def wait_terminal(client: BmsClient, job_id: str, within: float = 5.0) -> Job:
-    deadline = time.monotonic() + within
-    while True:
+def wait_terminal(client: BmsClient, job_id: str) -> Job:
+    def ended() -> Job | None:
         job = client.get_job(PROJECT, job_id)
-        if job.is_terminal or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
+        return job if job.is_terminal else None
+
+    return wait_for(ended, f"job {job_id} ended")
 
 
 @pytest.fixture
@@ -429,6 +430,12 @@ def test_given_a_closed_port_when_rebooting_then_connect_error_not_accepted() ->
     assert caught.value.status is None
 
 
+def _connected(sock: socket.socket) -> bool:
+    """A non-blocking connect has completed (the socket is writable, with no error)."""
+    _, writable, _ = select.select([], [sock], [], 0)
+    return bool(writable) and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+
+
 def test_given_a_full_accept_queue_when_rebooting_then_connect_timeout_not_accepted() -> None:
     # Given a listener whose accept queue is full: the kernel drops further SYNs
     listener = socket.socket()
@@ -441,7 +448,8 @@ def test_given_a_full_accept_queue_when_rebooting_then_connect_timeout_not_accep
         filler.setblocking(False)
         filler.connect_ex(("127.0.0.1", port))
         fillers.append(filler)
-    time.sleep(0.05)
+    # The first filler's handshake done: the queue holds it, and drops what comes after
+    wait_for(lambda: _connected(fillers[0]), "a connection in the accept queue")
     client = BmsClient(f"http://127.0.0.1:{port}", AkSkAuth("ak", "sk"), timeout=(0.3, 1))
     try:
         # When
@@ -568,7 +576,7 @@ def test_given_a_short_token_ttl_when_it_expires_then_a_new_token_is_fetched_bef
     simulator.configure(token_ttl=1.0)
     client = BmsClient(simulator.base_url, token_auth(simulator), timeout=(2, 5))
     client.batch_reboot(PROJECT, new_ids(1))
-    # When
+    # When the first has expired on the simulator's clock (real time: it cannot be moved)
     time.sleep(1.1)
     client.batch_reboot(PROJECT, new_ids(1))
     # Then: refreshed ahead of time, never by a 401

@@ -34,6 +34,7 @@ from tests.fixtures.compose import (
 from tests.fixtures.monitoring import program
 from tests.fixtures.pipeline import worker_env
 from tests.fixtures.services import free_port
+from tests.fixtures.waiting import wait_for
 from worker.cli.localworker import start_worker, stop_worker
 from worker.settings import Settings
 
@@ -91,11 +92,17 @@ def start(
 
 
 def wait_for_line(proc: subprocess.Popen[bytes], log: Path, line: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while line not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"never saw {line!r}:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.1)
+    def seen() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"exited before {line!r}:\n{log.read_text(errors='replace')[-3000:]}")
+        return line in log.read_text(errors="replace")
+
+    wait_for(
+        seen,
+        f"{line!r} in {log.name}",
+        timeout=timeout,
+        details=lambda: log.read_text(errors="replace")[-3000:],
+    )
 
 
 # --- the file -----------------------------------------------------------------------------
@@ -267,11 +274,13 @@ def test_the_beat_healthcheck_passes_while_beat_loops_and_fails_once_it_stopped(
     settings = Settings(data_dir=tmp_path / "data", broker_url=redis_url)
     log = tmp_path / "beat.log"
     proc = start(local(service("beat")["command"]), env, log, started)
-    deadline = time.monotonic() + 60
-    while not heartbeat_path(settings).exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"beat never looped:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.1)
+
+    def looped() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"beat exited:\n{log.read_text(errors='replace')[-3000:]}")
+        return heartbeat_path(settings).exists()
+
+    wait_for(looped, "beat's heartbeat", details=lambda: log.read_text(errors="replace")[-3000:])
     # When the healthcheck runs while it loops, then it passes
     check = run(healthcheck("beat"), env)
     assert check.returncode == 0, check.stderr + log.read_text()[-3000:]
@@ -459,10 +468,18 @@ def test_the_alertmanager_service_runs_its_configuration_and_its_healthcheck_fol
     check = monitoring_healthcheck("alertmanager", {"127.0.0.1:9093": f"127.0.0.1:{port}"})
     # When it has started on compose's configuration, then its healthcheck passes
     wait_for_line(proc, log, "Listening on")
-    deadline = time.monotonic() + 30
-    while (result := run(check, dict(os.environ))).returncode != 0:
-        assert time.monotonic() < deadline, result.stderr + log.read_text()[-3000:]
-        time.sleep(0.2)
+    last: list[subprocess.CompletedProcess[str]] = []
+
+    def healthy() -> bool:
+        last[:] = [run(check, dict(os.environ))]
+        return last[0].returncode == 0
+
+    wait_for(
+        healthy,
+        "alertmanager's healthcheck passing",
+        interval=0.2,
+        details=lambda: (last[0].stderr if last else "") + log.read_text()[-3000:],
+    )
     # And it runs alone: no cluster
     status = requests.get(f"http://127.0.0.1:{port}/api/v2/status", timeout=10).json()
     assert status["cluster"]["status"] == "disabled"

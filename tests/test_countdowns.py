@@ -78,15 +78,14 @@ def test_a_countdown_on_a_cancel_or_far_beyond_the_workers_own_is_a_dead_letter(
     fleet.app.send_task(
         "bmsreboot.submit_batch", args=(str(uuid.uuid4()),), queue=SUBMIT_QUEUE, countdown=DAY
     )
-    deadline = time.monotonic() + 60
-    while True:
+
+    def letters() -> list[tuple[str, str]]:
         with unit_of_work(fleet.engine) as session:
-            letters = session.execute(select(DeadLetter.task, DeadLetter.error)).all()
-        if len(letters) == 2:
-            break
-        assert time.monotonic() < deadline, f"{letters}\n{fleet.tail()}"
-        time.sleep(0.2)
-    errors = dict(letters)
+            rows = session.execute(select(DeadLetter.task, DeadLetter.error)).all()
+        return [(task, error) for task, error in rows] if len(rows) == 2 else []
+
+    found = fleet.wait_until(letters, "two dead letters")
+    errors = dict(found)
     assert errors["bmsreboot.cancel_request"].startswith(
         "bmsreboot.cancel_request takes no countdown or ETA"
     )

@@ -30,6 +30,7 @@ from tests.fixtures.compose import healthcheck
 from tests.fixtures.pipeline import new_ids, worker_env
 from tests.fixtures.regions import PROJECTS, SECRETS, fleet_env, for_fleet, simulator
 from tests.fixtures.services import RedisServer, free_port, require_redis
+from tests.fixtures.waiting import wait_for
 from worker.censor import MASK, censor, install
 from worker.cli.localworker import start_worker, stop_worker
 from worker.simulator.server import SimulatorServer
@@ -113,11 +114,13 @@ def flower(secured: Secured, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while not _sees(base, secured.node):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Flower never saw {secured.node}:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+
+        def seen() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"Flower exited:\n{log.read_text()[-3000:]}")
+            return _sees(base, secured.node)
+
+        wait_for(seen, f"Flower seeing {secured.node}", details=lambda: log.read_text()[-3000:])
         yield Flower(base, log)
     finally:
         proc.terminate()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.pipeline import Pipeline, new_ids
+from tests.fixtures.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
@@ -49,15 +49,12 @@ def exporter(pipeline_redis_pg: Pipeline) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url, timeout=2)
-                break
-            except requests.ConnectionError:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+
+        def answers() -> bool:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            return requests.get(url, timeout=2) is not None
+
+        wait_for(answers, "the exporter answering", ignoring=(requests.ConnectionError,))
         yield url
     finally:
         proc.terminate()
@@ -88,13 +85,12 @@ def test_the_exporter_serves_every_metric_during_and_after_a_run(
     )
     request_id = pipe.send(server_ids=new_ids(30), batch_size=10)
     # During the run: batches in flight are seen
-    deadline = time.monotonic() + 30
-    seen_in_flight = 0.0
-    while time.monotonic() < deadline and not seen_in_flight:
-        seen_in_flight = sample(
+    seen_in_flight = wait_for(
+        lambda: sample(
             scrape(exporter), "bmsreboot_batches_in_flight", "bmsreboot_batches_in_flight"
-        )
-        time.sleep(0.1)
+        ),
+        "batches in flight in the exporter's answer",
+    )
     assert seen_in_flight >= 1
     pipe.wait(request_id)
     after = scrape(exporter)

@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tests.fixtures.monitoring import (
 )
 from tests.fixtures.pipeline import Pipeline, new_ids
 from tests.fixtures.services import free_port
+from tests.fixtures.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "bmsreboot.json"
@@ -181,19 +181,21 @@ def scraped(
 
 
 def wait_until(server: PrometheusServer, expr: str, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def answered() -> bool:
         answer = server.query(expr)
         assert answer["status"] == "success", answer
-        if answer["data"]["result"]:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"{expr} returned nothing in {timeout} s; exporter log:\n"
-                f"{log.read_text(errors='replace')[-2000:]}\n"
-                f"prometheus log:\n{server.log()[-2000:]}"
-            )
-        time.sleep(0.25)
+        return bool(answer["data"]["result"])
+
+    wait_for(
+        answered,
+        f"data from {expr}",
+        timeout=timeout,
+        interval=0.25,
+        details=lambda: (
+            f"exporter log:\n{log.read_text(errors='replace')[-2000:]}\n"
+            f"prometheus log:\n{server.log()[-2000:]}"
+        ),
+    )
 
 
 @pytest.mark.slow
@@ -210,15 +212,14 @@ def test_every_dashboard_expression_returns_data_from_the_exporter(
             answer = scraped.query(query)
             assert answer["status"] == "success", f"{title}: {query}: {answer}"
             continue
+
         # When its query runs, then it returns series (once two scrapes make a rate)
-        deadline = time.monotonic() + 30
-        while True:
+        def answered(query: str = query, title: str = title) -> bool:
             answer = scraped.query(query)
             assert answer["status"] == "success", f"{title}: {query}: {answer}"
-            if answer["data"]["result"]:
-                break
-            assert time.monotonic() < deadline, f"{title}: {query} returned no data"
-            time.sleep(0.25)
+            return bool(answer["data"]["result"])
+
+        wait_for(answered, f"{title}: data from {query}", interval=0.25)
 
 
 @pytest.mark.slow
@@ -239,17 +240,23 @@ def test_prometheus_loads_every_rule_and_evaluates_each_healthy(
     scraped: PrometheusServer,
 ) -> None:
     expected = {name for name, _ in rule_exprs()}
-    deadline = time.monotonic() + 30
-    while True:
+    unevaluated: list[set[str]] = [expected]
+
+    def all_evaluated() -> dict[str, Any] | None:
         # Given the rules Prometheus loaded from alerts.yml
         groups = requests.get(f"{scraped.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
         rules = {r["name"]: r for g in groups for r in g["rules"]}
         assert set(rules) == expected
         evaluated = {n for n, r in rules.items() if not r["lastEvaluation"].startswith("0001")}
-        if evaluated == expected:
-            break
-        assert time.monotonic() < deadline, f"never evaluated: {expected - evaluated}"
-        time.sleep(0.25)
+        unevaluated[0] = expected - evaluated
+        return rules if evaluated == expected else None
+
+    rules = wait_for(
+        all_evaluated,
+        "every rule evaluated",
+        interval=0.25,
+        details=lambda: f"never evaluated: {unevaluated[0]}",
+    )
     # Then each was evaluated with no error
     for name, rule in rules.items():
         assert rule["health"] == "ok", f"{name}: {rule.get('lastError')}"

@@ -9,11 +9,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import requests
 
 from tests.fixtures.monitoring import AlertmanagerServer, PrometheusServer
+from tests.fixtures.waiting import wait_for
 from worker.monitoring import (
     AlertmanagerClient,
     Matcher,
@@ -26,10 +28,7 @@ from worker.monitoring import (
 
 
 def wait_for_series(client: PrometheusClient, expr: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not client.query(expr):
-        assert time.monotonic() < deadline, f"{expr} returned no series in {timeout} s"
-        time.sleep(0.2)
+    wait_for(lambda: client.query(expr), f"series from {expr}", timeout=timeout)
 
 
 @pytest.fixture
@@ -182,17 +181,16 @@ def test_a_silence_silences_the_alerts_its_matchers_match_only(
     silence_id = client.create_silence(
         parse_matchers('instance=~"node-a|node-b"'), *an_hour(), "bmsreboot", "rebooting"
     )
+
     # Then Alertmanager suppresses the matching alert by that silence, and not the other
-    deadline = time.monotonic() + 30
-    while True:
+    def suppressed() -> dict[str, Any] | None:
         state = {
             a["labels"]["instance"]: a["status"]
             for a in requests.get(f"{alertmanager.url}/api/v2/alerts", timeout=10).json()
         }
-        if state.get("node-a", {}).get("state") == "suppressed":
-            break
-        assert time.monotonic() < deadline, state
-        time.sleep(0.1)
+        return state if state.get("node-a", {}).get("state") == "suppressed" else None
+
+    state = wait_for(suppressed, "node-a's alert suppressed")
     assert state["node-a"]["silencedBy"] == [silence_id]
     assert state["node-z"]["state"] == "active"
 

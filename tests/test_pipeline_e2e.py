@@ -6,7 +6,6 @@ the reboot actions it accepted per server.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -102,8 +101,9 @@ def test_the_same_idempotency_key_never_reboots_again(pipeline_redis_pg: Pipelin
     # When the same key comes again under another request id, and the same request id again
     second = pipe.send(server_ids=servers, idempotency_key="nightly-2026-11-26")
     pipe.send(server_ids=servers, request_id=first)
-    time.sleep(2.0)
-    # Then nothing new was recorded or rebooted
+    # Then both are taken as the request already recorded
+    pipe.wait_log(f"request {first} already recorded", count=2)
+    # And nothing new was recorded or rebooted
     assert pipe.status(second) is None
     assert rebooted(pipe) == dict.fromkeys(servers, 1)
     assert action_calls(pipe)["accepted"] == 1
@@ -118,8 +118,9 @@ def test_identical_messages_processed_at_once_reboot_once(pipeline_redis_pg: Pip
     for _ in range(4):
         pipe.send(server_ids=servers, idempotency_key=f"race-{request_id}", request_id=request_id)
     status = pipe.wait(request_id)
-    time.sleep(1.0)
-    # Then one request ran and every server was rebooted exactly once
+    # Then one request ran (the other three messages were taken as that request)
+    pipe.wait_log(f"request {request_id} already recorded", count=3)
+    # and every server was rebooted exactly once
     assert status["status"] == "succeeded"
     assert rebooted(pipe) == dict.fromkeys(servers, 1)
     assert action_calls(pipe)["accepted"] == 3
@@ -263,8 +264,9 @@ def test_maybe_accepted_submits_become_unknown_and_are_never_posted_again(
     assert {r["status"] for r in status["server_results"]} == {"unknown"}
     assert status["status"] == "failed"
     assert status["batches"][0]["job_id"] is None
-    time.sleep(1.5)
-    # The simulator took the reboot once; the pipeline never POSTed again
+    # The simulator took the reboot once; the pipeline never POSTed again, not even the
+    # reconciler passes that looked after the end
+    pipe.reconciled()
     assert rebooted(pipe) == dict.fromkeys(servers, 1)
     assert sum(action_calls(pipe).values()) == 1
 

@@ -5,7 +5,6 @@ recorded instead of sent, so each step and each race is driven by hand."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,15 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from tests.fixtures.simulator import SimulatorHandle
-from tests.fixtures.steps import PROJECT, accept, drain_releases, ids, run_to_end, sent
+from tests.fixtures.steps import (
+    PROJECT,
+    accept,
+    clock_of,
+    drain_releases,
+    ids,
+    run_to_end,
+    sent,
+)
 from worker.bms.client import BmsClient
 from worker.bms.models import Job
 from worker.db.create import record_servers
@@ -200,7 +207,9 @@ def test_racing_identical_intakes_record_one_request(
     assert {str(r.request_id) for r in results} == {payload["request_id"]}
     # Duplicates re-drive the release step; submission is compare-and-set, so one POST each
     drain_releases(rt)
-    time.sleep(0.1)
+    # Once the last of their slots has come, each submit message arrives twice
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    clock_of(rt).advance(max(c for kind, _, c in rt.dispatcher.sent if kind == "submit"))
     for batch_id in set(sent(rt, "submit")):
         for _ in range(2):
             submit.submit_batch(batch_id, rt)

@@ -5,7 +5,6 @@ the simulator over HTTP (follow-up messages are recorded, not sent)."""
 from __future__ import annotations
 
 import itertools
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,16 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.fixtures.simulator import SimulatorHandle
-from tests.fixtures.steps import PROJECT, accept, drain_releases, ids, run_to_end, sent
+from tests.fixtures.steps import (
+    PROJECT,
+    accept,
+    clock_of,
+    drain_releases,
+    ids,
+    run_to_end,
+    sent,
+    wait_job_ended,
+)
 from worker.budget import ACTION
 from worker.db.create import record_servers
 from worker.db.models import Batch, RebootRequest
@@ -259,8 +267,9 @@ def reconciling(make_rt: Callable[..., Runtime]) -> Runtime:
 
 
 def run_reconcile(rt: Runtime) -> dict[str, int]:
-    """One reconciler pass, once the previous pass's lease has run out."""
-    time.sleep(LEASE * 2)
+    """One reconciler pass, once the previous pass's lease has run out: the runtime's clock,
+    which its budget's leases go by too, is moved past it."""
+    clock_of(rt).advance(LEASE * 2)
     return reconcile.reconcile(rt)
 
 
@@ -516,7 +525,7 @@ def test_only_an_end_that_can_open_the_way_runs_the_release_step(
     rt.dispatcher.sent.remove(("submit", first, 0.0))
     assert submit.submit_batch(first, rt) == "submitted"
     rt.dispatcher.sent = [e for e in rt.dispatcher.sent if e[0] != "poll"]
-    time.sleep(0.2)
+    wait_job_ended(rt, first)
     before = len(rt.dispatcher.sent)
     assert poll.poll_batch(first, rt) == "finished"
     after = [item for kind, item, _ in rt.dispatcher.sent[before:] if kind == "release"]

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.fixtures.steps import PROJECT, ids, run_to_end
+from tests.fixtures.waiting import wait_for
 from worker.db.models import RebootRequest, ScheduleTick
 from worker.db.session import unit_of_work
 from worker.pipeline import scheduling
@@ -635,8 +636,6 @@ def test_schedules_of_a_missing_file_exits_1_with_one_line(tmp_path: Path) -> No
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_two_beats_fire_each_tick_once_and_the_other_takes_over(fleet: Any, tmp_path: Path) -> None:
-    import time
-
     from tests.test_chaos import Fleet
     from worker.cli.localworker import kill_worker
 
@@ -674,10 +673,7 @@ def test_two_beats_fire_each_tick_once_and_the_other_takes_over(fleet: Any, tmp_
                 )
             )
 
-    deadline = time.monotonic() + 200
-    while len(fired()) < 2:
-        assert time.monotonic() < deadline, fleet.tail()
-        time.sleep(1.0)
+    fleet.wait_until(lambda: len(fired()) >= 2, "two ticks fired", timeout=200)
     ticks = fired()
     # Exactly one request per tick, with the tick's idempotency key and the entry as source
     with unit_of_work(fleet.engine) as session:
@@ -702,10 +698,12 @@ def test_two_beats_fire_each_tick_once_and_the_other_takes_over(fleet: Any, tmp_
     other = next(n for n in beats if n != leader)
     # Kill the leader: the other takes over within the lock timeout (10 s) and its loop
     kill_worker(beats[leader])
-    killed = time.monotonic()
-    while "Sending due task" not in logs[other].read_text():
-        assert time.monotonic() - killed < 10 + 5, logs[other].read_text()[-2000:]
-        time.sleep(0.25)
+    wait_for(
+        lambda: "Sending due task" in logs[other].read_text(),
+        f"{other} taking over",
+        timeout=10 + 5,
+        details=lambda: logs[other].read_text()[-2000:],
+    )
 
 
 def test_an_entry_may_name_its_servers_by_a_selector(tmp_path: Path) -> None:

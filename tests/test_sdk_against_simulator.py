@@ -6,7 +6,6 @@ answers, the simulator speaks the real wire format, not just our own client's id
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkcore.http.http_config import HttpConfig
 
 from tests.fixtures.simulator import SimulatorHandle
+from tests.fixtures.waiting import wait_for
 from worker.simulator.config import server_fails
 from worker.simulator.inventory import generated_server, generated_servers
 
@@ -69,14 +69,12 @@ def reboot_request(*ids: str) -> BatchRebootBaremetalServersRequest:
     )
 
 
-def wait_terminal(sdk: Any, job_id: str, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_terminal(sdk: Any, job_id: str) -> Any:
+    def ended() -> Any:
         job = sdk.show_job_infos(ShowJobInfosRequest(job_id=job_id))
-        if job.status in ("SUCCESS", "FAIL"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
+        return job if job.status in ("SUCCESS", "FAIL") else None
+
+    return wait_for(ended, f"job {job_id} ended", interval=0.02)
 
 
 @pytest.mark.usefixtures("sdk_home")

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from tests.fixtures.simulator import SimulatorHandle
+from tests.fixtures.waiting import wait_for
 from worker.bms.signing import AkSkAuth, authorization_header, format_sdk_date, signature
 from worker.simulator.config import DEFAULT_AK, DEFAULT_SK, SimulatorConfig, server_fails
 from worker.simulator.jobs import Job
@@ -91,15 +92,14 @@ def post_signed(sim: SimulatorHandle, **kwargs: Any) -> requests.Response:
     return http("POST", action_url(sim), data=body, headers=hand_signed(sim, body, **kwargs))
 
 
-def wait_terminal(sim: SimulatorHandle, job_id: str, timeout: float = 5.0) -> dict[str, Any]:
+def wait_terminal(sim: SimulatorHandle, job_id: str) -> dict[str, Any]:
     s = session(sim)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ended() -> dict[str, Any] | None:
         job: dict[str, Any] = s.get(job_url(sim, job_id)).json()
-        if job["status"] in ("SUCCESS", "FAIL"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+        return job if job["status"] in ("SUCCESS", "FAIL") else None
+
+    return wait_for(ended, f"job {job_id} ended", interval=0.02)
 
 
 def assert_gateway_error(resp: requests.Response, status: int, code: str) -> dict[str, Any]:
@@ -261,7 +261,7 @@ def test_given_a_wrong_password_then_no_token(simulator: SimulatorHandle) -> Non
 def test_given_an_expired_or_unknown_token_then_401_apigw_0301(simulator: SimulatorHandle) -> None:
     simulator.configure(token_ttl=0.1)
     issued = http("POST", f"{simulator.base_url}/v3/auth/tokens", json=token_body(simulator))
-    time.sleep(0.15)
+    time.sleep(0.15)  # past its ttl on the simulator's clock (real time)
 
     for token in (issued.headers["X-Subject-Token"], "MIIbogus"):
         resp = http(
@@ -365,13 +365,17 @@ def test_given_an_unknown_server_then_the_whole_request_is_400_bms_0040(
 def test_given_a_reboot_when_polled_then_init_running_success_with_one_sub_job_per_server(
     simulator: SimulatorHandle,
 ) -> None:
-    simulator.configure(job_duration=0.5)
+    # INIT for the first tenth of the job (0.3 s), RUNNING until its end
+    simulator.configure(job_duration=3.0)
     job_id = reboot(simulator, sid(1), sid(2)).json()["job_id"]
     s = session(simulator)
 
+    def past_init() -> dict[str, Any] | None:
+        job: dict[str, Any] = s.get(job_url(simulator, job_id)).json()
+        return job if job["status"] != "INIT" else None
+
     first = s.get(job_url(simulator, job_id)).json()
-    time.sleep(0.1)
-    second = s.get(job_url(simulator, job_id)).json()
+    second = wait_for(past_init, "the job past INIT", interval=0.02)
     final = wait_terminal(simulator, job_id)
 
     assert (first["status"], second["status"], final["status"]) == ("INIT", "RUNNING", "SUCCESS")
@@ -449,8 +453,8 @@ def test_given_a_stuck_server_then_its_job_stays_running(simulator: SimulatorHan
     stuck = reboot(simulator, sid(1), sid(2)).json()["job_id"]
     free = reboot(simulator, sid(3)).json()["job_id"]
 
+    # Once the job created after it, as long, has ended, the stuck one is still running
     assert wait_terminal(simulator, free)["status"] == "SUCCESS"
-    time.sleep(0.1)
     assert session(simulator).get(job_url(simulator, stuck)).json()["status"] == "RUNNING"
 
 
@@ -469,7 +473,7 @@ def test_given_a_finished_job_older_than_job_ttl_then_it_is_purged_to_404(
     job_id = reboot(simulator, sid(1)).json()["job_id"]
     assert wait_terminal(simulator, job_id)["status"] == "SUCCESS"
 
-    time.sleep(0.15)
+    time.sleep(0.15)  # past its job_ttl on the simulator's clock (real time)
 
     assert_bms_error(session(simulator).get(job_url(simulator, job_id)), 404, "BMS.0404")
     assert job_id not in simulator.stats()["jobs"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -193,10 +194,11 @@ class DatabaseBudget:
 
     The row is read ``FOR UPDATE`` (on SQLite every transaction already holds the write lock),
     so the read-modify-write is atomic across processes. The clock is this machine's: the
-    embedded default runs on one machine."""
+    embedded default runs on one machine (``clock``: epoch seconds; a test may move it)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
+        self._clock = clock
 
     def _update(self, key: str, change: Any) -> Any:
         """Run ``change(current value or None, now) -> (new value or None, result)``."""
@@ -209,7 +211,7 @@ class DatabaseBudget:
                     row = session.scalar(
                         select(ApiBudget).where(ApiBudget.key == key).with_for_update()
                     )
-                    now = time.time()
+                    now = self._clock()
                     new, result = change(None if row is None else row.value, now)
                     if new is not None:
                         if row is None:

@@ -124,7 +124,10 @@ class Settings(BaseSettings):
         None, ge=1, le=1000, description="Servers of the first batch, which must all succeed."
     )
     default_failure_threshold: float | None = Field(
-        None, ge=0, le=100, description="Percent of servers failed or unknown that halts."
+        None,
+        ge=0,
+        le=100,
+        description="Percent of servers failed, unknown or unhealthy that halts.",
     )
     default_not_after: str | None = Field(
         None, description="A window from intake (2h, 90m): no batch is released after it."
