@@ -60,6 +60,8 @@ def test_request_status_has_the_documented_shape(session: Session) -> None:
         "pending": 1,
         "cancelled": 0,
         "skipped": 0,
+        "verifying": 0,
+        "unhealthy": 0,
     }
     first_batch, second_batch = status["batches"]
     assert {k: first_batch[k] for k in ("index", "status", "job_id", "size", "polls")} == {
@@ -80,10 +82,29 @@ def test_request_status_has_the_documented_shape(session: Session) -> None:
         "pending",
         None,
     )
+    unverified = {"verified_at": None, "returned_at": None}
     assert status["server_results"] == [
-        {"id": sid("a"), "status": "succeeded", "error_code": None, "fail_reason": None},
-        {"id": sid("b"), "status": "failed", "error_code": "BMS.9", "fail_reason": "power"},
-        {"id": sid("c"), "status": "pending", "error_code": None, "fail_reason": None},
+        {
+            "id": sid("a"),
+            "status": "succeeded",
+            "error_code": None,
+            "fail_reason": None,
+            **unverified,
+        },
+        {
+            "id": sid("b"),
+            "status": "failed",
+            "error_code": "BMS.9",
+            "fail_reason": "power",
+            **unverified,
+        },
+        {
+            "id": sid("c"),
+            "status": "pending",
+            "error_code": None,
+            "fail_reason": None,
+            **unverified,
+        },
     ]
     assert "server_results" not in (request_status(session, request.id) or {})
 

@@ -13,6 +13,7 @@ from worker.bms.errors import (
     ConfigurationError,
     ConnectError,
     ConnectionDropped,
+    CredentialError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
@@ -64,6 +65,7 @@ SUBMIT: list[tuple[BaseException, int, int, bool, Next]] = [
     (ConnectError("refused"), 10, 10, True, Next.FAILED),
     # No attempt can help
     (ConfigurationError("no credentials"), 1, 10, True, Next.FAILED),
+    (CredentialError("the variable PROD_AK is not set"), 1, 10, True, Next.FAILED),
     (BmsError("something unclassified, certainly not accepted"), 1, 10, True, Next.FAILED),
 ]
 
@@ -91,6 +93,7 @@ POLL: list[tuple[BaseException, Next]] = [
     (ConnectionDropped("drop"), Next.RETRY),
     (ProtocolError("not a job"), Next.RETRY),
     (ConfigurationError("no credentials"), Next.RETRY),
+    (CredentialError("the variable PROD_AK is not set"), Next.RETRY),
 ]
 
 

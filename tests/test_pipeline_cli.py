@@ -85,6 +85,8 @@ def test_submit_reads_ids_from_stdin_and_wait_exits_1_on_failures(
         "pending": 0,
         "cancelled": 0,
         "skipped": 0,
+        "verifying": 0,
+        "unhealthy": 0,
     }
     assert "1 duplicate server id(s) removed" in run.stderr
 

@@ -66,6 +66,8 @@ def test_2500_servers_run_in_three_batches_and_each_is_rebooted_once(
         "pending": 0,
         "cancelled": 0,
         "skipped": 0,
+        "verifying": 0,
+        "unhealthy": 0,
     }
     assert {b["status"] for b in status["batches"]} == {"partially_failed"}
 

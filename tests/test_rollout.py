@@ -82,6 +82,8 @@ def test_the_failure_brake_trips_at_the_documented_point_and_nothing_after_it_is
         "unknown": 0,
         "cancelled": 70,
         "skipped": 0,
+        "verifying": 0,
+        "unhealthy": 0,
     }
     # Nothing after the brake reached the API
     assert set(pipe.stats()["reboots"]) == set(servers[:30])
