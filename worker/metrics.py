@@ -16,7 +16,11 @@ read from the audit database at each scrape. The names are fixed, for dashboards
   when a job ends: its GETs, and the time from its own end to the audit database knowing it);
 - ``bmsreboot_oldest_unfinished_batch_seconds`` (gauge), ``bmsreboot_dead_letters`` (gauge);
 - ``bmsreboot_webhook_deliveries_total{outcome}`` (``outcome`` = delivered | retry | failed |
-  stopped: webhook and chat attempts by what came of them, ``worker.webhooks``).
+  stopped: webhook and chat attempts by what came of them, ``worker.webhooks``);
+- ``bmsreboot_reconcile_last_run_timestamp_seconds`` (gauge: the Unix time a reconciler run
+  last ended; absent until one has);
+- ``bmsreboot_queue_messages{queue}`` (gauge: messages ready on each of the worker's broker
+  queues, read from the broker at each scrape; a queue the broker cannot count is left out).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import func, select
@@ -46,6 +50,10 @@ HISTOGRAMS = {
     "bmsreboot_verify_seconds": VERIFY_BUCKETS,
 }
 HASH_KEY = "bmsreboot:metrics"
+#: Gauges a worker sets (not adds to): the store keeps the last value written.
+RECONCILE_LAST_RUN = "bmsreboot_reconcile_last_run_timestamp_seconds"
+#: The routes the client counts calls on (``route_of``); each has a 429 series from the start.
+ROUTES = ("action", "job", "list", "token")
 #: What an attempt at a webhook or chat delivery came to (``worker.webhooks``).
 WEBHOOK_OUTCOMES = ("delivered", "retry", "failed", "stopped")
 
@@ -62,6 +70,8 @@ def _parse(field: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 class CounterStore(Protocol):
     def incr(self, increments: Mapping[str, float]) -> None: ...
 
+    def set(self, values: Mapping[str, float]) -> None: ...
+
     def read(self) -> dict[str, float]: ...
 
 
@@ -75,6 +85,12 @@ class RedisCounters:
         with self._redis.pipeline(transaction=False) as pipe:
             for field, by in increments.items():
                 pipe.hincrbyfloat(HASH_KEY, field, by)
+            pipe.execute()
+
+    def set(self, values: Mapping[str, float]) -> None:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for field, value in values.items():
+                pipe.hset(HASH_KEY, field, value)
             pipe.execute()
 
     def read(self) -> dict[str, float]:
@@ -101,6 +117,23 @@ class DatabaseCounters:
                     stmt.on_conflict_do_update(
                         index_elements=[MetricCounter.key],
                         set_={"value": MetricCounter.value + stmt.excluded.value},
+                    )
+                )
+
+    def set(self, values: Mapping[str, float]) -> None:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        from worker.db.models import MetricCounter
+        from worker.db.session import unit_of_work
+
+        dialect = self._engine.dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        with unit_of_work(self._engine) as session:
+            for field, value in sorted(values.items()):
+                stmt = insert(MetricCounter).values(key=field, value=value)
+                session.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[MetricCounter.key], set_={"value": stmt.excluded.value}
                     )
                 )
 
@@ -131,6 +164,15 @@ class Metrics:
             return
         try:
             self._store.incr(increments)
+        except Exception as exc:
+            log.warning("metrics not recorded (%s: %s)", type(exc).__name__, exc)
+
+    def reconciled(self, at: float) -> None:
+        """A reconciler run ended at Unix time ``at``."""
+        if self._store is None:
+            return
+        try:
+            self._store.set({_field(RECONCILE_LAST_RUN, {}): at})
         except Exception as exc:
             log.warning("metrics not recorded (%s: %s)", type(exc).__name__, exc)
 
@@ -192,9 +234,16 @@ class Collector:
     """Builds every metric family at scrape: counters and histograms from the shared store,
     gauges from the audit database."""
 
-    def __init__(self, store: CounterStore, engine: Engine) -> None:
+    def __init__(
+        self,
+        store: CounterStore,
+        engine: Engine,
+        queues: Callable[[], Mapping[str, int | None]] | None = None,
+    ) -> None:
         self._store = store
         self._engine = engine
+        #: Messages ready on each broker queue (None: the broker could not say), or no gauge.
+        self._queues = queues
 
     def describe(self) -> list[Any]:
         return []
@@ -220,7 +269,7 @@ class Collector:
         throttled = CounterMetricFamily(
             "bmsreboot_api_throttled", "429 answers by route", labels=["route"]
         )
-        for route in ("action", "job", "token"):
+        for route in ROUTES:
             throttled.add_metric([route], 0.0)
         deliveries = CounterMetricFamily(
             "bmsreboot_webhook_deliveries",
@@ -248,6 +297,19 @@ class Collector:
             ]
             total = values.get((f"{name}_sum", ()), 0.0)
             yield HistogramMetricFamily(name, _HELP[name], buckets=counts, sum_value=total)
+        last_run = values.get((RECONCILE_LAST_RUN, ()))
+        if last_run is not None:
+            yield GaugeMetricFamily(
+                RECONCILE_LAST_RUN, "Unix time a reconciler run last ended", value=last_run
+            )
+        if self._queues is not None:
+            depth = GaugeMetricFamily(
+                "bmsreboot_queue_messages", "Messages ready on each broker queue", labels=["queue"]
+            )
+            for queue, count in self._queues().items():
+                if count is not None:
+                    depth.add_metric([queue], float(count))
+            yield depth
         yield from self._gauges(GaugeMetricFamily)
 
     def _gauges(self, family: Any) -> Iterator[Any]:
@@ -339,11 +401,17 @@ _HELP = {
 }
 
 
-def serve(host: str, port: int, store: CounterStore, engine: Engine) -> Sequence[Any]:
+def serve(
+    host: str,
+    port: int,
+    store: CounterStore,
+    engine: Engine,
+    queues: Callable[[], Mapping[str, int | None]] | None = None,
+) -> Sequence[Any]:
     """Start the exporter's HTTP server (a thread); returns what ``start_http_server`` gives."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(store, engine))
+    registry.register(Collector(store, engine, queues))
     result = start_http_server(port, addr=host, registry=registry)
     return result if isinstance(result, tuple) else (result,)

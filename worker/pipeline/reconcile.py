@@ -126,6 +126,7 @@ def reconcile(rt: Runtime) -> dict[str, int]:
         if send(notification, rt):
             done["callbacks"] += 1
 
+    rt.metrics.reconciled(rt.now().timestamp())
     result = {kind: n for kind, n in done.items() if n}
     if result:
         log.warning("reconciler re-drove lost work: %s", result)

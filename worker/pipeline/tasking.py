@@ -89,20 +89,24 @@ class CeleryDispatcher(Dispatcher):
         return True
 
     def waiting(self, queue: str) -> int | None:
-        try:
-            with self._app.connection_for_read() as conn:
-                channel: Any = conn.default_channel  # kombu's virtual channel (Redis, SQLAlchemy)
-                declared = channel.queue_declare(queue=queue, passive=True)
-                return int(declared.message_count)
-        except Exception as exc:
-            if "NOT_FOUND" in str(exc):
-                # kombu's Redis transport has no queue key while a queue is empty: an empty
-                # queue, not a failure.
-                return 0
-            log.warning(
-                "could not count the messages on %s (%s: %s)", queue, type(exc).__name__, exc
-            )
-            return None
+        return ready_messages(self._app, queue)
+
+
+def ready_messages(app: Celery, queue: str) -> int | None:
+    """Messages ready on ``queue`` (not those workers hold for a countdown), or None when the
+    broker cannot say (logged)."""
+    try:
+        with app.connection_for_read() as conn:
+            channel: Any = conn.default_channel  # kombu's virtual channel (Redis, SQLAlchemy)
+            declared = channel.queue_declare(queue=queue, passive=True)
+            return int(declared.message_count)
+    except Exception as exc:
+        if "NOT_FOUND" in str(exc):
+            # kombu's Redis transport has no queue key while a queue is empty: an empty
+            # queue, not a failure.
+            return 0
+        log.warning("could not count the messages on %s (%s: %s)", queue, type(exc).__name__, exc)
+        return None
 
 
 @lru_cache(maxsize=1)
