@@ -20,6 +20,7 @@ import requests
 from click.testing import CliRunner
 
 from tests.fixtures.simulator import SimulatorHandle
+from tests.fixtures.waiting import wait_for
 from tests.test_simulator import (
     OTHER_PROJECT,
     PROJECT,
@@ -660,10 +661,9 @@ def test_given_boot_seconds_then_the_stats_record_the_job_end_and_the_return_aft
     server = server_id(PROJECT, 1)
     job_id = reboot(simulator, server).json()["job_id"]
     # When: the server is seen ACTIVE again
-    deadline = time.monotonic() + 10
-    while show(simulator, server)["status"] != "ACTIVE":
-        assert time.monotonic() < deadline, "the server never came back"
-        time.sleep(0.05)
+    wait_for(
+        lambda: show(simulator, server)["status"] == "ACTIVE", "the server back", interval=0.05
+    )
     # Then
     stats = simulator.stats()
     timeline = stats["servers"][server]
