@@ -386,6 +386,26 @@ def test_an_overdue_poll_is_sent_again_with_the_current_seq(
     assert status["batches"][0]["polls"] >= 1
 
 
+def test_an_overdue_poll_is_not_re_driven_while_polls_wait_in_the_queue(
+    reconciling: Runtime,
+) -> None:
+    rt = reconciling
+    request_id = accept(rt, ids(2))
+    (batch,) = _batches(rt, request_id)
+    assert submit.submit_batch(batch.id, rt) == "submitted"
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    _backdate(rt, batch.id, next_poll_at=_ago(5))
+    # While messages wait on the poll queue, its poll may just be queued behind them
+    rt.dispatcher.backlog["bmsreboot.poll"] = 25
+    rt.dispatcher.sent.clear()
+    assert run_reconcile(rt) == {}
+    assert sent(rt, "poll") == []
+    # Once the queue is empty, it is lost: polled again
+    rt.dispatcher.backlog.clear()
+    assert run_reconcile(rt) == {"polls": 1}
+    assert sent(rt, "poll") == [batch.id]
+
+
 def test_a_request_whose_batches_all_ended_is_finalized(
     reconciling: Runtime, simulator: SimulatorHandle
 ) -> None:

@@ -13,8 +13,10 @@ run looks for work overdue by more than ``BMSREBOOT_RECONCILE_GRACE`` seconds:
 - batches ``submitting`` for longer than any POST can take (their worker died in the POST):
   ``unknown``, never resubmitted;
 - ``submitted`` batches whose next poll is overdue: polled again (the ``seq`` of the new
-  message makes it the only live poll chain of the batch);
-- ``verifying`` batches whose next check is overdue: checked again (by ``seq`` too);
+  message makes it the only live poll chain of the batch), unless messages wait on the poll
+  queue (then the poll may only be queued behind them: the next run looks again);
+- ``verifying`` batches whose next check is overdue: checked again (by ``seq`` too; the same
+  rule, on the same queue);
 - requests whose batches have all ended but which were never finalized: finalized;
 - finished requests whose completion callback was not handed to the broker: sent;
 - requests past their ``not_after`` with batches not yet sent: cut off (``halted``).
@@ -26,6 +28,7 @@ is done twice.
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from datetime import timedelta
 
@@ -41,7 +44,7 @@ from worker.db.overdue import (
 )
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition
-from worker.names import SUBMIT_QUEUE
+from worker.names import POLL_QUEUE, SUBMIT_QUEUE
 from worker.pipeline.ending import request_changed
 from worker.pipeline.notify import notification_for, send
 from worker.pipeline.release import cut_off
@@ -99,14 +102,26 @@ def reconcile(rt: Runtime) -> dict[str, int]:
             continue  # its worker recorded an answer after all
         done["unknown"] += 1
 
-    with unit_of_work(rt.engine) as session:
-        polls = overdue_polls(session, overdue, PER_RUN)
+    # An overdue poll or check is lost only if its message is not waiting behind others on the
+    # poll queue: under a backlog a re-drive is a second message that only one of the two
+    # books (by seq), a task for nothing.
+    poll_backlog = rt.dispatcher.waiting(POLL_QUEUE)
+    polls: list[tuple[uuid.UUID, int]] = []
+    checks: list[tuple[uuid.UUID, int]] = []
+    if poll_backlog:
+        log.info(
+            "%d messages wait on %s: overdue polls and checks are not re-driven",
+            poll_backlog,
+            POLL_QUEUE,
+        )
+    else:
+        with unit_of_work(rt.engine) as session:
+            polls = overdue_polls(session, overdue, PER_RUN)
+            checks = overdue_checks(session, overdue, PER_RUN)
     for batch_id, seq in polls:
         rt.dispatcher.poll(batch_id, countdown=0.0, seq=seq)
     done["polls"] = len(polls)
 
-    with unit_of_work(rt.engine) as session:
-        checks = overdue_checks(session, overdue, PER_RUN)
     for batch_id, seq in checks:
         rt.dispatcher.verify(batch_id, countdown=0.0, seq=seq)
     done["checks"] = len(checks)
