@@ -30,7 +30,8 @@ def _metrics_command() -> Any:
         ensure_data_dir(settings)
         engine = get_engine(settings.effective_database_url)
         with port_errors(host, port):
-            serve(host, port, counters_for(settings.broker_url, engine), engine)
+            counters = counters_for(settings.broker_url, engine, settings.broker_transport_options)
+            serve(host, port, counters, engine)
         click.echo(f"bmsreboot metrics on http://{host}:{port}/metrics")
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
