@@ -31,7 +31,7 @@ from typing import Any
 
 from redbeat.schedulers import RedBeatScheduler, get_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError
+from redis.exceptions import LockError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.settings import Settings, get_settings
@@ -42,8 +42,10 @@ log = logging.getLogger("bmsreboot.beat")
 _Base: Any = RedBeatScheduler
 
 HEARTBEAT = "beat.alive"
-#: Redis is not answering: beat tries again at its next loop instead of ending.
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+#: Redis is not answering, or the server at its address is a replica now (a failover under
+#: way; Sentinel's own "master not found" is a connection error): beat tries again at its
+#: next loop instead of ending.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 #: Seconds between two tries while Redis does not answer.
 REDIS_RETRY = 1.0
 
