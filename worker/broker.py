@@ -233,6 +233,13 @@ class _DeliverGuard:
         raw, self.raw_entry = self.raw_entry, None
         try:
             return super()._deliver(message, queue)  # type: ignore[misc]
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError):
+            # Redis went away while the message was handed over (a failover: Celery sends
+            # its task-received event through the broker): the message is fine and goes back
+            # to its queue with the unacknowledged ones; the consumer reconnects. Not a dead
+            # letter. (Not kombu's whole connection_errors: that holds KeyError and OSError,
+            # which a malformed entry raises too.)
+            raise
         except Exception as exc:
             _dead_letter_entry(raw if raw is not None else message, queue, exc)
             return None
