@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from redbeat.schedulers import RedBeatScheduler, get_redis
+from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError
+from redis.exceptions import LockError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.settings import Settings, get_settings
@@ -42,8 +42,10 @@ log = logging.getLogger("bmsreboot.beat")
 _Base: Any = RedBeatScheduler
 
 HEARTBEAT = "beat.alive"
-#: Redis is not answering: beat tries again at its next loop instead of ending.
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+#: Redis is not answering, or the server at its address is a replica now (a failover under
+#: way; Sentinel's own "master not found" is a connection error): beat tries again at its
+#: next loop instead of ending.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 #: Seconds between two tries while Redis does not answer.
 REDIS_RETRY = 1.0
 
@@ -94,6 +96,8 @@ class Scheduler(_Base):  # type: ignore[misc]
 
     def _tick(self, *args: Any, **kwargs: Any) -> Any:
         self._heartbeat()
+        if self.lock_key and self.lock is None and not self._take_lock():
+            return self.max_interval
         if self.lock_key and self.lock is not None and not self._still_leader():
             return self.max_interval
         client = get_redis(self.app)
@@ -107,6 +111,24 @@ class Scheduler(_Base):  # type: ignore[misc]
             heartbeat_path(get_settings()).touch()
         except OSError as exc:
             log.warning("beat: cannot touch its heartbeat file: %s", exc)
+
+    def _take_lock(self) -> bool:
+        """A beat whose lock redbeat could not take at start has none: redbeat's
+        ``beat_init`` handler waits for it (a follower waits there for the leader's end), and
+        when Redis goes away meanwhile (a failover) Celery swallows the error and beat goes
+        on with no lock, which redbeat's tick then calls ``extend`` on (an AttributeError that
+        ends beat). Here such a beat takes the lock if nobody holds it, as redbeat would have,
+        and else waits as a follower, trying again at every tick."""
+        client = get_redis(self.app)
+        lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+        # redbeat's own extend script: extend *to* the timeout, not by it
+        lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)
+        if not lock.acquire(blocking=False):
+            log.info("beat: another beat holds the lock; waiting as a follower")
+            return False
+        log.warning("beat: the lock, not taken at start (Redis not answering), taken now")
+        self.lock = lock
+        return True
 
     def _still_leader(self) -> bool:
         """True when this beat holds the lock, taking it again if nobody does."""

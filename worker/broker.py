@@ -37,6 +37,7 @@ from vine import promise
 from worker import deadletter
 from worker.db.session import get_engine
 from worker.names import INTAKE_TASKS, REQUEST_REBOOT
+from worker.redis_client import is_sentinel_url
 from worker.settings import is_redis_url
 
 # kombu's channels are only partly typed, and we override their private methods: typed as Any.
@@ -44,6 +45,8 @@ _CeleryConsumer: Any = CeleryConsumer
 _CeleryRequest: Any = CeleryRequest
 _RedisChannelBase: Any = kombu_redis.Channel
 _RedisTransportBase: Any = kombu_redis.Transport
+_SentinelChannelBase: Any = kombu_redis.SentinelChannel
+_SentinelTransportBase: Any = kombu_redis.SentinelTransport
 _SqlChannelBase: Any = kombu_sqlalchemy.Channel
 _SqlTransportBase: Any = kombu_sqlalchemy.Transport
 
@@ -230,12 +233,28 @@ class _DeliverGuard:
         raw, self.raw_entry = self.raw_entry, None
         try:
             return super()._deliver(message, queue)  # type: ignore[misc]
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError):
+            # Redis went away while the message was handed over (a failover: Celery sends
+            # its task-received event through the broker): the message is fine and goes back
+            # to its queue with the unacknowledged ones; the consumer reconnects. Not a dead
+            # letter. (Not kombu's whole connection_errors: that holds KeyError and OSError,
+            # which a malformed entry raises too.)
+            raise
         except Exception as exc:
             _dead_letter_entry(raw if raw is not None else message, queue, exc)
             return None
 
 
-class RedisChannel(_RedisChannelBase):  # type: ignore[misc]
+class _GuardedRedisChannel:
+    """Channel mix-in for kombu's Redis channels (one Redis, or a primary found through
+    Sentinel): a closed connection is said as a connection error, and an entry that is not
+    JSON is a dead letter."""
+
+    connection: Any
+    client: Any
+    connection_errors: Any
+    sep: str
+
     def _connparams(self, asynchronous: bool = False) -> Any:
         # Celery 5.7.0 (celery/celery#10242) closes the connection once more after
         # ``collect()`` dropped its transport. On a Redis that went away (restarted, failed
@@ -250,7 +269,7 @@ class RedisChannel(_RedisChannelBase):  # type: ignore[misc]
         # database still holds their work, which the reconciler re-drives within its grace.
         if self.connection is None or self.connection.client is None:
             raise redis_errors.ConnectionError("the broker connection is closed")
-        return super()._connparams(asynchronous=asynchronous)
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
 
     def _brpop_read(self, **options: Any) -> Any:
         # BRPOP has already taken the entry off the list when kombu parses it: keep the raw
@@ -267,7 +286,7 @@ class RedisChannel(_RedisChannelBase):  # type: ignore[misc]
 
         client.parse_response = parse_response
         try:
-            return super()._brpop_read(**options)
+            return super()._brpop_read(**options)  # type: ignore[misc]
         except self.connection_errors:
             raise
         except Empty:
@@ -284,8 +303,22 @@ class RedisChannel(_RedisChannelBase):  # type: ignore[misc]
             del client.parse_response
 
 
+class RedisChannel(_GuardedRedisChannel, _RedisChannelBase):  # type: ignore[misc]
+    pass
+
+
 class RedisTransport(_DeliverGuard, _RedisTransportBase):  # type: ignore[misc]
     Channel = RedisChannel
+
+
+class SentinelChannel(_GuardedRedisChannel, _SentinelChannelBase):  # type: ignore[misc]
+    """kombu's Sentinel channel (``sentinel://h:26379;sentinel://h2:26379`` with
+    ``master_name`` in the transport options): each new connection asks the sentinels for the
+    primary, so that after a failover the consumer's reconnect reaches the promoted replica."""
+
+
+class SentinelTransport(_DeliverGuard, _SentinelTransportBase):  # type: ignore[misc]
+    Channel = SentinelChannel
 
 
 class SqlAlchemyChannel(_SqlChannelBase):  # type: ignore[misc]
@@ -332,6 +365,8 @@ def transport_for(broker_url: str) -> tuple[str, str | None]:
 
     kombu takes a ``transport+`` prefix of the URL over an explicit transport, so the
     SQLAlchemy URL loses its ``sqla+`` here: the transport is named instead."""
+    if is_sentinel_url(broker_url):
+        return broker_url, "worker.broker:SentinelTransport"
     if is_redis_url(broker_url):
         return broker_url, "worker.broker:RedisTransport"
     scheme = broker_url.split("://", 1)[0].lower()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -154,12 +154,13 @@ return 1
 
 
 class RedisBudget:
-    """Budgets in Redis: every operation is one atomic script on Redis's clock."""
+    """Budgets in Redis: every operation is one atomic script on Redis's clock, on the primary
+    (``worker.redis_client``: one address or Sentinel, retried through a failover)."""
 
-    def __init__(self, url: str) -> None:
-        import redis
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        from worker.redis_client import redis_client
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = redis_client(url, options)
         self._reserve = self._redis.register_script(_RESERVE)
         self._cooldown = self._redis.register_script(_COOLDOWN)
         self._claim_wake = self._redis.register_script(_CLAIM_WAKE)
@@ -276,8 +277,11 @@ class DatabaseBudget:
         self._update(key, change)
 
 
-def budget_for(broker_url: str | None, engine: Engine) -> Budget:
-    """Redis when the broker is Redis, else the audit database."""
+def budget_for(
+    broker_url: str | None, engine: Engine, options: Mapping[str, Any] | None = None
+) -> Budget:
+    """Redis when the broker is Redis (``options``: its transport options), else the audit
+    database."""
     if broker_url is not None and is_redis_url(broker_url):
-        return RedisBudget(broker_url)
+        return RedisBudget(broker_url, options)
     return DatabaseBudget(engine)

@@ -51,6 +51,20 @@ def check_timing(settings: Settings) -> None:
         )
 
 
+def check_broker(settings: Settings) -> None:
+    """Refuse a Sentinel broker URL that cannot name its primary."""
+    from worker.redis_client import is_sentinel_url, master_name, parse_sentinel_url
+
+    url = settings.effective_broker_url
+    if not is_sentinel_url(url):
+        return
+    try:
+        parse_sentinel_url(url)
+        master_name(settings.broker_transport_options)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"BMSREBOOT_BROKER_URL: {error}") from None
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     visibility = {"visibility_timeout": settings.visibility_timeout}
     # kombu's SQLAlchemy transport hands every transport option to create_engine(), which
@@ -60,6 +74,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     broker_url, transport = transport_for(settings.effective_broker_url)
     broker_options: dict[str, Any] = dict(transport_options)
     if is_redis_url(broker_url):
+        # The operator's (BMSREBOOT_BROKER_TRANSPORT_OPTIONS: Sentinel's master_name, socket
+        # timeouts for a DCS switch); the visibility timeout and the order stay ours.
+        broker_options = {**settings.broker_transport_options, **broker_options}
         # A worker takes its next message from the first non-empty queue in the order of
         # QUEUES (intake, then submit and release, then poll) instead of kombu's round robin:
         # a new request or a cancel is not queued behind thousands of follow-ups, and a
@@ -133,14 +150,18 @@ def beat_scheduler(settings: Settings, broker_url: str) -> dict[str, Any]:
     leader (``celery -A worker beat`` needs no extra flag); the
     others wait and take over within ``BMSREBOOT_BEAT_LOCK_TIMEOUT`` of the leader's end.
     Otherwise Celery's own persistent scheduler keeps its file in the data dir."""
+    from worker.redis_client import redbeat_options
+
     if not is_redis_url(broker_url):
         return {}
     lock = settings.beat_lock_timeout
     return {
         "beat_scheduler": "worker.beat:Scheduler",
-        # Set, not left to redbeat's fallback to broker_url (which it says goes away in 2.5.0);
-        # its password is masked wherever Celery shows the configuration (worker.censor).
-        "redbeat_redis_url": broker_url,
+        # redbeat_redis_url set, not left to redbeat's fallback to broker_url (which it says
+        # goes away in 2.5.0); its password is masked wherever Celery shows the configuration
+        # (worker.censor). For Sentinel, a redis-sentinel:// URL and the sentinels in
+        # redbeat_redis_options; for one address, the same socket timeouts as the broker's.
+        **redbeat_options(broker_url, settings.broker_transport_options),
         "redbeat_key_prefix": "bmsreboot:beat:",
         "redbeat_lock_key": "bmsreboot:beat:lock",
         "redbeat_lock_timeout": int(lock),
@@ -152,6 +173,7 @@ def beat_scheduler(settings: Settings, broker_url: str) -> dict[str, Any]:
 def make_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     check_timing(settings)
+    check_broker(settings)
     # `celery inspect conf`, Flower's worker page and `celery report` mask every URL's password
     # (Celery's own censoring misses redbeat_redis_url): worker.censor.
     censor.install()

@@ -76,10 +76,12 @@ class CounterStore(Protocol):
 
 
 class RedisCounters:
-    def __init__(self, url: str) -> None:
-        import redis
+    """Counters in a Redis hash, on the primary (``worker.redis_client``)."""
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        from worker.redis_client import redis_client
+
+        self._redis = redis_client(url, options)
 
     def incr(self, increments: Mapping[str, float]) -> None:
         with self._redis.pipeline(transaction=False) as pipe:
@@ -146,9 +148,13 @@ class DatabaseCounters:
             return {key: float(value) for key, value in rows}
 
 
-def counters_for(broker_url: str | None, engine: Engine) -> CounterStore:
+def counters_for(
+    broker_url: str | None, engine: Engine, options: Mapping[str, Any] | None = None
+) -> CounterStore:
+    """A Redis hash when the broker is Redis (``options``: its transport options), else the
+    audit database."""
     if broker_url is not None and is_redis_url(broker_url):
-        return RedisCounters(broker_url)
+        return RedisCounters(broker_url, options)
     return DatabaseCounters(engine)
 
 

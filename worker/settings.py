@@ -16,15 +16,17 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def is_redis_url(url: str) -> bool:
-    """Whether a broker URL is Redis: then the budgets, the metrics and beat's schedule live in
-    Redis too, and the worker reads its queues in order (``worker.celery``)."""
-    return url.split("://", 1)[0].lower() in ("redis", "rediss")
+    """Whether a broker URL is Redis (``redis://``, ``rediss://``, or ``sentinel://``: Redis
+    through its sentinels): then the budgets, the metrics and beat's schedule live in Redis
+    too, and the worker reads its queues in order (``worker.celery``)."""
+    return url.split("://", 1)[0].lower() in ("redis", "rediss", "sentinel")
 
 
 def _default_data_dir() -> Path:
@@ -47,6 +49,14 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         None, description="Audit database URL (postgresql+psycopg://...). Unset: SQLite."
+    )
+    broker_transport_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A JSON object of kombu Redis transport options, also used by the "
+        "budgets', the metrics' and beat's Redis clients (worker.redis_client): master_name "
+        "(required with sentinel:// URLs), sentinel_kwargs, socket_timeout, "
+        "socket_connect_timeout, health_check_interval. visibility_timeout and "
+        "queue_order_strategy are the project's own (BMSREBOOT_VISIBILITY_TIMEOUT).",
     )
 
     # --- the cloud ---------------------------------------------------------------------------
@@ -317,6 +327,17 @@ class Settings(BaseSettings):
 
     # --- housekeeping ------------------------------------------------------------------------
     retention_days: int = Field(90, ge=1, description="Finished requests older than this purge.")
+
+    @field_validator("broker_transport_options")
+    @classmethod
+    def _own_transport_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        ours = sorted(set(v) & {"visibility_timeout", "queue_order_strategy"})
+        if ours:
+            raise ValueError(
+                f"{', '.join(ours)}: set by the project (BMSREBOOT_VISIBILITY_TIMEOUT; the "
+                "queues are read in priority order), not in the transport options"
+            )
+        return v
 
     @field_validator("bms_endpoint", "iam_endpoint", "sts_endpoint", "metadata_url")
     @classmethod

@@ -24,9 +24,12 @@ _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 def safe_url(url: str) -> str:
-    """``url`` without its password, for printing (a broker's or a database's)."""
+    """``url`` without its password, for printing (a broker's or a database's; each URL of
+    a ``;``-separated failover list such as ``sentinel://:pw@a;sentinel://:pw@b``)."""
     from kombu.utils.url import maybe_sanitize_url
 
+    if ";" in url and "://" in url.split(";", 1)[1]:
+        return ";".join(safe_url(part) for part in url.split(";"))
     try:
         return str(maybe_sanitize_url(url, mask="***"))
     except Exception:  # an unparsable URL is masked by pattern instead

@@ -38,7 +38,8 @@ def _metrics_command() -> Any:
             return {queue: ready_messages(app, queue) for queue in QUEUES}
 
         with port_errors(host, port):
-            serve(host, port, counters_for(settings.broker_url, engine), engine, queues)
+            counters = counters_for(settings.broker_url, engine, settings.broker_transport_options)
+            serve(host, port, counters, engine, queues)
         click.echo(f"bmsreboot metrics on http://{host}:{port}/metrics")
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):

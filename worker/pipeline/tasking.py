@@ -131,13 +131,15 @@ def _fleet() -> Fleet | None:
 @lru_cache(maxsize=1)
 def _metrics() -> Metrics:
     settings = get_settings()
-    return Metrics(counters_for(settings.broker_url, get_engine(settings.effective_database_url)))
+    engine = get_engine(settings.effective_database_url)
+    return Metrics(counters_for(settings.broker_url, engine, settings.broker_transport_options))
 
 
 @lru_cache(maxsize=1)
 def _budget() -> Budget:
     settings = get_settings()
-    return budget_for(settings.broker_url, get_engine(settings.effective_database_url))
+    engine = get_engine(settings.effective_database_url)
+    return budget_for(settings.broker_url, engine, settings.broker_transport_options)
 
 
 def worker_runtime(dispatcher: CeleryDispatcher, *, actor: str) -> Runtime:
