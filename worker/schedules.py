@@ -101,6 +101,7 @@ FIELDS = {
     "health_timeout",
     "health_check",
     "soak_seconds",
+    "notify_url",
     "type",
     "window",
     "batch_size",
@@ -167,6 +168,8 @@ class ScheduleEntry:
     health_timeout: float | None = None
     health_check: dict[str, Any] | None = None
     soak_seconds: float | None = None
+    #: Where each of the entry's requests sends its webhooks (besides BMSREBOOT_WEBHOOK_URL).
+    notify_url: str | None = None
     #: The directories ``servers_file`` must stay inside (resolved): the schedule file's, and
     #: ``BMSREBOOT_SCHEDULE_IDS_DIR`` when set.
     ids_dirs: tuple[Path, ...] = ()
@@ -215,6 +218,7 @@ class ScheduleEntry:
             "health_timeout": self.health_timeout,
             "health_check": self.health_check,
             "soak_seconds": self.soak_seconds,
+            "notify_url": self.notify_url,
             "type": self.type,
             "idempotency_key": tick_key(self.name, tick),
             "source": f"schedule:{self.name}",
@@ -451,6 +455,7 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
     health_timeout = _seconds(item, "health_timeout", errors, positive=True)
     soak_seconds = _seconds(item, "soak_seconds", errors, positive=False)
     health_check = _health_check(item, errors)
+    notify_url = _notify_url(item, errors)
     concurrency = item.get("concurrency", "forbid")
     if concurrency not in CONCURRENCY:
         errors.append(f'concurrency must be "forbid" or "allow", got {_quote(concurrency)}')
@@ -478,6 +483,7 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
         health_timeout=health_timeout,
         health_check=health_check,
         soak_seconds=soak_seconds,
+        notify_url=notify_url,
         ids_dirs=dirs,
     )
     return entry, errors
@@ -496,6 +502,21 @@ def _seconds(item: dict[str, Any], name: str, errors: list[str], *, positive: bo
         errors.append(f"{name} must be a number of seconds up to 86400, got {_quote(value)}")
         return None
     return float(value)
+
+
+def _notify_url(item: dict[str, Any], errors: list[str]) -> str | None:
+    """``notify_url = "https://hooks.example.com/bmsreboot"``, checked as intake checks it
+    (the reason masks the URL's credentials)."""
+    from worker.pipeline.message import notify_url_problem
+
+    value = item.get("notify_url")
+    if value is None:
+        return None
+    problem = notify_url_problem(value)
+    if problem:
+        errors.append(problem)
+        return None
+    return str(value)
 
 
 def _health_check(item: dict[str, Any], errors: list[str]) -> dict[str, Any] | None:

@@ -113,6 +113,11 @@ def _celery_app(settings: Any) -> Any:
 @click.option("--source", help="Who asks (default cli:<user>).")
 @click.option("--notify-task", help="Celery task to receive the final status dict.")
 @click.option("--notify-queue", help="Queue of that task (default: celery).")
+@click.option(
+    "--notify-url",
+    metavar="URL",
+    help="An http(s) URL that gets this request's webhooks (besides BMSREBOOT_WEBHOOK_URL).",
+)
 @click.option("--max-in-flight", type=int, help="At most N batches submitted at once.")
 @click.option("--canary-size", type=int, help="Batch 0 holds N servers; all must succeed first.")
 @click.option(
@@ -183,6 +188,7 @@ def submit(
     source: str | None,
     notify_task: str | None,
     notify_queue: str | None,
+    notify_url: str | None,
     max_in_flight: int | None,
     canary_size: int | None,
     failure_threshold: float | None,
@@ -258,6 +264,7 @@ def submit(
         batch_size=batch_size,
         notify_task=notify_task,
         notify_queue=notify_queue,
+        notify_url=notify_url,
         max_in_flight=max_in_flight,
         canary_size=canary_size,
         failure_threshold=failure_threshold,

@@ -178,6 +178,9 @@ class RebootRequest(Base):
     notify_task: Mapped[str255 | None]
     #: The queue the completion callback goes to (None: Celery's default queue, ``celery``).
     notify_queue: Mapped[str255 | None]
+    #: Where the request's webhooks go, besides ``BMSREBOOT_WEBHOOK_URL`` (an http(s) URL as
+    #: the producer gave it; shown with its credentials masked).
+    notify_url: Mapped[str | None] = mapped_column(String(2000))
     status: Mapped[request_status]
     servers_total: Mapped[count]
     servers_succeeded: Mapped[count]

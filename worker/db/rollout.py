@@ -70,7 +70,9 @@ def stop_request(
 ) -> bool:
     """Stop releasing the request's batches and cancel its pending ones; it ends ``kind`` once
     its batches in flight have ended. False if it had already ended or was already stopped
-    (then nothing changes; an earlier stop's reason stands)."""
+    (then nothing changes; an earlier stop's reason stands). A halt is noted in the session
+    for ``take_halted``: the caller calls ``ending.request_changed`` in the same unit of
+    work, which announces it."""
     assert kind in (RequestStatus.HALTED, RequestStatus.CANCELLED)
     request = _locked_request(session, request_id)
     if request is None or request.status not in ACTIVE_REQUEST_STATES or request.stop is not None:
@@ -93,7 +95,21 @@ def stop_request(
         at=now,
     )
     cancel_pending(session, request_id, actor=actor, reason=reason)
+    if kind is RequestStatus.HALTED:
+        session.info.setdefault(_HALTED, []).append(request_id)
     return True
+
+
+#: Where ``stop_request`` notes the requests it halted in a session (its unit of work).
+_HALTED = "bmsreboot.halted"
+
+
+def take_halted(session: Session) -> list[uuid.UUID]:
+    """The requests ``stop_request`` halted in this session since the last call, each once.
+    ``notify.finalize`` takes them to announce ``request.halted``: every stop is followed,
+    in its unit of work, by ``ending.request_changed`` (which calls it)."""
+    halted: list[uuid.UUID] = session.info.pop(_HALTED, [])
+    return halted
 
 
 def cancel_pending(session: Session, request_id: uuid.UUID, *, actor: str, reason: str) -> int:

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import ids
+from worker.censor import mask_url_credentials
 from worker.db.models import Batch, RebootRequest, ServerResult
 from worker.db.queries import server_counts
 from worker.db.states import ServerStatus
@@ -59,6 +60,7 @@ def request_status(
         "started_at": _iso(request.started_at),
         "finished_at": _iso(request.finished_at),
         "notified_at": _iso(request.notified_at),
+        "notify_url": mask_url_credentials(request.notify_url) if request.notify_url else None,
         "selector": request.selector,
         "preflight": request.preflight,
         "verify": request.verify,

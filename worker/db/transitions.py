@@ -408,7 +408,21 @@ def settle_servers(
     """Settle the given servers of a batch that are still ``expect``, each with its outcome
     (from ``pending``: ``skipped``, not sent and why, or ``failed`` with ``BMS.0040``; from
     ``verifying``: ``succeeded`` when seen back, or ``unhealthy``), and write their events;
-    the batch itself goes on. Returns how many."""
+    the batch itself goes on. Returns how many (:func:`settled_servers`: which)."""
+    return len(settled_servers(session, batch_id, outcomes, actor=actor, expect=expect))
+
+
+def settled_servers(
+    session: Session,
+    batch_id: uuid.UUID,
+    outcomes: Mapping[str, ServerOutcome],
+    *,
+    actor: str,
+    expect: ServerStatus = ServerStatus.PENDING,
+) -> list[tuple[str, ServerOutcome]]:
+    """:func:`settle_servers`, returning the servers this call settled (compare-and-set on
+    each server's state: one another call settled first is not among them) with their
+    outcomes."""
     table = _SERVERS
     now = utcnow()
     alike: dict[ServerOutcome, list[str]] = {}
@@ -447,7 +461,7 @@ def settle_servers(
             actor,
             at=now,
         )
-    return len(settled)
+    return settled
 
 
 _PG_SETTLE_SERVERS = text(

@@ -5,7 +5,8 @@ unknown, its worker was lost mid-POST, every server was held by another request,
 its job was lost, a cancel or a brake) goes through :func:`end_batch` (or, for a batch an
 earlier step already moved, :func:`batch_ended`), in the unit of work that ended it:
 
-1. the batch and its still-pending servers take their final states (``settle_batch``);
+1. the batch and its still-pending servers take their final states (``settle_batch``), and
+   ``batch.ended`` is announced (``worker.pipeline.announce``);
 2. the request's rollout brakes are judged and, if every batch has ended, its final status
    and counts are written (``notify.finalize``);
 3. the completion callback, if any, is sent once that unit has committed;
@@ -30,8 +31,10 @@ from worker.db.plan import end_may_release, start_soak
 from worker.db.session import after_commit
 from worker.db.states import BatchStatus, ServerStatus
 from worker.db.transitions import ServerOutcome, settle_batch
+from worker.pipeline.announce import announce, batch_data
 from worker.pipeline.notify import finalize, send
 from worker.pipeline.runtime import Runtime
+from worker.webhooks import BATCH_ENDED
 
 
 def end_batch(
@@ -70,6 +73,7 @@ def batch_ended(session: Session, batch: Batch, rt: Runtime) -> None:
     """What follows the end of ``batch``, in the unit of work that ended it: the request's
     brakes and final status, its callback after commit, and the release step if a rollout
     limit waited on this batch."""
+    announce(session, rt, BATCH_ENDED, batch.request_id, lambda: batch_data(session, batch))
     request_changed(session, batch.request_id, rt)
     soak = start_soak(session, batch, rt.now())
     if end_may_release(session, batch):

@@ -30,6 +30,7 @@ from worker.db.create import create_rejected_request, create_request, find_exist
 from worker.db.models import Batch, RebootRequest
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus
+from worker.pipeline.announce import announce, status_of
 from worker.pipeline.inventory import InventoryRefused, Selector, resolve
 from worker.pipeline.release import schedule_release
 from worker.pipeline.runtime import Runtime, log
@@ -40,6 +41,7 @@ from worker.pipeline.validation import (
     differences,
     validate_request,
 )
+from worker.webhooks import REQUEST_ACCEPTED, REQUEST_REJECTED
 
 
 @dataclass
@@ -101,9 +103,20 @@ def accept_request(
                     reasons=checked.reasons,
                     idempotency_key=checked.idempotency_key,
                     servers_total=checked.servers_given,
+                    notify_url=checked.notify_url,
                     actor=rt.actor,
                 )
             status = str(request.status)
+            # Announced only if this transaction records the request: a duplicate's
+            # IntegrityError rolls the event back with it.
+            announce(
+                session,
+                rt,
+                REQUEST_ACCEPTED if checked.valid else REQUEST_REJECTED,
+                request.id,
+                status_of(session, request.id),
+                notify_url=checked.notify_url,
+            )
     except IntegrityError:
         # Another worker recorded the same request id or idempotency key a moment ago.
         again = _existing(checked, rt)
@@ -232,7 +245,16 @@ def _conflict(checked: ValidatedRequest, rt: Runtime, conflict: Conflict) -> Int
                     reasons=[reason],
                     idempotency_key=checked.idempotency_key,
                     servers_total=checked.servers,
+                    notify_url=checked.notify_url,
                     actor=rt.actor,
+                )
+                announce(
+                    session,
+                    rt,
+                    REQUEST_REJECTED,
+                    refused,
+                    status_of(session, refused),
+                    notify_url=checked.notify_url,
                 )
     except IntegrityError:
         pass  # the same refusal, recorded a moment ago by another worker

@@ -9,10 +9,20 @@ operator's words, so that an invalid request is recorded as ``rejected`` with al
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL as MAX_BATCH_SIZE
@@ -30,6 +40,39 @@ CELERY_NAME = r"^[A-Za-z0-9_.:@-]{1,255}$"
 MAX_IN_FLIGHT = 1_000_000
 #: The farthest a ``not_after`` may lie ahead: a maintenance window, not a date in years.
 MAX_NOT_AFTER_DAYS = 366
+#: The longest ``notify_url`` (a webhook URL with a token in its path or query fits).
+MAX_NOTIFY_URL = 2000
+#: An http(s) URL without spaces or control characters.
+NOTIFY_URL_PATTERN = r"^https?://[^\x00-\x20\x7f]+$"
+
+
+def notify_url_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a request's ``notify_url``, or None. The URL is quoted with its
+    credentials masked (a token in its user info or query): the reason is recorded on the
+    rejected request and shown to people."""
+    from urllib.parse import urlsplit
+
+    from worker.censor import mask_url_credentials
+
+    if isinstance(value, str):
+        shown = mask_url_credentials(value)
+        shown = repr(shown if len(shown) <= 80 else shown[:77] + "...")
+    else:
+        shown = type(value).__name__
+    what = f"notify_url must be an http(s) URL of at most {MAX_NOTIFY_URL} characters"
+    if not isinstance(value, str):
+        return f"{what}, got {shown}"
+    if len(value) > MAX_NOTIFY_URL:
+        return f"{what}, got {len(value)} characters"
+    if not re.match(NOTIFY_URL_PATTERN, value):
+        return f"{what} (no spaces or control characters), got {shown}"
+    try:
+        host = urlsplit(value).hostname
+    except ValueError:
+        host = None
+    if not host:
+        return f"{what} with a host, got {shown}"
+    return None
 
 
 def _only(schema: dict[str, Any], shape: dict[str, Any]) -> None:
@@ -245,6 +288,22 @@ class RebootRequestMessage(BaseModel):
         max_length=255,
         description="The queue of notify_task (default: celery).",
     )
+    notify_url: str | None = Field(
+        None,
+        max_length=MAX_NOTIFY_URL,
+        pattern=NOTIFY_URL_PATTERN,
+        description="An http(s) URL that gets the request's webhooks (CloudEvents signed per "
+        "Standard Webhooks: accepted or rejected, each batch's end, unhealthy servers, "
+        "halted, finished), besides BMSREBOOT_WEBHOOK_URL.",
+    )
+
+    @field_validator("notify_url")
+    @classmethod
+    def _notify_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else notify_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 def json_schema() -> dict[str, Any]:

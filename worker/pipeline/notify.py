@@ -17,11 +17,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from worker.db.models import RebootRequest
-from worker.db.rollout import check_brakes
+from worker.db.rollout import check_brakes, take_halted
 from worker.db.session import unit_of_work
 from worker.db.status import request_status
 from worker.db.transitions import finalize_request_if_done, mark_notified
+from worker.pipeline.announce import announce, status_of
 from worker.pipeline.runtime import Runtime, log
+from worker.webhooks import REQUEST_FINISHED, REQUEST_HALTED
 
 
 @dataclass(frozen=True)
@@ -44,13 +46,26 @@ def notification_for(session: Session, request_id: uuid.UUID) -> Notification | 
 
 def finalize(session: Session, request_id: uuid.UUID, rt: Runtime) -> Notification | None:
     """After a batch of the request ended, in that transaction: trip the rollout brakes if
-    due (``worker.db.rollout``), then close the request if it is done."""
+    due (``worker.db.rollout``), then close the request if it is done; ``request.halted`` and
+    ``request.finished`` are announced here (``worker.pipeline.announce``)."""
     stopped = check_brakes(session, request_id, actor=rt.actor)
     if stopped:
         log.warning("request %s halted: %s", request_id, stopped)
+    # Every request halted in this unit of work (here, or by the caller before: a cut-off, a
+    # refused inventory, a submit that cannot go on), announced once, before it may finish.
+    for halted in take_halted(session):
+        announce(session, rt, REQUEST_HALTED, halted, status_of(session, halted))
     request = finalize_request_if_done(session, request_id, actor=rt.actor)
     if request is None:
         return None
+    announce(
+        session,
+        rt,
+        REQUEST_FINISHED,
+        request.id,
+        status_of(session, request.id),
+        notify_url=request.notify_url,
+    )
     log.info(
         "request %s finished: %s (%d succeeded, %d failed, %d unknown of %d)",
         request.id,

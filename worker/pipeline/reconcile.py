@@ -19,7 +19,8 @@ run looks for work overdue by more than ``BMSREBOOT_RECONCILE_GRACE`` seconds:
   rule, on the same queue);
 - requests whose batches have all ended but which were never finalized: finalized;
 - finished requests whose completion callback was not handed to the broker: sent;
-- requests past their ``not_after`` with batches not yet sent: cut off (``halted``).
+- requests past their ``not_after`` with batches not yet sent: cut off (``halted``);
+- webhook deliveries still pending whose message was lost (``worker.webhooks.redeliver_lost``).
 
 Two runs at once (two beats, a slow run overlapping the next) are safe: every change is
 compare-and-set, and a lease held for most of an interval makes the second run skip, so no work
@@ -50,6 +51,7 @@ from worker.pipeline.notify import notification_for, send
 from worker.pipeline.release import cut_off
 from worker.pipeline.runtime import Runtime, log
 from worker.pipeline.submit import settle_lost_submit, stale_after
+from worker.webhooks import redeliver_lost
 
 #: Rows one run handles per kind of work (the next run takes the rest).
 PER_RUN = 1000
@@ -140,6 +142,14 @@ def reconcile(rt: Runtime) -> dict[str, int]:
             notification = notification_for(session, request_id)
         if send(notification, rt):
             done["callbacks"] += 1
+
+    # Webhook deliveries whose message was lost (a worker killed between its commit and its
+    # send, a broker flushed): the outbox says which; sent again after this commit.
+    with unit_of_work(rt.engine) as session:
+        lost_hooks = redeliver_lost(session, now, PER_RUN, grace=rt.settings.reconcile_grace)
+        if lost_hooks:
+            rt.dispatcher.webhooks(lost_hooks)
+    done["webhooks"] = len(lost_hooks)
 
     rt.metrics.reconciled(rt.now().timestamp())
     result = {kind: n for kind, n in done.items() if n}

@@ -36,9 +36,10 @@ log = logging.getLogger("bmsreboot.pipeline")
 
 class Dispatcher(ABC):
     """Sends follow-up work: a project's release step, a batch's submit, poll or check, a
-    completion callback. Called inside a unit of work, it sends once that unit has committed
-    (and never if it rolled back: ``worker.db.session.after_commit``), so a follow-up never
-    names a row its receiver cannot read yet, wherever the call is written. The Celery
+    completion callback, the deliveries of announced events. Called inside a unit of work, it
+    sends once that unit has committed (and never if it rolled back:
+    ``worker.db.session.after_commit``), so a follow-up never names a row its receiver cannot
+    read yet, wherever the call is written. The Celery
     implementation lives in ``worker.pipeline.tasking``; tests record instead
     (``RecordingDispatcher``).
 
@@ -63,6 +64,11 @@ class Dispatcher(ABC):
     def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
         return self._later("notify", (task_name, status, queue), 0.0)
 
+    def webhooks(self, delivery_ids: list[int]) -> bool:
+        """The outbox rows just written (``worker.pipeline.announce``): one delivery message
+        each, after the commit."""
+        return self._later("webhooks", [int(i) for i in delivery_ids], 0.0)
+
     def _later(self, kind: str, item: Any, countdown: float, **options: Any) -> bool:
         sent: list[bool] = []
         after_commit(lambda: sent.append(self.deliver(kind, item, countdown, **options)))
@@ -70,7 +76,8 @@ class Dispatcher(ABC):
 
     @abstractmethod
     def deliver(self, kind: str, item: Any, countdown: float, **options: Any) -> bool:
-        """Send one follow-up now (``kind``: release, submit, poll, verify or notify)."""
+        """Send one follow-up now (``kind``: release, submit, poll, verify, notify or
+        webhooks)."""
 
     @abstractmethod
     def waiting(self, queue: str) -> int | None:

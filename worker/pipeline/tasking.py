@@ -17,6 +17,7 @@ from worker.fleet import Fleet, load_fleet
 from worker.metrics import Metrics, counters_for, response_hook
 from worker.pipeline.runtime import Dispatcher, Runtime
 from worker.settings import get_settings
+from worker.webhooks import send_deliveries
 
 log = logging.getLogger("bmsreboot.pipeline")
 
@@ -67,6 +68,9 @@ class CeleryDispatcher(Dispatcher):
                 kwargs={"seq": options["seq"]} if options.get("seq") is not None else {},
                 countdown=countdown,
             )
+        if kind == "webhooks":
+            # Logs and reports a failed publish itself: the reconciler re-drives the rows.
+            return send_deliveries(self._app, item)
         assert kind == "notify", kind
         task_name, status, queue = item
         # A callback nobody consumes expires instead of piling up in its queue for ever.

@@ -21,7 +21,12 @@ from pydantic import ValidationError
 
 from worker import ids
 from worker.bms.client import MAX_SERVERS_PER_CALL, POWER_TYPES
-from worker.pipeline.message import MAX_NOT_AFTER_DAYS, PROJECT_ID_PATTERN, RebootRequestMessage
+from worker.pipeline.message import (
+    MAX_NOT_AFTER_DAYS,
+    PROJECT_ID_PATTERN,
+    RebootRequestMessage,
+    notify_url_problem,
+)
 from worker.text import clean
 
 MAX_BATCH_SIZE = MAX_SERVERS_PER_CALL
@@ -55,6 +60,8 @@ class ValidatedRequest:
     failure_threshold: float | None
     notify_task: str | None
     notify_queue: str | None
+    #: Where the request's webhooks go (besides BMSREBOOT_WEBHOOK_URL).
+    notify_url: str | None
     not_after: dt.datetime | None
     not_before: dt.datetime | None
     #: The selector the servers are resolved from at intake (None: the ids were given).
@@ -344,6 +351,9 @@ _WHAT_IT_MUST_BE = {
 def _reason(name: str, error: Mapping[str, Any], value: Any) -> str:
     """One pydantic error on one field of the message, in an operator's words."""
     kind = error["type"]
+    if name == "notify_url":
+        # Never the URL as given: it may hold a token (masked here).
+        return notify_url_problem(value) or f"notify_url: {error['msg']}"
     got = _short(value)
     if name == "health_check":
         return (
@@ -529,6 +539,7 @@ def validate_request(
         failure_threshold=float(ok.failure_threshold) if ok.failure_threshold is not None else None,
         notify_task=ok.notify_task,
         notify_queue=ok.notify_queue,
+        notify_url=ok.notify_url,
         not_after=not_after,
         not_before=not_before,
         selector=_selector(fields.get("selector")) if "selector" not in found else None,

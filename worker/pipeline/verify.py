@@ -48,7 +48,14 @@ from worker.db.queries import learned_boot_seconds
 from worker.db.rollout import stop_request
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, RequestStatus, ServerStatus, derive_batch_status
-from worker.db.transitions import ServerOutcome, settle_servers, transition_batch, update_batch
+from worker.db.transitions import (
+    ServerOutcome,
+    settle_servers,
+    settled_servers,
+    transition_batch,
+    update_batch,
+)
+from worker.pipeline.announce import announce
 from worker.pipeline.backoff import countdown_ceiling, poll_delay, with_jitter
 from worker.pipeline.ending import batch_ended, request_changed
 from worker.pipeline.inventory import (
@@ -62,6 +69,7 @@ from worker.pipeline.inventory import (
 from worker.pipeline.probes import probe_all
 from worker.pipeline.runtime import Runtime, log
 from worker.settings import Settings
+from worker.webhooks import SERVER_UNHEALTHY
 
 #: Statuses after which a rebooted server will not come back by itself.
 LOST = frozenset({"ERROR", "SHUTOFF"})
@@ -210,7 +218,7 @@ def _record(
     with unit_of_work(rt.engine) as session:
         if not _book(session, batch_id, this, next_check_at=None, error=error):
             return "stale"
-        settle_servers(session, batch_id, outcomes, actor=rt.actor, expect=ServerStatus.VERIFYING)
+        _settle(session, batch_id, this, outcomes, rt)
         batch = _end(session, batch_id, this, rt)
     _observe(rt, this, outcomes)
     log.info("batch %s verified: %s", batch_id, batch.status)
@@ -247,14 +255,46 @@ def _again(
         ):
             return "stale"
         if outcomes:
-            settle_servers(
-                session, batch_id, outcomes, actor=rt.actor, expect=ServerStatus.VERIFYING
-            )
+            _settle(session, batch_id, this, outcomes, rt)
         rt.dispatcher.verify(batch_id, countdown=delay, seq=this.checks + 1)
     # After the commit: the metrics store may be this same database (the embedded default),
     # whose one writer is the unit of work above until it ends.
     _observe(rt, this, outcomes)
     return "waiting"
+
+
+def _settle(
+    session: Session,
+    batch_id: uuid.UUID,
+    this: _Check,
+    outcomes: dict[str, ServerOutcome],
+    rt: Runtime,
+) -> None:
+    """Settle the servers this check decided on; each that this call made ``unhealthy`` is
+    announced (``server.unhealthy``), once: a server already settled is not settled again."""
+    settled = settled_servers(
+        session, batch_id, outcomes, actor=rt.actor, expect=ServerStatus.VERIFYING
+    )
+    unhealthy = [(sid, o) for sid, o in settled if o.status == ServerStatus.UNHEALTHY]
+    if not unhealthy:
+        return
+    notify_url = session.scalar(
+        select(RebootRequest.notify_url).where(RebootRequest.id == this.request_id)
+    )
+    for server_id, outcome in unhealthy:
+        announce(
+            session,
+            rt,
+            SERVER_UNHEALTHY,
+            this.request_id,
+            {
+                "request_id": str(this.request_id),
+                "server_id": server_id,
+                "batch_id": str(batch_id),
+                "reason": outcome.fail_reason,
+            },
+            notify_url=notify_url,
+        )
 
 
 def _book(
