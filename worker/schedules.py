@@ -101,6 +101,9 @@ FIELDS = {
     "health_timeout",
     "health_check",
     "soak_seconds",
+    "gate_query",
+    "gate_exclude",
+    "gate_timeout",
     "type",
     "window",
     "batch_size",
@@ -167,6 +170,11 @@ class ScheduleEntry:
     health_timeout: float | None = None
     health_check: dict[str, Any] | None = None
     soak_seconds: float | None = None
+    #: The alert gate before each wave (None: the deployment's): PromQL, the alertnames it
+    #: ignores, how long it may hold the request.
+    gate_query: str | None = None
+    gate_exclude: str | None = None
+    gate_timeout: float | None = None
     #: The directories ``servers_file`` must stay inside (resolved): the schedule file's, and
     #: ``BMSREBOOT_SCHEDULE_IDS_DIR`` when set.
     ids_dirs: tuple[Path, ...] = ()
@@ -215,6 +223,9 @@ class ScheduleEntry:
             "health_timeout": self.health_timeout,
             "health_check": self.health_check,
             "soak_seconds": self.soak_seconds,
+            "gate_query": self.gate_query,
+            "gate_exclude": self.gate_exclude,
+            "gate_timeout": self.gate_timeout,
             "type": self.type,
             "idempotency_key": tick_key(self.name, tick),
             "source": f"schedule:{self.name}",
@@ -451,6 +462,8 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
     health_timeout = _seconds(item, "health_timeout", errors, positive=True)
     soak_seconds = _seconds(item, "soak_seconds", errors, positive=False)
     health_check = _health_check(item, errors)
+    gate_query, gate_exclude = _gate(item, errors)
+    gate_timeout = _seconds(item, "gate_timeout", errors, positive=True)
     concurrency = item.get("concurrency", "forbid")
     if concurrency not in CONCURRENCY:
         errors.append(f'concurrency must be "forbid" or "allow", got {_quote(concurrency)}')
@@ -478,6 +491,9 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
         health_timeout=health_timeout,
         health_check=health_check,
         soak_seconds=soak_seconds,
+        gate_query=gate_query,
+        gate_exclude=gate_exclude,
+        gate_timeout=gate_timeout,
         ids_dirs=dirs,
     )
     return entry, errors
@@ -496,6 +512,31 @@ def _seconds(item: dict[str, Any], name: str, errors: list[str], *, positive: bo
         errors.append(f"{name} must be a number of seconds up to 86400, got {_quote(value)}")
         return None
     return float(value)
+
+
+def _gate(item: dict[str, Any], errors: list[str]) -> tuple[str | None, str | None]:
+    """``gate_query`` (PromQL) and ``gate_exclude`` (a regular expression on alertname), checked
+    as intake checks them."""
+    import re
+
+    from worker.pipeline.message import MAX_GATE_TEXT
+
+    found: list[str | None] = []
+    for name in ("gate_query", "gate_exclude"):
+        value = item.get(name)
+        if value is not None and (
+            not isinstance(value, str) or not value.strip() or len(value) > MAX_GATE_TEXT
+        ):
+            errors.append(f"{name} must be a non-empty string, got {_quote(value)}")
+            value = None
+        found.append(value.strip() if value else None)
+    if found[1] is not None:
+        try:
+            re.compile(found[1])
+        except re.error as exc:
+            errors.append(f"gate_exclude must be a regular expression (on alertname): {exc}")
+            found[1] = None
+    return found[0], found[1]
 
 
 def _health_check(item: dict[str, Any], errors: list[str]) -> dict[str, Any] | None:
