@@ -169,7 +169,7 @@ def admit(
     if not gates:
         return candidates, False
     query = query_function(rt)
-    answers: dict[str, Answer | None] = {}  # one GET per expression a run
+    answers: dict[str, Answer | None] = {}  # one GET per distinct expression here
     judged = False
     for gate in {g.request_id: g for g in gates.values()}.values():
         if gate.request_id in verdicts or time.monotonic() > deadline:
