@@ -15,6 +15,7 @@ read from the audit database at each scrape. The names are fixed, for dashboards
 - ``bmsreboot_polls_per_job`` and ``bmsreboot_detection_delay_seconds`` (histograms, observed
   when a job ends: its GETs, and the time from its own end to the audit database knowing it);
 - ``bmsreboot_oldest_unfinished_batch_seconds`` (gauge), ``bmsreboot_dead_letters`` (gauge);
+- ``bmsreboot_requests_gated`` (gauge: requests running whose alert gate is closed now);
 - ``bmsreboot_webhook_deliveries_total{outcome}`` (``outcome`` = delivered | retry | failed |
   stopped: webhook and chat attempts by what came of them, ``worker.webhooks``);
 - ``bmsreboot_reconcile_last_run_timestamp_seconds`` (gauge: the Unix time a reconciler run
@@ -372,6 +373,15 @@ class Collector:
                 select(func.min(Batch.created_at)).where(Batch.status.not_in(TERMINAL_BATCH_STATES))
             )
             dead = session.scalar(select(func.count()).select_from(DeadLetter))
+            gated = session.scalar(
+                select(func.count())
+                .select_from(RebootRequest)
+                .where(
+                    RebootRequest.status.in_(ACTIVE_REQUEST_STATES),
+                    RebootRequest.stop.is_(None),
+                    RebootRequest.gate_closed_since.is_not(None),
+                )
+            )
         by_request = family("bmsreboot_requests", "Requests by status", labels=["status"])
         for request_status in RequestStatus:
             by_request.add_metric([request_status.value], float(requests.get(request_status, 0)))
@@ -396,6 +406,11 @@ class Collector:
         )
         yield family(
             "bmsreboot_dead_letters", "Messages moved aside as dead letters", value=dead or 0
+        )
+        yield family(
+            "bmsreboot_requests_gated",
+            "Requests whose alert gate is closed now (their next batches held)",
+            value=gated or 0,
         )
 
 

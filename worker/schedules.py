@@ -102,6 +102,9 @@ FIELDS = {
     "health_check",
     "soak_seconds",
     "notify_url",
+    "gate_query",
+    "gate_exclude",
+    "gate_timeout",
     "type",
     "window",
     "batch_size",
@@ -170,6 +173,11 @@ class ScheduleEntry:
     soak_seconds: float | None = None
     #: Where each of the entry's requests sends its webhooks (besides BMSREBOOT_WEBHOOK_URL).
     notify_url: str | None = None
+    #: The alert gate before each wave (None: the deployment's): PromQL, the alertnames it
+    #: ignores, how long it may hold the request.
+    gate_query: str | None = None
+    gate_exclude: str | None = None
+    gate_timeout: float | None = None
     #: The directories ``servers_file`` must stay inside (resolved): the schedule file's, and
     #: ``BMSREBOOT_SCHEDULE_IDS_DIR`` when set.
     ids_dirs: tuple[Path, ...] = ()
@@ -219,6 +227,9 @@ class ScheduleEntry:
             "health_check": self.health_check,
             "soak_seconds": self.soak_seconds,
             "notify_url": self.notify_url,
+            "gate_query": self.gate_query,
+            "gate_exclude": self.gate_exclude,
+            "gate_timeout": self.gate_timeout,
             "type": self.type,
             "idempotency_key": tick_key(self.name, tick),
             "source": f"schedule:{self.name}",
@@ -456,6 +467,8 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
     soak_seconds = _seconds(item, "soak_seconds", errors, positive=False)
     health_check = _health_check(item, errors)
     notify_url = _notify_url(item, errors)
+    gate_query, gate_exclude = _gate(item, errors)
+    gate_timeout = _seconds(item, "gate_timeout", errors, positive=True)
     concurrency = item.get("concurrency", "forbid")
     if concurrency not in CONCURRENCY:
         errors.append(f'concurrency must be "forbid" or "allow", got {_quote(concurrency)}')
@@ -484,6 +497,9 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
         health_check=health_check,
         soak_seconds=soak_seconds,
         notify_url=notify_url,
+        gate_query=gate_query,
+        gate_exclude=gate_exclude,
+        gate_timeout=gate_timeout,
         ids_dirs=dirs,
     )
     return entry, errors
@@ -517,6 +533,31 @@ def _notify_url(item: dict[str, Any], errors: list[str]) -> str | None:
         errors.append(problem)
         return None
     return str(value)
+
+
+def _gate(item: dict[str, Any], errors: list[str]) -> tuple[str | None, str | None]:
+    """``gate_query`` (PromQL) and ``gate_exclude`` (a regular expression on alertname), checked
+    as intake checks them."""
+    import re
+
+    from worker.pipeline.message import MAX_GATE_TEXT
+
+    found: list[str | None] = []
+    for name in ("gate_query", "gate_exclude"):
+        value = item.get(name)
+        if value is not None and (
+            not isinstance(value, str) or not value.strip() or len(value) > MAX_GATE_TEXT
+        ):
+            errors.append(f"{name} must be a non-empty string, got {_quote(value)}")
+            value = None
+        found.append(value.strip() if value else None)
+    if found[1] is not None:
+        try:
+            re.compile(found[1])
+        except re.error as exc:
+            errors.append(f"gate_exclude must be a regular expression (on alertname): {exc}")
+            found[1] = None
+    return found[0], found[1]
 
 
 def _health_check(item: dict[str, Any], errors: list[str]) -> dict[str, Any] | None:

@@ -223,6 +223,33 @@ class Settings(BaseSettings):
         "and request.finished. Unset: no chat messages.",
     )
 
+    # --- the alert gate before each wave (worker.pipeline.gate) -------------------------------
+    prometheus_url: str | None = Field(
+        None,
+        description="The Prometheus the gate asks (http://host:9090) before each wave. Unset: "
+        "no gate, unless a request gives its own gate_query (then it is held: fail-closed).",
+    )
+    gate_query: str = Field(
+        'ALERTS{alertstate="firing",severity="critical"}',
+        min_length=1,
+        description="The PromQL a request's gate evaluates when it gives none: any series "
+        "returned holds the request's next batches.",
+    )
+    gate_exclude: str | None = Field(
+        None,
+        description="A regular expression on alertname (anchored): series it matches do not "
+        "close the gate (alerts the reboot itself causes). Unset: none excluded.",
+    )
+    gate_interval: float = Field(
+        30.0, gt=0, description="Seconds between two checks of a closed gate."
+    )
+    gate_timeout: float = Field(
+        3600.0,
+        gt=0,
+        le=86400,
+        description="Seconds a gate may stay closed before its request is halted.",
+    )
+
     # --- broken input and answers -----------------------------------------------------------
     preflight: bool = Field(
         True,
@@ -339,6 +366,16 @@ class Settings(BaseSettings):
             )
         return v
 
+    @field_validator("gate_exclude")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return v or None
+
     @field_validator("bms_endpoint", "iam_endpoint", "sts_endpoint", "metadata_url")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
@@ -354,6 +391,14 @@ class Settings(BaseSettings):
             "failure_threshold": self.default_failure_threshold,
             "not_after": self.default_not_after,
         }
+        if self.prometheus_url:
+            # With a Prometheus to ask, every request is gated: the deployment's query,
+            # exclusion and timeout unless it gives its own (recorded on the request).
+            values.update(
+                gate_query=self.gate_query,
+                gate_exclude=self.gate_exclude,
+                gate_timeout=self.gate_timeout,
+            )
         return {k: v for k, v in values.items() if v is not None}
 
     @property

@@ -167,6 +167,23 @@ def _celery_app(settings: Any) -> Any:
     metavar="SECONDS",
     help="After each batch is verified, wait this long before the next is sent.",
 )
+@click.option(
+    "--gate-query",
+    metavar="PROMQL",
+    help="Before each wave: hold the next batches while this returns any series, or "
+    "Prometheus cannot say (default: BMSREBOOT_GATE_QUERY, with BMSREBOOT_PROMETHEUS_URL).",
+)
+@click.option(
+    "--gate-exclude",
+    metavar="REGEX",
+    help="Series whose alertname fully matches this do not hold (alerts the reboots cause).",
+)
+@click.option(
+    "--gate-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Halt the request once its gate has been closed this long (default 3600).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan; record and send nothing.")
 @click.option("--wait", is_flag=True, help="Follow the request to its end.")
 @click.option(
@@ -202,6 +219,9 @@ def submit(
     tcp_check: int | None,
     http_check: str | None,
     soak: float | None,
+    gate_query: str | None,
+    gate_exclude: str | None,
+    gate_timeout: float | None,
     dry_run: bool,
     wait: bool,
     timeout: float | None,
@@ -258,6 +278,9 @@ def submit(
         health_timeout=health_timeout,
         health_check=health_check,
         soak_seconds=soak,
+        gate_query=gate_query,
+        gate_exclude=gate_exclude,
+        gate_timeout=gate_timeout,
         type=reboot_type.upper(),
         idempotency_key=idempotency_key,
         source=source or f"cli:{getpass.getuser()}",

@@ -66,6 +66,20 @@ def verification_line(status: dict[str, Any]) -> str:
     return "verification: " + ", ".join(parts) if parts else ""
 
 
+def gate_line(status: dict[str, Any]) -> str:
+    """While the request's alert gate holds it: since when, why, and its next check (empty:
+    no gate, or open)."""
+    gate = status.get("gate") or {}
+    if not gate.get("closed_since") or status.get("status") not in ("accepted", "running"):
+        return ""
+    line = f"gate: closed since {gate['closed_since']}: {gate.get('reason') or '?'}"
+    if gate.get("next_check_at"):
+        line += f"; next check at {gate['next_check_at']}"
+    if gate.get("timeout"):
+        line += f"; halts after {gate['timeout']:g} s closed"
+    return line
+
+
 def print_status(status: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -85,6 +99,8 @@ def print_status(status: dict[str, Any]) -> None:
     elif status.get("reason"):
         console.print(f"reason: {status['reason']}")
     if line := verification_line(status):
+        console.print(line, markup=False, highlight=False)
+    if line := gate_line(status):
         console.print(line, markup=False, highlight=False)
     if status["batches"]:
         table = Table("batch", "status", "job id", "size", "polls", "checks", "last error")

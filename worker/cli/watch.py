@@ -23,7 +23,7 @@ from worker.cli.follow import (
     summary,
 )
 from worker.cli.params import REQUEST_ID
-from worker.cli.show import ENDED
+from worker.cli.show import ENDED, gate_line
 
 #: How long ``watch`` waits for a worker to record the request when no --timeout is given.
 RECORD_WAIT = 30.0
@@ -54,6 +54,7 @@ def progress_line(status: dict[str, Any]) -> str:
         f"{counts['servers_total']} done" + (f" ({outcomes})" if outcomes else "") + "; "
         f"{counts['posts']} POSTs, {counts['gets']} GETs, "
         f"{counts['throttled_batches']} throttled"
+        + (f"; {held}" if (held := gate_line(status)) else "")
     )
 
 
@@ -64,6 +65,7 @@ def _change(status: dict[str, Any]) -> tuple[Any, ...]:
         status["status"],
         tuple(b["status"] for b in status["batches"]),
         tuple(sorted(status["servers"].items())),
+        (status.get("gate") or {}).get("closed_since"),
     )
 
 
@@ -135,7 +137,7 @@ def follow_request(
                 detail=(
                     f"{counts['batches_in_flight']} in flight, {counts['posts']} POSTs, "
                     f"{counts['gets']} GETs, {counts['throttled_batches']} throttled; "
-                    f"about {eta:.0f} s left"
+                    f"about {eta:.0f} s left" + (f"; {held}" if (held := gate_line(status)) else "")
                 ),
             )
             progress.update(

@@ -170,6 +170,17 @@ class RebootRequest(Base):
     #: No batch of the request is released before this time: the soak after its last
     #: verified batch.
     soak_until: Mapped[timestamp | None]
+    #: The alert gate before each wave (``worker.pipeline.gate``; None: no gate): the PromQL
+    #: whose series hold the next batches, the alertnames it ignores (a regular expression),
+    #: and the seconds it may stay closed before the request is halted.
+    gate_query: Mapped[str | None] = mapped_column(Text())
+    gate_exclude: Mapped[str | None] = mapped_column(Text())
+    gate_timeout: Mapped[float | None] = mapped_column(Float())
+    #: While the gate is closed: since when, why (the series or the error), and the time
+    #: before which the request is not looked at again (its next check); all None when open.
+    gate_closed_since: Mapped[timestamp | None]
+    gate_reason: Mapped[str | None] = mapped_column(Text())
+    gate_held_until: Mapped[timestamp | None]
     #: Set when a rollout control stopped the request (``halted``: failure brake, failed canary,
     #: cut-off; ``cancelled``: cancel): nothing more is released, pending batches are cancelled,
     #: and the request ends in this state once its batches in flight have ended. ``reason``

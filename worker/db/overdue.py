@@ -13,7 +13,7 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from worker.db.models import Batch, RebootRequest
-from worker.db.plan import soaked
+from worker.db.plan import gate_open, soaked
 from worker.db.states import (
     ACTIVE_REQUEST_STATES,
     TERMINAL_BATCH_STATES,
@@ -50,7 +50,8 @@ def unrelease_lost(session: Session, before: dt.datetime, limit: int) -> list[st
 
 
 def projects_with_overdue_releases(session: Session, before: dt.datetime) -> list[str]:
-    """Projects with an unreleased batch of an active request due since before ``before``."""
+    """Projects with an unreleased batch of an active request due since before ``before``
+    (a request a closed gate holds is due at its next check, not before)."""
     return list(
         session.scalars(
             select(Batch.project_id)
@@ -61,6 +62,7 @@ def projects_with_overdue_releases(session: Session, before: dt.datetime) -> lis
                 Batch.released_at.is_(None),
                 RebootRequest.status.in_(ACTIVE_REQUEST_STATES),
                 soaked(before),
+                gate_open(before),
             )
             .distinct()
         )

@@ -19,7 +19,7 @@ import uuid
 from sqlalchemy import ColumnElement, ScalarSelect, and_, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from worker.db.models import Batch, RebootRequest
+from worker.db.models import Batch, RebootRequest, UTCDateTime
 from worker.db.states import ACTIVE_REQUEST_STATES, IN_FLIGHT_BATCH_STATES, BatchStatus
 
 
@@ -48,7 +48,9 @@ def _in_flight() -> ScalarSelect[int]:
     )
 
 
-def release_conditions(project_id: str, now: dt.datetime) -> list[ColumnElement[bool]]:
+def release_conditions(
+    project_id: str, now: dt.datetime, *, gate: bool = True
+) -> list[ColumnElement[bool]]:
     """What makes a batch releasable, besides being due: the one place the release decision
     is made, every rollout control one condition.
 
@@ -58,7 +60,10 @@ def release_conditions(project_id: str, now: dt.datetime) -> list[ColumnElement[
       ``submitting``, ``submitted`` or ``verifying``;
     - ``canary_size``: batch 0 goes first; the others only once it has ``succeeded``;
     - ``soak_seconds``: nothing is released before the soak after the request's last ended
-      batch is over (``soak_until``).
+      batch is over (``soak_until``);
+    - the alert gate: nothing is released while a closed gate holds the request
+      (``gate_held_until``, its next check: ``worker.pipeline.gate``). ``gate=False`` leaves
+      this one out (:func:`next_due_at`).
     """
     other = aliased(Batch)
     canary_passed = (
@@ -70,7 +75,7 @@ def release_conditions(project_id: str, now: dt.datetime) -> list[ColumnElement[
         )
         .correlate(Batch)
     )
-    return [
+    conditions = [
         Batch.project_id == project_id,
         Batch.status == BatchStatus.PENDING,
         Batch.released_at.is_(None),
@@ -81,6 +86,12 @@ def release_conditions(project_id: str, now: dt.datetime) -> list[ColumnElement[
         or_(RebootRequest.canary_size.is_(None), Batch.index == 0, canary_passed),
         soaked(now),
     ]
+    return [*conditions, gate_open(now)] if gate else conditions
+
+
+def gate_open(now: dt.datetime) -> ColumnElement[bool]:
+    """No closed gate holds the request at ``now`` (it may still close at its next check)."""
+    return or_(RebootRequest.gate_held_until.is_(None), RebootRequest.gate_held_until <= now)
 
 
 def soaked(now: dt.datetime) -> ColumnElement[bool]:
@@ -143,13 +154,21 @@ def releasable(session: Session, project_id: str, now: dt.datetime, limit: int) 
 
 
 def next_due_at(session: Session, project_id: str, now: dt.datetime) -> dt.datetime | None:
-    """When the project's next releasable batch falls due (retries wait for their backoff).
-    Batches held back by a rollout limit are not due: the end of a batch re-runs the step."""
-    return session.scalar(
-        select(func.min(Batch.next_attempt_at))
-        .join(RebootRequest, RebootRequest.id == Batch.request_id)
-        .where(*release_conditions(project_id, now))
+    """When the project's next releasable batch falls due (retries wait for their backoff; a
+    request a closed gate holds, at its next check). Batches held back by a rollout limit are
+    not due: the end of a batch re-runs the step."""
+    held = RebootRequest.gate_held_until
+    due = case(
+        (and_(held.is_not(None), held > Batch.next_attempt_at), held),
+        else_=Batch.next_attempt_at,
     )
+    found: dt.datetime | None = session.scalar(
+        select(func.min(due, type_=UTCDateTime()))
+        .select_from(Batch)
+        .join(RebootRequest, RebootRequest.id == Batch.request_id)
+        .where(*release_conditions(project_id, now, gate=False))
+    )
+    return found
 
 
 def end_may_release(session: Session, batch: Batch) -> bool:

@@ -68,6 +68,16 @@ def request_status(
         "health_check": request.health_check,
         "soak_seconds": request.soak_seconds,
         "soak_until": _iso(request.soak_until),
+        "gate": None
+        if request.gate_query is None
+        else {
+            "query": request.gate_query,
+            "exclude": request.gate_exclude,
+            "timeout": request.gate_timeout,
+            "closed_since": _iso(request.gate_closed_since),
+            "reason": request.gate_reason,
+            "next_check_at": _iso(request.gate_held_until),
+        },
         "not_before": _iso(request.not_before),
         "not_after": _iso(request.not_after),
         "reason": request.reason,

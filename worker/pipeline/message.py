@@ -121,6 +121,8 @@ class SelectorMessage(BaseModel):
 
 #: The longest a server may take to come back, and the longest pause between waves (a day).
 MAX_HEALTH_TIMEOUT = 86_400
+#: The longest gate query or exclusion a request may carry (characters).
+MAX_GATE_TEXT = 2000
 
 
 class HealthCheckMessage(BaseModel):
@@ -268,6 +270,28 @@ class RebootRequestMessage(BaseModel):
         ge=0,
         le=MAX_HEALTH_TIMEOUT,
         description="After a batch is verified, the next release waits this long (default 0).",
+    )
+    gate_query: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_GATE_TEXT,
+        description="A PromQL expression evaluated before each wave: any series it returns "
+        "(and any error) holds the next batches (default: BMSREBOOT_GATE_QUERY when "
+        "BMSREBOOT_PROMETHEUS_URL is set).",
+    )
+    gate_exclude: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_GATE_TEXT,
+        description="A regular expression on alertname (anchored): series it matches do not "
+        "hold the request (alerts its reboots cause). Default: BMSREBOOT_GATE_EXCLUDE.",
+    )
+    gate_timeout: Annotated[float, Strict()] | StrictInt | None = Field(
+        None,
+        gt=0,
+        le=MAX_HEALTH_TIMEOUT,
+        description="Seconds the gate may stay closed before the request is halted "
+        "(default: BMSREBOOT_GATE_TIMEOUT, 3600).",
     )
     not_before: str | None = Field(
         None,

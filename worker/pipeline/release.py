@@ -9,6 +9,8 @@ submit message with a countdown to its slot. A slot is reserved only when it is 
 that a later limit, a cancel or a cut-off still decides what goes next. When the budget is
 full, or the next batch is only due later (a retry backoff), the run schedules one wake-up of
 the project (``claim_wake`` keeps it to one pending wake-up, however many callers ask) and ends.
+Before a request's batches go, its alert gate is judged once a run (``worker.pipeline.gate``):
+a closed gate keeps them ``pending`` until its next check.
 
 Anything that may have made a batch releasable calls ``rt.dispatcher.release(project_id)``:
 intake, a batch back to ``pending``, the end of a batch that a rollout limit waited on
@@ -25,6 +27,7 @@ from worker.budget import ACTION, Reservation
 from worker.db.plan import mark_released, next_due_at, releasable
 from worker.db.rollout import cut_off_due
 from worker.db.session import unit_of_work
+from worker.pipeline import gate
 from worker.pipeline.backoff import countdown_ceiling
 from worker.pipeline.ending import request_changed
 from worker.pipeline.runtime import Runtime, log
@@ -113,6 +116,7 @@ def release_project(project_id: str, rt: Runtime) -> int:
     started = time.monotonic()
     released = 0
     wake: float | None = None
+    verdicts: dict[uuid.UUID, gate.Verdict] = {}  # the alert gates judged in this run
     try:
         cut_off(rt, project_id)
         while True:
@@ -127,6 +131,19 @@ def release_project(project_id: str, rt: Runtime) -> int:
                 if due is not None:
                     wake = max((due - rt.now()).total_seconds(), 0.0)
                 break
+            # Before a batch goes, its request's alert gate (once a run): a closed gate holds
+            # the request until its next check, which the release plan then waits for.
+            admitted, judged = gate.admit(
+                rt, candidates, verdicts, deadline=started + LEASE_SECONDS / 2
+            )
+            if not admitted:
+                if judged or time.monotonic() > started + LEASE_SECONDS / 2:
+                    continue  # the held requests are out of the plan now: look again
+                # Only requests judged closed earlier in this run, whose hold has already
+                # run out: a fresh run judges them again.
+                wake = rt.settings.gate_interval
+                break
+            candidates = admitted
             slots: list[tuple[uuid.UUID, Reservation]] = []
             for batch_id in candidates:
                 slot = budget.reserve(

@@ -26,6 +26,7 @@ from worker.db.models import utcnow as utcnow  # the one utcnow, re-exported for
 from worker.db.session import after_commit
 from worker.db.transitions import ErrorInfo
 from worker.metrics import Metrics
+from worker.monitoring import Series
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -101,6 +102,9 @@ class Runtime:
     #: The fleet file's accounts, regions and projects (``worker.fleet``); None: the settings
     #: describe one account, and ``client`` reaches it.
     fleet: Fleet | None = None
+    #: Evaluates an alert gate's PromQL (``worker.pipeline.gate``); None: a client of
+    #: ``BMSREBOOT_PROMETHEUS_URL``. A test gives a function of its own.
+    prometheus: Callable[[str], list[Series]] | None = None
 
     def __post_init__(self) -> None:
         if self.budget is None:

@@ -73,6 +73,11 @@ class ValidatedRequest:
     health_timeout: float | None
     health_check: dict[str, Any] | None
     soak_seconds: float | None
+    #: The alert gate before each wave (None: no gate): the PromQL, the alertnames it
+    #: ignores, how long it may hold the request.
+    gate_query: str | None
+    gate_exclude: str | None
+    gate_timeout: float | None
     servers_given: int
     duplicates_removed: int
     #: What the producer asked for, compared when a request id or key comes again.
@@ -322,7 +327,14 @@ def _decode_packed(value: Any, reasons: list[str]) -> bytes | None:
 
 
 #: Fields whose text is stripped and must not be blank or hold NUL.
-TEXT_FIELDS = ("idempotency_key", "source", "notify_task", "notify_queue")
+TEXT_FIELDS = (
+    "idempotency_key",
+    "source",
+    "notify_task",
+    "notify_queue",
+    "gate_query",
+    "gate_exclude",
+)
 #: The ids are checked by :func:`_server_ids` (a million of them, as bytes), not by the model.
 ID_FIELDS = ("server_ids", "server_ids_packed")
 
@@ -360,7 +372,7 @@ def _reason(name: str, error: Mapping[str, Any], value: Any) -> str:
             "health_check must be {tcp_port: PORT} or {http_url: URL} (one of them): "
             f"{error['msg']}, got {got}"
         )
-    if name in ("health_timeout", "soak_seconds") and kind in (
+    if name in ("health_timeout", "soak_seconds", "gate_timeout") and kind in (
         "greater_than",
         "greater_than_equal",
         "less_than_equal",
@@ -505,6 +517,14 @@ def validate_request(
                 f"not_before ({not_before.isoformat()}) must come before not_after "
                 f"({not_after.isoformat()})"
             )
+    if isinstance(fields.get("gate_exclude"), str) and "gate_exclude" not in found:
+        try:
+            re.compile(fields["gate_exclude"])
+        except re.error as exc:
+            found["gate_exclude"] = (
+                f"gate_exclude must be a regular expression (on alertname): {exc}, "
+                f"got {_short(fields['gate_exclude'])}"
+            )
     if "request_id" not in given and "idempotency_key" not in given:
         reasons.append(
             "give request_id or idempotency_key: without either, a producer that sends the "
@@ -548,6 +568,9 @@ def validate_request(
         health_timeout=float(ok.health_timeout) if ok.health_timeout is not None else None,
         health_check=_check(fields.get("health_check")) if "health_check" not in found else None,
         soak_seconds=float(ok.soak_seconds) if ok.soak_seconds is not None else None,
+        gate_query=ok.gate_query,
+        gate_exclude=ok.gate_exclude,
+        gate_timeout=float(ok.gate_timeout) if ok.gate_timeout is not None else None,
         servers_given=servers_given,
         duplicates_removed=duplicates,
         fingerprint=fingerprint(payload, packed),
