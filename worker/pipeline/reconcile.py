@@ -17,7 +17,9 @@ run looks for work overdue by more than ``BMSREBOOT_RECONCILE_GRACE`` seconds:
 - ``verifying`` batches whose next check is overdue: checked again (by ``seq`` too);
 - requests whose batches have all ended but which were never finalized: finalized;
 - finished requests whose completion callback was not handed to the broker: sent;
-- requests past their ``not_after`` with batches not yet sent: cut off (``halted``).
+- requests past their ``not_after`` with batches not yet sent: cut off (``halted``);
+- ended batches whose Alertmanager silence still runs (they ended while no worker, or no
+  Alertmanager, could expire it): expired (``silences.expire_ended``).
 
 Two runs at once (two beats, a slow run overlapping the next) are safe: every change is
 compare-and-set, and a lease held for most of an interval makes the second run skip, so no work
@@ -42,6 +44,7 @@ from worker.db.overdue import (
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition
 from worker.names import SUBMIT_QUEUE
+from worker.pipeline import silences
 from worker.pipeline.ending import request_changed
 from worker.pipeline.notify import notification_for, send
 from worker.pipeline.release import cut_off
@@ -125,6 +128,8 @@ def reconcile(rt: Runtime) -> dict[str, int]:
             notification = notification_for(session, request_id)
         if send(notification, rt):
             done["callbacks"] += 1
+
+    done["silences"] = silences.expire_ended(rt, PER_RUN)
 
     result = {kind: n for kind, n in done.items() if n}
     if result:

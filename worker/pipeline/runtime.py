@@ -26,6 +26,7 @@ from worker.db.models import utcnow as utcnow  # the one utcnow, re-exported for
 from worker.db.session import after_commit
 from worker.db.transitions import ErrorInfo
 from worker.metrics import Metrics
+from worker.monitoring import AlertmanagerClient
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ class Runtime:
     #: The fleet file's accounts, regions and projects (``worker.fleet``); None: the settings
     #: describe one account, and ``client`` reaches it.
     fleet: Fleet | None = None
+    #: The Alertmanager the silences go to; None: one built from BMSREBOOT_ALERTMANAGER_URL
+    #: when it is set (a test may give its own).
+    silences: AlertmanagerClient | None = None
 
     def __post_init__(self) -> None:
         if self.budget is None:
@@ -101,6 +105,12 @@ class Runtime:
 
     def now(self) -> datetime:
         return self.clock()
+
+    def alertmanager(self) -> AlertmanagerClient | None:
+        """The Alertmanager of the batches' silences; None when none is configured."""
+        if self.silences is None and self.settings.alertmanager_url:
+            self.silences = AlertmanagerClient(self.settings.alertmanager_url)
+        return self.silences
 
     @property
     def budgets(self) -> Budget:
