@@ -21,6 +21,10 @@ With ``BMSREBOOT_ALERTMANAGER_URL`` set, and unless its request says ``silence: 
   ``silence_ends_at`` becomes the moment it was. The reconciler expires the silences of
   batches that ended while no worker could (:func:`expire_ended`).
 
+A silence starts at the real time of the call (``utcnow``, which Alertmanager goes by); its
+end is reckoned on the steps' clock (``Runtime.now``), as the deadlines it follows are. The
+two are one clock in a worker; a test moves the second.
+
 Every Alertmanager call is made outside any open transaction: what it needs is read and
 committed first, then the call, then what it answered is recorded (as with the BMS API). No
 row's ``updated_at`` moves for a silence: that column tells how old a claim or a check is.
@@ -49,7 +53,7 @@ from worker.pipeline.inventory import (
     InventoryUnavailable,
     server_states,
 )
-from worker.pipeline.runtime import Runtime, log
+from worker.pipeline.runtime import Runtime, log, utcnow
 from worker.silence_template import Target, needs_inventory, render
 
 CREATED_BY = "bmsreboot"
@@ -112,7 +116,7 @@ def before_post(
         matchers = render(
             rt.settings.silence_matchers, _targets(rt, project_id, server_ids, states)
         )
-        silence_id = _put(am, old, matchers, now, ends_at, text)
+        silence_id = _put(am, old, matchers, utcnow(), ends_at, text)
     except _FAILURES as exc:
         error = f"silence not created: {mask_url_credentials(str(exc))}"
         log.warning("batch %s: %s", batch_id, error)
@@ -342,11 +346,10 @@ def _without(
     with unit_of_work(rt.engine) as session:
         batch = session.get_one(Batch, batch_id)
         request_id, index, project_id = batch.request_id, batch.index, batch.project_id
-    now = rt.now()
     try:
         matchers = render(rt.settings.silence_matchers, _targets(rt, project_id, left, states))
         new_id = am.update_silence(
-            silence_id, matchers, now, until, CREATED_BY, comment(request_id, index, len(left))
+            silence_id, matchers, utcnow(), until, CREATED_BY, comment(request_id, index, len(left))
         )
     except _FAILURES as exc:
         log.warning(
