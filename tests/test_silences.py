@@ -334,7 +334,7 @@ def test_a_batch_claimed_by_another_worker_leaves_no_silence_behind(
     # Given a released batch whose submit message two workers hold
     simulator.configure(servers=2, job_duration=5)
     rt = silenced_rt(make_rt, alertmanager)
-    request_id = accept(rt, fleet(2))
+    accept(rt, fleet(2))
     assert isinstance(rt.dispatcher, RecordingDispatcher)
     [(_, batch_id, countdown)] = rt.dispatcher.sent
     rt.dispatcher.sent.clear()
