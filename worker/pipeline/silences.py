@@ -250,7 +250,12 @@ def expire_ended(rt: Runtime, limit: int) -> int:
             )
             .limit(limit)
         ).all()
-    return sum(1 for batch_id, silence_id in rows if expire(rt, batch_id, str(silence_id)))
+    expired = 0
+    for batch_id, silence_id in rows:
+        if not expire(rt, batch_id, str(silence_id)):
+            break  # Alertmanager refuses or is down: not one timeout per row; the next run
+        expired += 1
+    return expired
 
 
 # --- while the batch is out ------------------------------------------------------------------
