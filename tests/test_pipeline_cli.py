@@ -368,7 +368,7 @@ def test_submit_carries_the_verification_policy_and_a_dry_run_shows_it(
     assert "give --tcp-check or --http-check, not both" in both.stderr
 
 
-def test_submit_no_verify_and_a_probe_reach_the_recorded_request(
+def test_submit_no_verify_no_silence_and_a_probe_reach_the_recorded_request(
     pipeline_redis_pg: Pipeline,
 ) -> None:
     pipe = pipeline_redis_pg
@@ -381,6 +381,7 @@ def test_submit_no_verify_and_a_probe_reach_the_recorded_request(
         PROJECT,
         *servers,
         "--no-verify",
+        "--no-silence",
         "--http-check",
         "http://{ip}:9100/-/healthy",
         "--soak",
@@ -393,7 +394,9 @@ def test_submit_no_verify_and_a_probe_reach_the_recorded_request(
     assert final["verify"] is False
     assert final["health_check"] == {"http_url": "http://{ip}:9100/-/healthy"}
     assert final["soak_seconds"] == 5.0
+    assert final["silence"] is False
     shown = bmsreboot(pipe, "status", final["request_id"])
+    assert "silences: off" in shown.stdout
     assert "verification: off, HTTP check http://{ip}:9100/-/healthy, soak 5 s between" in (
         shown.stdout
     )

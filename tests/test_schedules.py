@@ -772,12 +772,28 @@ soak_seconds = 120
     assert payload["health_check"] == {"http_url": "http://{ip}:9100/-/healthy"}
     assert payload["soak_seconds"] == 120
     assert "verify" not in payload  # the deployment's default
+    assert "silence" not in payload  # silenced when the deployment has an Alertmanager
+
+
+def test_an_entry_may_opt_out_of_silences(tmp_path: Path) -> None:
+    text = """
+[[schedule]]
+name = "db"
+cron = "0 4 * * *"
+project_id = "0123456789abcdef0123456789abcdef"
+servers = ["616fb98f-46ca-475e-917e-2563e5a8cd19"]
+silence = false
+"""
+    entries, problems = load(write(tmp_path, text))
+    assert problems == []
+    assert entries[0].payload(dt.datetime(2026, 12, 1, 4, tzinfo=dt.UTC))["silence"] is False
 
 
 @pytest.mark.parametrize(
     ("lines", "problem"),
     [
         ('verify = "yes"\n', "verify must be true or false"),
+        ('silence = "no"\n', "silence must be true or false"),
         ("health_timeout = 0\n", "health_timeout must be a number of seconds up to 86400"),
         ("soak_seconds = -1\n", "soak_seconds must be a number of seconds up to 86400"),
         ("health_timeout = 100000\n", "health_timeout must be a number of seconds up to 86400"),

@@ -98,6 +98,7 @@ FIELDS = {
     "selector",
     "preflight",
     "verify",
+    "silence",
     "health_timeout",
     "health_check",
     "soak_seconds",
@@ -178,6 +179,8 @@ class ScheduleEntry:
     gate_query: str | None = None
     gate_exclude: str | None = None
     gate_timeout: float | None = None
+    #: False: no Alertmanager silences for its requests (None: the deployment's, on).
+    silence: bool | None = None
     #: The directories ``servers_file`` must stay inside (resolved): the schedule file's, and
     #: ``BMSREBOOT_SCHEDULE_IDS_DIR`` when set.
     ids_dirs: tuple[Path, ...] = ()
@@ -223,6 +226,7 @@ class ScheduleEntry:
             "selector": self.selector,
             "preflight": self.preflight,
             "verify": self.verify,
+            "silence": self.silence,
             "health_timeout": self.health_timeout,
             "health_check": self.health_check,
             "soak_seconds": self.soak_seconds,
@@ -463,6 +467,10 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
     if verify is not None and not isinstance(verify, bool):
         errors.append(f"verify must be true or false, got {_quote(verify)}")
         verify = None
+    silence = item.get("silence")
+    if silence is not None and not isinstance(silence, bool):
+        errors.append(f"silence must be true or false, got {_quote(silence)}")
+        silence = None
     health_timeout = _seconds(item, "health_timeout", errors, positive=True)
     soak_seconds = _seconds(item, "soak_seconds", errors, positive=False)
     health_check = _health_check(item, errors)
@@ -493,6 +501,7 @@ def _entry(item: dict[str, Any], dirs: tuple[Path, ...]) -> tuple[ScheduleEntry 
         selector=selector,
         preflight=preflight,
         verify=verify,
+        silence=silence,
         health_timeout=health_timeout,
         health_check=health_check,
         soak_seconds=soak_seconds,

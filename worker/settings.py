@@ -287,6 +287,30 @@ class Settings(BaseSettings):
         description="Split a batch the API refused for an unknown server to find that server.",
     )
 
+    # --- Alertmanager silences while servers reboot (worker.pipeline.silences) ---------------
+    alertmanager_url: str | None = Field(
+        None,
+        description="Alertmanager's base URL (http://host:9093): before each batch's POST, one "
+        "silence of its servers, expired once they are verified. Unset: no silences.",
+    )
+    silence_matchers: str = Field(
+        'instance=~"{names}"',
+        description="The silence's matchers, as Alertmanager writes them (comma separated); "
+        "{names}, {ids} and {ips} in a =~ matcher's value become the batch's servers as a "
+        "regex alternation (each value escaped).",
+    )
+    silence_margin: float = Field(
+        900.0,
+        ge=0,
+        description="Seconds a silence lasts beyond the expected job and boot time (and, while "
+        "the batch verifies, beyond its verification deadline).",
+    )
+    silence_required: bool = Field(
+        False,
+        description="A batch whose silence cannot be created waits and tries again instead of "
+        "rebooting unsilenced.",
+    )
+
     # --- schedules (beat) -------------------------------------------------------------------
     schedule_file: Path | None = Field(
         None, description="The TOML file of scheduled reboots (see worker.schedules)."
@@ -377,6 +401,17 @@ class Settings(BaseSettings):
         return v or None
 
     @field_validator("bms_endpoint", "iam_endpoint", "sts_endpoint", "metadata_url")
+    @field_validator("silence_matchers")
+    @classmethod
+    def _matchers(cls, v: str) -> str:
+        from worker.silence_template import check_template
+
+        check_template(v)
+        return v
+
+    @field_validator(
+        "bms_endpoint", "iam_endpoint", "sts_endpoint", "metadata_url", "alertmanager_url"
+    )
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
         return v.rstrip("/") if v else v

@@ -150,6 +150,12 @@ def _celery_app(settings: Any) -> Any:
     help="Count a reboot when its job succeeds, without seeing the server back (default: see it).",
 )
 @click.option(
+    "--no-silence",
+    is_flag=True,
+    help="No Alertmanager silence of the servers while they reboot (default: one per batch "
+    "when BMSREBOOT_ALERTMANAGER_URL is set).",
+)
+@click.option(
     "--health-timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
@@ -215,6 +221,7 @@ def submit(
     enterprise_project_id: str | None,
     no_preflight: bool,
     no_verify: bool,
+    no_silence: bool,
     health_timeout: float | None,
     tcp_check: int | None,
     http_check: str | None,
@@ -275,6 +282,7 @@ def submit(
         selector=selector or None,
         preflight=False if no_preflight else None,
         verify=False if no_verify else None,
+        silence=False if no_silence else None,
         health_timeout=health_timeout,
         health_check=health_check,
         soak_seconds=soak,

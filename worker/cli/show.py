@@ -80,6 +80,16 @@ def gate_line(status: dict[str, Any]) -> str:
     return line
 
 
+def silence_cell(batch: dict[str, Any]) -> str:
+    """A batch's Alertmanager silence as the table shows it: why it has none (or why it was
+    not extended or expired), else its id and end."""
+    if batch.get("silence_error"):
+        return str(batch["silence_error"])
+    if batch.get("silence_id"):
+        return f"{batch['silence_id']} until {batch['silence_ends_at']}"
+    return ""
+
+
 def print_status(status: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -102,8 +112,12 @@ def print_status(status: dict[str, Any]) -> None:
         console.print(line, markup=False, highlight=False)
     if line := gate_line(status):
         console.print(line, markup=False, highlight=False)
+    if status.get("silence") is False:
+        console.print("silences: off (the request opted out)")
     if status["batches"]:
-        table = Table("batch", "status", "job id", "size", "polls", "checks", "last error")
+        table = Table(
+            "batch", "status", "job id", "size", "polls", "checks", "last error", "silence"
+        )
         for b in status["batches"]:
             error = b.get("last_error") or {}
             why = " ".join(str(x) for x in (error.get("code"), error.get("message")) if x)
@@ -115,6 +129,7 @@ def print_status(status: dict[str, Any]) -> None:
                 str(b["polls"]),
                 str(b.get("checks") or 0),
                 why if b["status"] not in ("succeeded", "submitted", "pending") else "",
+                silence_cell(b),
             )
         console.print(table)
     if status.get("server_results"):

@@ -160,6 +160,9 @@ class RebootRequest(Base):
     preflight: Mapped[bool | None]
     #: Whether each server must be seen back after its reboot (None: BMSREBOOT_VERIFY).
     verify: Mapped[bool | None]
+    #: Whether each batch's servers are silenced in Alertmanager while they reboot (when
+    #: BMSREBOOT_ALERTMANAGER_URL is set): a request's ``silence: false`` opts out.
+    silence: Mapped[bool] = mapped_column(default=True)
     #: Seconds a rebooted server has to come back (None: BMSREBOOT_HEALTH_TIMEOUT).
     health_timeout: Mapped[float | None] = mapped_column(Float())
     #: A probe once the inventory shows a server back: ``{"tcp_port": 22}`` or
@@ -284,6 +287,12 @@ class Batch(Base):
     checks: Mapped[count]
     #: The median time its servers took from the job's end to being seen back (learned).
     boot_seconds: Mapped[float | None] = mapped_column(Float())
+    #: The Alertmanager silence of the batch's servers (``worker.pipeline.silences``), when it
+    #: ends (set to the moment it was expired, once it is), and why one could not be created,
+    #: extended or expired.
+    silence_id: Mapped[str64 | None]
+    silence_ends_at: Mapped[timestamp | None]
+    silence_error: Mapped[str | None] = mapped_column(Text())
     #: Since when the job API has answered that it does not know the job (404).
     job_missing_since: Mapped[timestamp | None]
     last_error_code: Mapped[str64 | None]
@@ -303,6 +312,7 @@ class Batch(Base):
         Index(None, "status", "next_check_at"),  # the reconciler: overdue checks
         Index(None, "project_id", "job_ended_at"),  # learned job durations
         Index(None, "parent_batch_id"),  # the splits of a batch
+        Index(None, "silence_id"),  # the reconciler: silences of ended batches
     )
 
 

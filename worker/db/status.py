@@ -78,6 +78,7 @@ def request_status(
             "reason": request.gate_reason,
             "next_check_at": _iso(request.gate_held_until),
         },
+        "silence": request.silence,
         "not_before": _iso(request.not_before),
         "not_after": _iso(request.not_after),
         "reason": request.reason,
@@ -104,6 +105,9 @@ def request_status(
                 "checks": b.checks,
                 "next_check_at": _iso(b.next_check_at),
                 "boot_seconds": b.boot_seconds,
+                "silence_id": b.silence_id,
+                "silence_ends_at": _iso(b.silence_ends_at),
+                "silence_error": b.silence_error,
                 "finished_at": _iso(b.finished_at),
                 "last_error": None
                 if b.last_error_code is None and b.last_error_message is None

@@ -10,8 +10,10 @@ earlier step already moved, :func:`batch_ended`), in the unit of work that ended
 2. the request's rollout brakes are judged and, if every batch has ended, its final status
    and counts are written (``notify.finalize``);
 3. the completion callback, if any, is sent once that unit has committed;
-4. the request's soak starts, if it has one (``plan.start_soak``);
-5. the project's release step runs (after the soak) if this end can open the way for another
+4. its Alertmanager silence, if one runs, is expired once that unit has committed
+   (``silences.after_end``);
+5. the request's soak starts, if it has one (``plan.start_soak``);
+6. the project's release step runs (after the soak) if this end can open the way for another
    batch of the request (``max_in_flight``, the canary, the soak: ``plan.end_may_release``).
 
 A new final state is one new branch here, not an edit in every caller. A request stopped or
@@ -31,6 +33,7 @@ from worker.db.plan import end_may_release, start_soak
 from worker.db.session import after_commit
 from worker.db.states import BatchStatus, ServerStatus
 from worker.db.transitions import ServerOutcome, settle_batch
+from worker.pipeline import silences
 from worker.pipeline.announce import announce, batch_data
 from worker.pipeline.notify import finalize, send
 from worker.pipeline.runtime import Runtime
@@ -75,6 +78,7 @@ def batch_ended(session: Session, batch: Batch, rt: Runtime) -> None:
     limit waited on this batch."""
     announce(session, rt, BATCH_ENDED, batch.request_id, lambda: batch_data(session, batch))
     request_changed(session, batch.request_id, rt)
+    silences.after_end(batch, rt)
     soak = start_soak(session, batch, rt.now())
     if end_may_release(session, batch):
         rt.dispatcher.release(batch.project_id, countdown=soak)

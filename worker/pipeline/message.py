@@ -253,6 +253,11 @@ class RebootRequestMessage(BaseModel):
         description="Count a reboot only once the server is seen back (ACTIVE, idle, its host "
         "up) after its job (default: BMSREBOOT_VERIFY, on).",
     )
+    silence: StrictBool | None = Field(
+        None,
+        description="Silence each batch's servers in Alertmanager while they reboot; false "
+        "opts out (default: on when BMSREBOOT_ALERTMANAGER_URL is set).",
+    )
     health_timeout: Annotated[float, Strict()] | StrictInt | None = Field(
         None,
         gt=0,

@@ -44,6 +44,7 @@ from worker.db.transitions import (
     settle_batch,
     update_batch,
 )
+from worker.pipeline import silences
 from worker.pipeline.backoff import countdown_ceiling, poll_delay, with_jitter
 from worker.pipeline.ending import end_batch
 from worker.pipeline.failures import Next, after_poll, throttle_cooldown
@@ -66,6 +67,9 @@ class _Poll:
     deadline: datetime | None
     #: Since when the API answers that it does not know the job (None: it knows it).
     missing_since: datetime | None
+    #: The batch's Alertmanager silence and its end (``worker.pipeline.silences``).
+    silence_id: str | None = None
+    silence_ends_at: datetime | None = None
 
 
 def poll_batch(
@@ -90,6 +94,8 @@ def poll_batch(
             batch.poll_count,
             batch.deadline_at,
             batch.job_missing_since,
+            batch.silence_id,
+            batch.silence_ends_at,
         )
 
     if not reserved:
@@ -126,7 +132,10 @@ def poll_batch(
         return _again(batch_id, this, rt, error=error_info(exc), at_least=at_least)
 
     if not job.is_terminal:
-        return _again(batch_id, this, rt, job_status=job.status)
+        result = _again(batch_id, this, rt, job_status=job.status)
+        if result == "running":
+            silences.while_running(rt, batch_id, this.silence_id, this.silence_ends_at)
+        return result
 
     with unit_of_work(rt.engine) as session:
         detection_delay = _settle_job(session, batch_id, this, job, rt)

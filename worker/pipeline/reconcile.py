@@ -21,6 +21,8 @@ run looks for work overdue by more than ``BMSREBOOT_RECONCILE_GRACE`` seconds:
 - finished requests whose completion callback was not handed to the broker: sent;
 - requests past their ``not_after`` with batches not yet sent: cut off (``halted``);
 - webhook deliveries still pending whose message was lost (``worker.webhooks.redeliver_lost``).
+- ended batches whose Alertmanager silence still runs (they ended while no worker, or no
+  Alertmanager, could expire it): expired (``silences.expire_ended``).
 
 Two runs at once (two beats, a slow run overlapping the next) are safe: every change is
 compare-and-set, and a lease held for most of an interval makes the second run skip, so no work
@@ -46,6 +48,7 @@ from worker.db.overdue import (
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, IllegalTransition
 from worker.names import POLL_QUEUE, SUBMIT_QUEUE
+from worker.pipeline import silences
 from worker.pipeline.ending import request_changed
 from worker.pipeline.notify import notification_for, send
 from worker.pipeline.release import cut_off
@@ -150,6 +153,8 @@ def reconcile(rt: Runtime) -> dict[str, int]:
         if lost_hooks:
             rt.dispatcher.webhooks(lost_hooks)
     done["webhooks"] = len(lost_hooks)
+
+    done["silences"] = silences.expire_ended(rt, PER_RUN)
 
     rt.metrics.reconciled(rt.now().timestamp())
     result = {kind: n for kind, n in done.items() if n}

@@ -26,7 +26,7 @@ from worker.db.models import utcnow as utcnow  # the one utcnow, re-exported for
 from worker.db.session import after_commit
 from worker.db.transitions import ErrorInfo
 from worker.metrics import Metrics
-from worker.monitoring import Series
+from worker.monitoring import AlertmanagerClient, Series
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -105,6 +105,9 @@ class Runtime:
     #: Evaluates an alert gate's PromQL (``worker.pipeline.gate``); None: a client of
     #: ``BMSREBOOT_PROMETHEUS_URL``. A test gives a function of its own.
     prometheus: Callable[[str], list[Series]] | None = None
+    #: The Alertmanager the silences go to; None: one built from BMSREBOOT_ALERTMANAGER_URL
+    #: when it is set (a test may give its own).
+    silences: AlertmanagerClient | None = None
 
     def __post_init__(self) -> None:
         if self.budget is None:
@@ -112,6 +115,12 @@ class Runtime:
 
     def now(self) -> datetime:
         return self.clock()
+
+    def alertmanager(self) -> AlertmanagerClient | None:
+        """The Alertmanager of the batches' silences; None when none is configured."""
+        if self.silences is None and self.settings.alertmanager_url:
+            self.silences = AlertmanagerClient(self.settings.alertmanager_url)
+        return self.silences
 
     @property
     def budgets(self) -> Budget:

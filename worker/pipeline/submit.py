@@ -34,6 +34,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from worker.bms.errors import BmsError, ThrottledError
+from worker.bms.models import ServerDetails
 from worker.budget import ACTION
 from worker.db.create import split_batch
 from worker.db.models import Batch, RebootRequest
@@ -56,6 +57,7 @@ from worker.db.transitions import (
     transition_request,
     update_batch,
 )
+from worker.pipeline import silences
 from worker.pipeline.backoff import first_poll_delay, submit_retry_delay, with_jitter
 from worker.pipeline.ending import batch_ended, end_batch, request_changed
 from worker.pipeline.failures import ISOLATE_CODES, Next, after_submit, throttle_cooldown
@@ -109,16 +111,22 @@ def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
         return ready
     # The pre-flight read goes outside any transaction: no row is held while the API answers.
     try:
-        unsent = _preflight(ready, rt) if ready.preflight else {}
+        unsent, states = _preflight(ready, rt) if ready.preflight else ({}, None)
     except InventoryBusy as busy:
         return _come_back(ready, busy.wait, rt)
     except InventoryUnavailable as exc:
         return _inventory_down(ready, str(exc), rt)
     except InventoryRefused as exc:
         return _inventory_refused(ready, str(exc), rt)
+    # The silence of the servers it sends, also outside any transaction; the claim records it.
+    sending = [s for s in ready.server_ids if s not in unsent]
+    silence = silences.before_post(rt, batch_id, sending, states) if sending else None
+    if silence is not None and silence.error is not None and rt.settings.silence_required:
+        return _unsilenced(ready, silence.error, rt)
     with unit_of_work(rt.engine) as session:
-        claim = _claim(session, ready, unsent, rt)
+        claim = _claim(session, ready, unsent, rt, silence)
     if not isinstance(claim, Claim):
+        silences.discard(silence, rt)
         return claim
     # Committed: the batch is ``submitting`` before any byte goes to the cloud.
 
@@ -177,13 +185,16 @@ def _ready(session: Session, batch_id: uuid.UUID, rt: Runtime) -> Ready | str:
     )
 
 
-def _preflight(ready: Ready, rt: Runtime) -> dict[str, ServerOutcome]:
+def _preflight(
+    ready: Ready, rt: Runtime
+) -> tuple[dict[str, ServerOutcome], dict[str, ServerDetails | None]]:
     """The servers of the batch the inventory says must not be sent now, each with its
     outcome: ``skipped`` with what was seen (locked, not ACTIVE, busy, its host down), or
     ``failed`` with ``BMS.0040`` when the inventory does not have it (the API would refuse
-    the whole batch for it)."""
+    the whole batch for it); and what was read (the silence's names and addresses)."""
     unsent: dict[str, ServerOutcome] = {}
-    for server_id, server in server_states(rt, ready.project_id, ready.server_ids).items():
+    states = server_states(rt, ready.project_id, ready.server_ids)
+    for server_id, server in states.items():
         if server is None:
             unsent[server_id] = ServerOutcome(
                 ServerStatus.FAILED,
@@ -199,11 +210,15 @@ def _preflight(ready: Ready, rt: Runtime) -> dict[str, ServerOutcome]:
             len(unsent),
             len(ready.server_ids),
         )
-    return unsent
+    return unsent, states
 
 
 def _claim(
-    session: Session, ready: Ready, unsent: dict[str, ServerOutcome], rt: Runtime
+    session: Session,
+    ready: Ready,
+    unsent: dict[str, ServerOutcome],
+    rt: Runtime,
+    silence: silences.Planned | None = None,
 ) -> Claim | str:
     """Move the batch ``pending -> submitting`` (compare-and-set: of two workers holding the
     same message one wins) with the servers it must not send settled, and its request
@@ -222,7 +237,12 @@ def _claim(
             return "skipped"
         # The transition counts the attempt itself (submit_attempts + 1, in the same UPDATE).
         claimed = transition_batch(
-            session, ready.batch_id, BatchStatus.SUBMITTING, actor=rt.actor, released_at=None
+            session,
+            ready.batch_id,
+            BatchStatus.SUBMITTING,
+            actor=rt.actor,
+            released_at=None,
+            **(silence.columns() if silence is not None else {}),
         )
     except IllegalTransition as exc:
         log.info("batch %s claimed by another worker (%s): not POSTing", ready.batch_id, exc)
@@ -323,6 +343,29 @@ def _inventory_down(ready: Ready, why: str, rt: Runtime) -> str:
         "batch %s: inventory unreadable (%s), due again in %.1f s", ready.batch_id, why, delay
     )
     return "retry"
+
+
+def _unsilenced(ready: Ready, error: str, rt: Runtime) -> str:
+    """``BMSREBOOT_SILENCE_REQUIRED`` and no silence could be made: the batch is not sent
+    unsilenced. It stays ``pending``, due again after ``BMSREBOOT_SUBMIT_RETRY_MAX`` seconds
+    (a gentle pace: each try reads the inventory again), with the reason shown; attempts are
+    not counted (Alertmanager, not the cloud, is what failed)."""
+    delay = with_jitter(rt.settings.submit_retry_max, rt.settings.poll_jitter)
+    with unit_of_work(rt.engine) as session:
+        update_batch(
+            session,
+            ready.batch_id,
+            expect=BatchStatus.PENDING,
+            released_at=None,
+            next_attempt_at=rt.now() + timedelta(seconds=delay),
+            silence_error=error[:1000],
+            last_error_message=f"waiting for a silence (BMSREBOOT_SILENCE_REQUIRED): {error}"[
+                :1000
+            ],
+        )
+    schedule_release(rt, ready.project_id, delay)
+    log.warning("batch %s not sent unsilenced: due again in %.1f s", ready.batch_id, delay)
+    return "unsilenced"
 
 
 def _inventory_refused(ready: Ready, why: str, rt: Runtime) -> str:

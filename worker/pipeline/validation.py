@@ -72,6 +72,8 @@ class ValidatedRequest:
     verify: bool | None
     health_timeout: float | None
     health_check: dict[str, Any] | None
+    #: Whether its batches are silenced in Alertmanager (``silence: false`` opts out).
+    silence: bool
     soak_seconds: float | None
     #: The alert gate before each wave (None: no gate): the PromQL, the alertnames it
     #: ignores, how long it may hold the request.
@@ -565,6 +567,7 @@ def validate_request(
         selector=_selector(fields.get("selector")) if "selector" not in found else None,
         preflight=ok.preflight if isinstance(ok.preflight, bool) else None,
         verify=ok.verify if isinstance(ok.verify, bool) else None,
+        silence=ok.silence is not False,
         health_timeout=float(ok.health_timeout) if ok.health_timeout is not None else None,
         health_check=_check(fields.get("health_check")) if "health_check" not in found else None,
         soak_seconds=float(ok.soak_seconds) if ok.soak_seconds is not None else None,

@@ -55,6 +55,7 @@ from worker.db.transitions import (
     transition_batch,
     update_batch,
 )
+from worker.pipeline import silences
 from worker.pipeline.announce import announce
 from worker.pipeline.backoff import countdown_ceiling, poll_delay, with_jitter
 from worker.pipeline.ending import batch_ended, request_changed
@@ -155,7 +156,19 @@ def verify_batch(batch_id: uuid.UUID, rt: Runtime, *, seq: int | None = None) ->
         for server_id, why in waiting.items():
             outcomes[server_id] = _unhealthy(f"not back within {this.timeout:g} s: {why}")
         waiting = {}
-    return _record(batch_id, this, rt, outcomes, waiting, error)
+    result = _record(batch_id, this, rt, outcomes, waiting, error)
+    if result == "waiting":
+        # Booked and committed: the silence lasts to the deadline, and an unhealthy server
+        # leaves it now (an ended batch's silence is expired by ``ending.batch_ended``).
+        silences.while_verifying(
+            rt,
+            batch_id,
+            deadline=this.deadline,
+            left=list(waiting),
+            states=states,
+            dropped=[s for s, o in outcomes.items() if o.status == ServerStatus.UNHEALTHY],
+        )
+    return result
 
 
 def _returned(server: ServerDetails, job_ended_at: datetime, now: datetime) -> datetime:

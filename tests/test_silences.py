@@ -1,0 +1,359 @@
+"""Alertmanager silences while servers reboot, against a real Alertmanager of the test's own
+(``tests.fixtures.monitoring``) and the simulator's inventory over HTTP, the pipeline's steps
+played by hand (``tests.fixtures.steps``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+
+from tests.fixtures.monitoring import AlertmanagerServer
+from tests.fixtures.simulator import SimulatorHandle
+from tests.fixtures.steps import PROJECT, accept, clock_of, run_to_end
+from tests.fixtures.waiting import wait_for
+from worker.db.models import Batch
+from worker.db.session import unit_of_work
+from worker.db.states import BatchStatus
+from worker.db.status import request_status
+from worker.pipeline import poll, reconcile, release, submit, verify
+from worker.pipeline.inventory import forget_snapshots
+from worker.pipeline.runtime import RecordingDispatcher, Runtime
+from worker.simulator.inventory import server_id
+
+
+@pytest.fixture(autouse=True)
+def _fresh_lists() -> None:
+    forget_snapshots()
+
+
+def fleet(count: int) -> list[str]:
+    return [server_id(PROJECT, i) for i in range(1, count + 1)]
+
+
+def name(i: int) -> str:
+    return f"bms-{i:05d}"
+
+
+def silenced_rt(
+    make_rt: Callable[..., Runtime], alertmanager: AlertmanagerServer, **overrides: Any
+) -> Runtime:
+    fields: dict[str, Any] = {
+        "alertmanager_url": alertmanager.url,
+        "verify": True,
+        "verify_first_delay": 0.2,
+        "verify_max_interval": 0.3,
+        "health_timeout": 30.0,
+    }
+    fields.update(overrides)
+    return make_rt(**fields)
+
+
+def silences(alertmanager: AlertmanagerServer) -> list[dict[str, Any]]:
+    """Every silence the Alertmanager holds (expired ones too), oldest first."""
+    response = requests.get(f"{alertmanager.url}/api/v2/silences", timeout=10)
+    response.raise_for_status()
+    return sorted(response.json(), key=lambda s: s["updatedAt"])
+
+
+def silence(alertmanager: AlertmanagerServer, silence_id: str) -> dict[str, Any]:
+    response = requests.get(f"{alertmanager.url}/api/v2/silence/{silence_id}", timeout=10)
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def batches(rt: Runtime, request_id: uuid.UUID) -> list[dict[str, Any]]:
+    with unit_of_work(rt.engine) as session:
+        status = request_status(session, request_id)
+    assert status is not None
+    return list(status["batches"])
+
+
+def play_until(rt: Runtime, done: Callable[[], bool], timeout: float = 30) -> None:
+    """Play the recorded follow-ups (each as soon as it is recorded: a poll of a job still
+    running, or a check of servers still booting, only books the next one) until ``done``."""
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not done after {timeout:g} s"
+        if not rt.dispatcher.sent:
+            continue
+        kind, item, countdown = entry = rt.dispatcher.sent.pop(0)
+        if kind in ("release", "submit"):
+            clock_of(rt).advance(countdown)
+        if kind == "release":
+            release.release_project(item, rt)
+        elif kind == "submit":
+            submit.submit_batch(item, rt)
+        elif kind == "poll":
+            poll.poll_batch(item, rt, **entry.options)
+        elif kind == "verify":
+            verify.verify_batch(item, rt, **entry.options)
+
+
+def statuses(rt: Runtime, request_id: uuid.UUID) -> list[str]:
+    return [b["status"] for b in batches(rt, request_id)]
+
+
+def test_each_batch_gets_one_silence_of_its_servers_before_its_post(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+) -> None:
+    # Given servers that boot for a while after their job, and an Alertmanager
+    simulator.configure(servers=6, job_duration=0.3, boot_seconds=60)
+    rt = silenced_rt(make_rt, alertmanager)
+    # When a request of two batches of three is sent
+    request_id = accept(rt, fleet(6), batch_size=3)
+    before = rt.now()
+    play_until(rt, lambda: "pending" not in statuses(rt, request_id))
+    # Then Alertmanager holds one silence per batch, of that batch's servers by name
+    made = silences(alertmanager)
+    assert len(made) == 2
+    shown = batches(rt, request_id)
+    by_id = {s["id"]: s for s in made}
+    assert {b["silence_id"] for b in shown} == set(by_id)
+    for batch, names in zip(shown, ([1, 2, 3], [4, 5, 6]), strict=True):
+        made_for = by_id[batch["silence_id"]]
+        assert made_for["status"]["state"] == "active"
+        assert made_for["matchers"] == [
+            {
+                "name": "instance",
+                "value": "|".join(name(i) for i in names),
+                "isRegex": True,
+                "isEqual": True,
+            }
+        ]
+        assert made_for["createdBy"] == "bmsreboot"
+        assert f"request {request_id}" in made_for["comment"]
+        assert f"batch {batch['index']}" in made_for["comment"]
+        # ending after the expected job and boot time and the margin (900 s)
+        ends = datetime.fromisoformat(batch["silence_ends_at"])
+        assert ends >= before + timedelta(seconds=900)
+        assert abs(datetime.fromisoformat(made_for["endsAt"]) - ends) < timedelta(seconds=1)
+        assert batch["silence_error"] is None
+    # And each was recorded before its POST: no batch reached the API without one
+    assert simulator.stats()["calls"]["action"]["accepted"] == 2
+
+
+def test_a_silence_lasts_while_its_batch_verifies_and_is_expired_once_it_is_verified(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+) -> None:
+    # Given servers that take 1.5 s to come back
+    simulator.configure(servers=3, job_duration=0.2, boot_seconds=1.5)
+    rt = silenced_rt(make_rt, alertmanager, health_timeout=600.0)
+    request_id = accept(rt, fleet(3))
+    # When the batch is verifying and has been checked once
+    play_until(
+        rt,
+        lambda: (b := batches(rt, request_id)[0])["status"] == "verifying" and b["checks"] >= 1,
+    )
+    # Then its silence is active and lasts to the verification deadline plus the margin
+    batch = batches(rt, request_id)[0]
+    held = silence(alertmanager, batch["silence_id"])
+    assert held["status"]["state"] == "active"
+    deadline = datetime.fromisoformat(batch["job_ended_at"]) + timedelta(seconds=600 + 900)
+    assert abs(datetime.fromisoformat(batch["silence_ends_at"]) - deadline) < timedelta(seconds=1)
+    assert abs(datetime.fromisoformat(held["endsAt"]) - deadline) < timedelta(seconds=1)
+    # And once its servers are verified, it is expired
+    final = run_to_end(rt, request_id)
+    assert final["status"] == "succeeded"
+    ended = final["batches"][0]
+    assert silence(alertmanager, ended["silence_id"])["status"]["state"] == "expired"
+    assert datetime.fromisoformat(ended["silence_ends_at"]) <= rt.now()
+    assert len(silences(alertmanager)) == 1
+
+
+def test_with_verification_off_the_silence_is_expired_when_the_job_ends(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+) -> None:
+    simulator.configure(servers=2, job_duration=0.2)
+    rt = silenced_rt(make_rt, alertmanager, verify=False)
+    final = run_to_end(rt, accept(rt, fleet(2)))
+    assert final["status"] == "succeeded"
+    assert silence(alertmanager, final["batches"][0]["silence_id"])["status"]["state"] == (
+        "expired"
+    )
+
+
+def test_an_unhealthy_server_leaves_the_silence_at_once(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+) -> None:
+    # Given a batch of three servers verifying, slow to boot
+    servers = fleet(3)
+    simulator.configure(servers=3, job_duration=0.2, boot_seconds=60)
+    rt = silenced_rt(make_rt, alertmanager)
+    request_id = accept(rt, servers)
+    play_until(rt, lambda: statuses(rt, request_id) == ["verifying"])
+    first = batches(rt, request_id)[0]["silence_id"]
+    assert silence(alertmanager, first)["status"]["state"] == "active"
+    # When a check finds one of them ERROR while the others still boot
+    simulator.set_server(servers[1], status="ERROR", task_state=None)
+    play_until(rt, lambda: batches(rt, request_id)[0]["silence_id"] != first)
+    # Then the silence that held it is expired, and the batch's silence holds the others only
+    batch = batches(rt, request_id)[0]
+    assert batch["status"] == "verifying"
+    assert silence(alertmanager, first)["status"]["state"] == "expired"
+    now_held = silence(alertmanager, batch["silence_id"])
+    assert now_held["status"]["state"] == "active"
+    assert [m["value"] for m in now_held["matchers"]] == [f"{name(1)}|{name(3)}"]
+    assert now_held["createdBy"] == "bmsreboot"
+    assert batch["silence_error"] is None
+
+
+def test_with_alertmanager_down_the_reboot_goes_on_and_the_error_is_shown(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given an Alertmanager that is down, reached with credentials in its URL
+    alertmanager.stop()
+    simulator.configure(servers=2, job_duration=0.2, boot_seconds=0.3)
+    url = f"http://bmsreboot:s3cret-word@127.0.0.1:{alertmanager.port}"
+    rt = silenced_rt(make_rt, alertmanager, alertmanager_url=url)
+    # When a request is sent
+    with caplog.at_level(logging.WARNING, logger="bmsreboot.pipeline"):
+        final = run_to_end(rt, accept(rt, fleet(2)))
+    # Then its servers are rebooted all the same
+    assert final["status"] == "succeeded"
+    assert simulator.stats()["reboots"] == dict.fromkeys(fleet(2), 1)
+    # And the batch shows why it had no silence, the URL's credentials masked
+    batch = final["batches"][0]
+    assert batch["silence_id"] is None
+    assert batch["silence_error"].startswith("silence not created: ")
+    assert "unreachable" in batch["silence_error"]
+    assert "s3cret-word" not in batch["silence_error"]
+    assert "********" in batch["silence_error"]
+    # And one line was logged, without the password
+    lines = [r.getMessage() for r in caplog.records if "silence not created" in r.getMessage()]
+    assert len(lines) == 1
+    assert "s3cret-word" not in caplog.text
+
+
+def test_with_silences_required_a_batch_waits_until_it_can_be_silenced(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+) -> None:
+    # Given silences are required and Alertmanager is down
+    alertmanager.stop()
+    simulator.configure(servers=2, job_duration=0.2, boot_seconds=0.3)
+    rt = silenced_rt(make_rt, alertmanager, silence_required=True)
+    request_id = accept(rt, fleet(2))
+    # When its submit comes
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    [(kind, batch_id, countdown)] = rt.dispatcher.sent
+    rt.dispatcher.sent.clear()
+    assert kind == "submit"
+    clock_of(rt).advance(countdown)
+    assert submit.submit_batch(batch_id, rt) == "unsilenced"
+    # Then nothing was sent: the batch waits, pending, showing why, and comes back later
+    assert simulator.stats()["calls"]["action"]["accepted"] == 0
+    [batch] = batches(rt, request_id)
+    assert batch["status"] == "pending"
+    assert batch["silence_error"].startswith("silence not created: ")
+    assert "SILENCE_REQUIRED" in batch["last_error"]["message"]
+    assert [k for k, _, _ in rt.dispatcher.sent] == ["release"]
+    # And once Alertmanager is back, the batch is sent, silenced
+    alertmanager.start()
+    play_until(rt, lambda: statuses(rt, request_id) != ["pending"])
+    [batch] = batches(rt, request_id)
+    assert batch["silence_error"] is None
+    assert silence(alertmanager, batch["silence_id"])["status"]["state"] == "active"
+    assert simulator.stats()["calls"]["action"]["accepted"] == 1
+
+
+def test_a_request_may_opt_out_of_silences(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+) -> None:
+    simulator.configure(servers=2, job_duration=0.2, boot_seconds=0.3)
+    rt = silenced_rt(make_rt, alertmanager)
+    final = run_to_end(rt, accept(rt, fleet(2), silence=False))
+    assert final["status"] == "succeeded"
+    assert final["silence"] is False
+    assert final["batches"][0]["silence_id"] is None
+    assert final["batches"][0]["silence_error"] is None
+    assert silences(alertmanager) == []
+
+
+def test_the_reconciler_expires_the_silence_of_a_batch_that_ended_while_it_could_not_be(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+) -> None:
+    # Given a batch silenced and submitted
+    simulator.configure(servers=2, job_duration=0.2)
+    rt = silenced_rt(make_rt, alertmanager, verify=False)
+    request_id = accept(rt, fleet(2))
+    play_until(rt, lambda: statuses(rt, request_id) == ["submitted"])
+    silence_id = batches(rt, request_id)[0]["silence_id"]
+    # When its job ends while Alertmanager cannot be reached
+    alertmanager.stop()
+    play_until(rt, lambda: statuses(rt, request_id) == ["succeeded"])
+    [batch] = batches(rt, request_id)
+    assert batch["silence_error"].startswith("not expired: ")
+    # Then, Alertmanager back, the reconciler's next run (past its grace) expires it
+    alertmanager.start()
+    assert silence(alertmanager, silence_id)["status"]["state"] == "active"
+    clock_of(rt).advance(rt.settings.reconcile_grace + rt.settings.reconcile_interval + 1)
+    done = reconcile.reconcile(rt)
+    assert done.get("silences") == 1
+    wait_for(
+        lambda: silence(alertmanager, silence_id)["status"]["state"] == "expired",
+        "the silence expired",
+    )
+    [batch] = batches(rt, request_id)
+    assert batch["silence_error"] is None
+    assert datetime.fromisoformat(batch["silence_ends_at"]) <= rt.now()
+    # And a run after it has nothing left to expire
+    clock_of(rt).advance(rt.settings.reconcile_interval + 1)
+    assert "silences" not in reconcile.reconcile(rt)
+
+
+def test_a_batch_claimed_by_another_worker_leaves_no_silence_behind(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a released batch whose submit message two workers hold
+    simulator.configure(servers=2, job_duration=5)
+    rt = silenced_rt(make_rt, alertmanager)
+    accept(rt, fleet(2))
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    [(_, batch_id, countdown)] = rt.dispatcher.sent
+    rt.dispatcher.sent.clear()
+    clock_of(rt).advance(countdown)
+    # When one claims it while the other is creating its silence
+    from worker.db.transitions import transition_batch
+
+    real = submit._claim
+
+    def claimed_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        with unit_of_work(rt.engine) as session:
+            transition_batch(session, batch_id, BatchStatus.SUBMITTING, actor="other")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(submit, "_claim", claimed_meanwhile)
+    assert submit.submit_batch(batch_id, rt) == "skipped"
+    # Then the loser's silence is expired, and nothing was POSTed by it
+    [made] = silences(alertmanager)
+    assert made["status"]["state"] == "expired"
+    assert simulator.stats()["calls"]["action"]["accepted"] == 0
+    with unit_of_work(rt.engine) as session:
+        assert session.get_one(Batch, batch_id).silence_id is None
