@@ -400,7 +400,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a regular expression: {exc}") from None
         return v or None
 
-    @field_validator("bms_endpoint", "iam_endpoint", "sts_endpoint", "metadata_url")
     @field_validator("silence_matchers")
     @classmethod
     def _matchers(cls, v: str) -> str:
@@ -410,7 +409,12 @@ class Settings(BaseSettings):
         return v
 
     @field_validator(
-        "bms_endpoint", "iam_endpoint", "sts_endpoint", "metadata_url", "alertmanager_url"
+        "bms_endpoint",
+        "iam_endpoint",
+        "sts_endpoint",
+        "metadata_url",
+        "alertmanager_url",
+        "prometheus_url",
     )
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
