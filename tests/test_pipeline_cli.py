@@ -29,11 +29,11 @@ WAIT = ("--wait", "--timeout", "90")
 
 
 def bmsreboot(
-    pipe: Pipeline, *args: str, stdin: str | None = None
+    pipe: Pipeline, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker", *args],
-        env=pipe.env,
+        env={**pipe.env, **(env or {})},
         input=stdin,
         capture_output=True,
         text=True,
@@ -327,6 +327,41 @@ def test_submit_wants_ids_or_a_selector_and_not_both(pipeline_redis_pg: Pipeline
         assert run.returncode == 2
         assert "give server ids as arguments, with --ids-file, or by a selector" in run.stderr
         assert "Traceback" not in run.stderr
+
+
+def test_a_dry_run_shows_the_gate_and_the_silences_the_flags_ask_for(
+    pipeline_redis_pg: Pipeline,
+) -> None:
+    pipe = pipeline_redis_pg
+    # An Alertmanager is configured (the dry run calls nothing): batches would be silenced
+    env = {"BMSREBOOT_ALERTMANAGER_URL": "http://127.0.0.1:9"}
+    args = ("submit", "--project-id", PROJECT, *new_ids(2), "--dry-run")
+    gated = (
+        "--gate-query",
+        'ALERTS{alertstate="firing"}',
+        "--gate-exclude",
+        "NodeDown|TargetDown",
+        "--gate-timeout",
+        "600",
+    )
+    plan = json.loads(bmsreboot(pipe, *args, *gated, "--json", env=env).stdout)
+    assert plan["policy"]["gate"] == {
+        "query": 'ALERTS{alertstate="firing"}',
+        "exclude": "NodeDown|TargetDown",
+        "timeout": 600.0,
+    }
+    assert plan["policy"]["silence"] is True
+    text = bmsreboot(pipe, *args, *gated, env=env).stdout
+    assert (
+        'gate: ALERTS{alertstate="firing"} (alertnames NodeDown|TargetDown left out); '
+        "halts after 600 s closed"
+    ) in text
+    # No gate asked for and no Prometheus configured: none; --no-silence: none
+    plain = json.loads(bmsreboot(pipe, *args, "--no-silence", "--json", env=env).stdout)
+    assert (plain["policy"]["gate"], plain["policy"]["silence"]) == (None, False)
+    # A gate_exclude that is not a regular expression: the dry run says why
+    bad = bmsreboot(pipe, *args, "--gate-query", "up == 0", "--gate-exclude", "(", "--json")
+    assert "gate_exclude" in bad.stdout + bad.stderr
 
 
 def test_submit_carries_the_verification_policy_and_a_dry_run_shows_it(

@@ -453,8 +453,15 @@ def _print_plan(checked: Any, settings: Any, as_json: bool) -> None:
     )
     if data["canary"]:
         click.echo(f"canary: batch 0 of {data['canary']['size']} servers, all must succeed")
-    policy = ", ".join(f"{k} {v}" for k, v in data["policy"].items() if v is not None)
+    policy = ", ".join(
+        f"{k} {v}" for k, v in data["policy"].items() if v is not None and k != "gate"
+    )
     click.echo(f"policy: {policy}")
+    if gate := data["policy"]["gate"]:
+        excluding = f" (alertnames {gate['exclude']} left out)" if gate["exclude"] else ""
+        click.echo(
+            f"gate: {gate['query']}{excluding}; halts after {gate['timeout']:g} s closed",
+        )
     estimate = data["estimate"]
     boot_text = (
         f" + {estimate['boot_s']:.0f} s for servers to come back ({estimate['boot_from']})"

@@ -172,6 +172,15 @@ def plan(
             "health_timeout": checked.health_timeout or settings.health_timeout,
             "health_check": checked.health_check,
             "soak_seconds": checked.soak_seconds,
+            # The alert gate before each wave (None: no gate) and whether batches are silenced
+            "gate": None
+            if checked.gate_query is None
+            else {
+                "query": checked.gate_query,
+                "exclude": checked.gate_exclude,
+                "timeout": checked.gate_timeout or settings.gate_timeout,
+            },
+            "silence": checked.silence and settings.alertmanager_url is not None,
         },
         "estimate": {
             "action_budget_per_minute": settings.action_rate_limit,
