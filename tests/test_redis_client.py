@@ -21,7 +21,7 @@ import redis.retry
 from celery import Celery
 from redbeat.schedulers import get_redis
 
-from tests.fixtures.services import RedisServer, SentinelGroup, free_port
+from tests.fixtures.services import RedisServer, SentinelGroup, free_port, require_redis_server
 from worker import redis_client as rc
 
 # --- the URL ---------------------------------------------------------------------------------
@@ -251,7 +251,8 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> Waits:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own, not started yet (``require`` it first)."""
+    """A redis-server of this test's own, not started yet."""
+    require_redis_server()
     redis_server = RedisServer(tmp_path / "redis", port=free_port())
     try:
         yield redis_server
@@ -259,19 +260,9 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
         redis_server.close()
 
 
-def _require_redis_server() -> None:
-    import shutil
-
-    from tests.fixtures.services import HOW_TO_START, _missing
-
-    if shutil.which("redis-server") is None:
-        _missing(f"redis-server is not installed: {HOW_TO_START['redis']}")
-
-
 def test_a_command_meeting_a_refused_connection_waits_for_the_server(
     server: RedisServer, waits: Waits
 ) -> None:
-    _require_redis_server()
     # Given a client of an address where nothing answers yet (DCS switching)
     client = rc.redis_client(server.url())
     # When the server comes back during the first wait
@@ -284,7 +275,6 @@ def test_a_command_meeting_a_refused_connection_waits_for_the_server(
 
 
 def test_a_command_meeting_a_timeout_is_sent_again(server: RedisServer, waits: Waits) -> None:
-    _require_redis_server()
     # Given a connected client, and its server frozen (a primary that stopped answering)
     server.start()
     client = rc.redis_client(server.url(), {"socket_timeout": 0.3})
@@ -295,9 +285,11 @@ def test_a_command_meeting_a_timeout_is_sent_again(server: RedisServer, waits: W
     try:
         # When the server answers again during the wait after the timeout
         waits.then(lambda: os.kill(pid, signal.SIGCONT))
-        # Then the command is sent again on a new connection and answered
-        assert client.incr("n") in (1, 2)  # the first, timed out, may have run too
-        assert len(waits.seconds) == 1
+        # Then the command is sent again on a new connection and answered (each attempt
+        # that timed out reached the server too, and ran once it was resumed)
+        count = client.incr("n")
+        assert waits.seconds
+        assert 1 <= count <= len(waits.seconds) + 1
     finally:
         os.kill(pid, signal.SIGCONT)
 
@@ -305,7 +297,6 @@ def test_a_command_meeting_a_timeout_is_sent_again(server: RedisServer, waits: W
 def test_a_write_meeting_readonly_is_sent_again_to_the_promoted_primary(
     server: RedisServer, waits: Waits
 ) -> None:
-    _require_redis_server()
     # Given a client of an address that is a replica now (DCS's old primary, demoted)
     server.start("--replicaof", "127.0.0.1", str(free_port()))
     client = rc.redis_client(server.url())
@@ -314,12 +305,11 @@ def test_a_write_meeting_readonly_is_sent_again_to_the_promoted_primary(
     waits.then(lambda: admin.replicaof("NO", "ONE"))
     # Then a script that writes (as the budgets' do) runs there
     assert client.eval("return redis.call('incr', KEYS[1])", 1, "n") == 1
-    assert len(waits.seconds) == 1
+    assert waits.seconds
     admin.close()
 
 
 def test_an_error_of_the_command_itself_is_not_retried(server: RedisServer, waits: Waits) -> None:
-    _require_redis_server()
     server.start()
     client = rc.redis_client(server.url())
     client.set("k", "not a number")
