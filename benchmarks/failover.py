@@ -14,10 +14,12 @@ Three runs of one request each, with real processes (the scenario of
 - ``same-address``: one Redis killed, and once the worker saw it gone, an empty Redis back on
   its port (DCS's switch when the standby was behind).
 
-Printed for each: seconds from the kill to the first job the simulator created after it
-(``kill_to_first_post_s``), from the kill to the sentinels naming the new primary
-(``promoted_s``), from the kill to the request's end, the POSTs and GETs, and the extra ones
-against ``none`` (a POST is one batch: an extra POST would be a batch sent twice). It needs
+Printed for each: seconds from the kill to the first job the simulator created once the
+broker was back, the replica promoted or the empty Redis up (``kill_to_first_post_s``; a POST
+in flight at the kill, which reaches the simulator just after it, does not count), from the
+kill to the sentinels naming the new primary (``promoted_s``), from the kill to the request's
+end, the POSTs and GETs, and the extra ones against ``none`` (a POST is one batch: an extra
+POST would be a batch sent twice; -1: a batch cut off before its POST reached the API). It needs
 PostgreSQL on this machine and ``redis-server``; its Redis servers are its own, on free ports.
 """
 
