@@ -33,6 +33,7 @@ EXPECTED = {
     "create_request": {"scenario", "rows"},
     "intake": {"scenario", "recorded_median_s"},
     "soak": {"scenario", "results", "outcome"},
+    "failover": {"scenario", "results"},
 }
 ROW_KEYS = {
     "fleet": {"contender", "wall_s", "gets_per_job", "throttled_429", "detect_median_s"},
@@ -51,6 +52,14 @@ ROW_KEYS = {
     "workers": {"workers", "wall_s", "cpu_s_per_1000_servers", "cores_used", "servers_rebooted"},
     "simulator_polls": {"where", "polls_per_s", "simulator_cpu_ms_per_poll"},
     "soak": {"process", "rss_start_mb", "rss_end_mb", "rss_slope_mb_per_min", "replaced"},
+    "failover": {
+        "mode",
+        "kill_to_first_post_s",
+        "promoted_s",
+        "extra_posts",
+        "rebooted_twice",
+        "throttled",
+    },
 }
 SCRIPTS = [p.stem for p in run_all.scripts()]
 

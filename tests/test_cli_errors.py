@@ -247,6 +247,22 @@ def test_submit_with_the_broker_down_is_one_line_without_its_password(
     assert time.monotonic() - started < 20
 
 
+@pytest.mark.parametrize("command", [("submit", "--project-id", PROJECT, SERVER), ("metrics",)])
+def test_a_sentinel_broker_without_its_masters_name_is_one_line(
+    data_dir: Path, command: tuple[str, ...]
+) -> None:
+    # Given a Sentinel URL and no master_name in BMSREBOOT_BROKER_TRANSPORT_OPTIONS
+    url = "sentinel://:NOT-SHOWN-pw@127.0.0.1:1;sentinel://:NOT-SHOWN-pw@127.0.0.1:2"
+    # When a command that needs the broker's Celery app runs
+    run = bmsreboot(data_dir, *command, BMSREBOOT_BROKER_URL=url)
+    # Then one line says what to set, and nothing was tried
+    assert run.returncode == 1
+    line = one_line(run.stderr)
+    assert line.startswith("Error: BMSREBOOT_BROKER_URL: a sentinel:// broker URL needs")
+    assert "BMSREBOOT_BROKER_TRANSPORT_OPTIONS" in line
+    assert "NOT-SHOWN-pw" not in run.stderr + run.stdout
+
+
 @pytest.fixture
 def silent_broker() -> Iterator[int]:
     """A TCP port that accepts connections and never answers (a hung Redis)."""

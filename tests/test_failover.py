@@ -22,9 +22,15 @@ from tests.fixtures.services import RedisServer, SentinelGroup
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
-#: The issue's 20,000 servers, in batches of 200: 100 POSTs (the run takes about 20 s here).
-SERVERS = 20_000
-BATCH = 200
+#: The issue asks for 20,000 servers (100 batches of 200); the test runs 2,000 in 40 batches
+#: of 50. What the judges look at is per batch (a POST, its polls, its servers' counts), and
+#: the kill comes at the same point (10 batches accepted, about a dozen in flight), so a
+#: failover meets the same state; 30 batches are still to be released after it. A batch of
+#: 50 servers or of 200 is the same code path; fewer batches after the kill only shorten the
+#: run (about 40 s each at 20,000 on two loaded cores, CI's budget is 30 min for everything).
+#: ``benchmarks/failover.py`` runs the issue's 20,000.
+SERVERS = 2_000
+BATCH = 50
 #: From the kill to the request's end, at most: the visibility timeout is an hour, so a
 #: message lost and not re-driven by the reconciler (every second, 3 s of grace) fails this.
 AFTER_KILL = 120.0

@@ -17,13 +17,10 @@ from worker import censor
 from worker.broker import transport_for
 from worker.names import QUEUES, ROUTES
 from worker.pipeline.backoff import VISIBILITY_SHARE
+from worker.settings import ImproperlyConfigured as ImproperlyConfigured  # raised here
 from worker.settings import Settings, get_settings, is_redis_url
 
 log = logging.getLogger("bmsreboot.celery")
-
-
-class ImproperlyConfigured(RuntimeError):
-    """Settings that would make the pipeline unsafe; the worker refuses to start."""
 
 
 def longest_countdown(settings: Settings) -> float:

@@ -22,6 +22,12 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class ImproperlyConfigured(RuntimeError):
+    """Settings that would make the pipeline unsafe; the worker refuses to start. Here, not
+    in ``worker.celery`` (which raises it), so that the CLI can name it in one line when
+    ``worker.celery``'s import is what failed."""
+
+
 def is_redis_url(url: str) -> bool:
     """Whether a broker URL is Redis (``redis://``, ``rediss://``, or ``sentinel://``: Redis
     through its sentinels): then the budgets, the metrics and beat's schedule live in Redis

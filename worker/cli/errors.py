@@ -106,6 +106,11 @@ def _environment_problem(error: Exception) -> str | None:
     from kombu.exceptions import OperationalError as BrokerError
     from sqlalchemy.exc import SQLAlchemyError
 
+    from worker.settings import ImproperlyConfigured
+
+    if isinstance(error, ImproperlyConfigured):
+        # Raised by the Celery app's settings checks, also when importing worker.celery.
+        return str(error)
     if isinstance(error, BrokerError):
         return f"the broker failed: {first_line(error)}; is it running (BMSREBOOT_BROKER_URL)?"
     if isinstance(error, SQLAlchemyError):
