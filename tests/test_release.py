@@ -406,6 +406,26 @@ def test_an_overdue_poll_is_not_re_driven_while_polls_wait_in_the_queue(
     assert sent(rt, "poll") == [batch.id]
 
 
+def test_under_a_lasting_poll_backlog_a_poll_overdue_far_longer_is_re_driven(
+    reconciling: Runtime,
+) -> None:
+    rt = reconciling
+    request_id = accept(rt, ids(2))
+    (batch,) = _batches(rt, request_id)
+    assert submit.submit_batch(batch.id, rt) == "submitted"
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    rt.dispatcher.backlog["bmsreboot.poll"] = 25
+    patience = rt.settings.reconcile_grace * reconcile.BACKLOG_PATIENCE
+    # Overdue by less than the patience: it may be queued behind the backlog
+    _backdate(rt, batch.id, next_poll_at=_ago(patience - 5))
+    rt.dispatcher.sent.clear()
+    assert run_reconcile(rt) == {}
+    # Overdue by more: lost, whatever the queue holds
+    _backdate(rt, batch.id, next_poll_at=_ago(patience + 5))
+    assert run_reconcile(rt) == {"polls": 1}
+    assert sent(rt, "poll") == [batch.id]
+
+
 def test_a_request_whose_batches_all_ended_is_finalized(
     reconciling: Runtime, simulator: SimulatorHandle
 ) -> None:

@@ -31,7 +31,6 @@ is done twice.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from datetime import timedelta
 
@@ -59,6 +58,9 @@ from worker.webhooks import redeliver_lost
 #: Rows one run handles per kind of work (the next run takes the rest).
 PER_RUN = 1000
 LEASE_KEY = "bmsreboot:lease:reconcile"
+#: Under a backlog on the poll queue, polls and checks are re-driven once overdue by this many
+#: times the grace (150 s by default) instead of once overdue by the grace.
+BACKLOG_PATIENCE = 10
 
 
 def reconcile(rt: Runtime) -> dict[str, int]:
@@ -109,20 +111,23 @@ def reconcile(rt: Runtime) -> dict[str, int]:
 
     # An overdue poll or check is lost only if its message is not waiting behind others on the
     # poll queue: under a backlog a re-drive is a second message that only one of the two
-    # books (by seq), a task for nothing.
+    # books (by seq), a task for nothing. The queue's count cannot tell a lost poll from a
+    # late one (it does not see the countdown messages workers hold), so under a backlog only
+    # polls overdue far longer than any queue takes to drain are re-driven: a backlog that
+    # never empties does not leave a lost poll for ever.
     poll_backlog = rt.dispatcher.waiting(POLL_QUEUE)
-    polls: list[tuple[uuid.UUID, int]] = []
-    checks: list[tuple[uuid.UUID, int]] = []
+    poll_overdue = overdue
     if poll_backlog:
+        poll_overdue = now - timedelta(seconds=rt.settings.reconcile_grace * BACKLOG_PATIENCE)
         log.info(
-            "%d messages wait on %s: overdue polls and checks are not re-driven",
+            "%d messages wait on %s: only polls and checks overdue by over %g s are re-driven",
             poll_backlog,
             POLL_QUEUE,
+            rt.settings.reconcile_grace * BACKLOG_PATIENCE,
         )
-    else:
-        with unit_of_work(rt.engine) as session:
-            polls = overdue_polls(session, overdue, PER_RUN)
-            checks = overdue_checks(session, overdue, PER_RUN)
+    with unit_of_work(rt.engine) as session:
+        polls = overdue_polls(session, poll_overdue, PER_RUN)
+        checks = overdue_checks(session, poll_overdue, PER_RUN)
     for batch_id, seq in polls:
         rt.dispatcher.poll(batch_id, countdown=0.0, seq=seq)
     done["polls"] = len(polls)
