@@ -106,24 +106,13 @@ class DatabaseCounters:
         self._engine = engine
 
     def incr(self, increments: Mapping[str, float]) -> None:
-        from sqlalchemy.dialects import postgresql, sqlite
-
-        from worker.db.models import MetricCounter
-        from worker.db.session import unit_of_work
-
-        dialect = self._engine.dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        with unit_of_work(self._engine) as session:
-            for field, by in sorted(increments.items()):
-                stmt = insert(MetricCounter).values(key=field, value=by)
-                session.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[MetricCounter.key],
-                        set_={"value": MetricCounter.value + stmt.excluded.value},
-                    )
-                )
+        self._upsert(increments, add=True)
 
     def set(self, values: Mapping[str, float]) -> None:
+        self._upsert(values, add=False)
+
+    def _upsert(self, values: Mapping[str, float], *, add: bool) -> None:
+        """One row a key: its value added to the row's (``add``), or written over it."""
         from sqlalchemy.dialects import postgresql, sqlite
 
         from worker.db.models import MetricCounter
@@ -134,9 +123,10 @@ class DatabaseCounters:
         with unit_of_work(self._engine) as session:
             for field, value in sorted(values.items()):
                 stmt = insert(MetricCounter).values(key=field, value=value)
+                new = MetricCounter.value + stmt.excluded.value if add else stmt.excluded.value
                 session.execute(
                     stmt.on_conflict_do_update(
-                        index_elements=[MetricCounter.key], set_={"value": stmt.excluded.value}
+                        index_elements=[MetricCounter.key], set_={"value": new}
                     )
                 )
 
