@@ -29,6 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -328,6 +329,18 @@ def _inventory_down(ready: Ready, why: str, rt: Runtime) -> str:
         ),
         rt.settings.poll_jitter,
     )
+    _due_again(ready, delay, rt, submit_attempts=attempt, last_error_message=f"pre-flight: {why}")
+    log.warning(
+        "batch %s: inventory unreadable (%s), due again in %.1f s", ready.batch_id, why, delay
+    )
+    return "retry"
+
+
+def _due_again(
+    ready: Ready, delay: float, rt: Runtime, *, last_error_message: str, **values: Any
+) -> None:
+    """A batch that could not be sent yet stays ``pending``, due again in ``delay`` seconds
+    with the reason shown, and its project's release step wakes for it."""
     with unit_of_work(rt.engine) as session:
         update_batch(
             session,
@@ -335,14 +348,10 @@ def _inventory_down(ready: Ready, why: str, rt: Runtime) -> str:
             expect=BatchStatus.PENDING,
             released_at=None,
             next_attempt_at=rt.now() + timedelta(seconds=delay),
-            submit_attempts=attempt,
-            last_error_message=f"pre-flight: {why}"[:1000],
+            last_error_message=last_error_message[:1000],
+            **values,
         )
     schedule_release(rt, ready.project_id, delay)
-    log.warning(
-        "batch %s: inventory unreadable (%s), due again in %.1f s", ready.batch_id, why, delay
-    )
-    return "retry"
 
 
 def _unsilenced(ready: Ready, error: str, rt: Runtime) -> str:
@@ -351,19 +360,13 @@ def _unsilenced(ready: Ready, error: str, rt: Runtime) -> str:
     (a gentle pace: each try reads the inventory again), with the reason shown; attempts are
     not counted (Alertmanager, not the cloud, is what failed)."""
     delay = with_jitter(rt.settings.submit_retry_max, rt.settings.poll_jitter)
-    with unit_of_work(rt.engine) as session:
-        update_batch(
-            session,
-            ready.batch_id,
-            expect=BatchStatus.PENDING,
-            released_at=None,
-            next_attempt_at=rt.now() + timedelta(seconds=delay),
-            silence_error=error[:1000],
-            last_error_message=f"waiting for a silence (BMSREBOOT_SILENCE_REQUIRED): {error}"[
-                :1000
-            ],
-        )
-    schedule_release(rt, ready.project_id, delay)
+    _due_again(
+        ready,
+        delay,
+        rt,
+        silence_error=error[:1000],
+        last_error_message=f"waiting for a silence (BMSREBOOT_SILENCE_REQUIRED): {error}",
+    )
     log.warning("batch %s not sent unsilenced: due again in %.1f s", ready.batch_id, delay)
     return "unsilenced"
 
