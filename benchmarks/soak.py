@@ -106,16 +106,18 @@ class MemorySampler:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self) -> float:
+        """Stop sampling after one last sample; its time (seconds) is the window's end: a
+        child seen in it lived to the end, one last seen earlier was replaced."""
         self._stop.set()
         self._thread.join()
-        self.sample()
+        return self.sample()
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             self.sample()
 
-    def sample(self) -> None:
+    def sample(self) -> float:
         at = time.monotonic() - self.t0
         procs = measure.processes()
         pids = {self.worker_pid: "main", self.beat_pid: "beat"}
@@ -126,6 +128,7 @@ class MemorySampler:
                 continue
             self.roles.setdefault(pid, role)
             self.samples.setdefault(pid, []).append((at, *memory))
+        return at
 
     def rows(self, warmup: float, end: float) -> list[dict[str, Any]]:
         """One row a process, children numbered in the order they were first seen."""
@@ -363,8 +366,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 minute = (now - started) / 60
                 print(f"  {minute:.0f} min: {len(ids)} requests sent; RSS MB: {rss}", flush=True)
             time.sleep(max(0.0, min(next_send, end) - time.monotonic()))
-        sampler.stop()
-        window_end = time.monotonic() - sampler.t0
+        window_end = sampler.stop()
         # What tracemalloc saw over the run's window, before the wait for the last requests
         # (a slow drain must not cost the report).
         traced = None
