@@ -106,16 +106,18 @@ class MemorySampler:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self) -> float:
+        """Stop sampling after one last sample; its time (seconds) is the window's end: a
+        child seen in it lived to the end, one last seen earlier was replaced."""
         self._stop.set()
         self._thread.join()
-        self.sample()
+        return self.sample()
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             self.sample()
 
-    def sample(self) -> None:
+    def sample(self) -> float:
         at = time.monotonic() - self.t0
         procs = measure.processes()
         pids = {self.worker_pid: "main", self.beat_pid: "beat"}
@@ -126,6 +128,7 @@ class MemorySampler:
                 continue
             self.roles.setdefault(pid, role)
             self.samples.setdefault(pid, []).append((at, *memory))
+        return at
 
     def rows(self, warmup: float, end: float) -> list[dict[str, Any]]:
         """One row a process, children numbered in the order they were first seen."""
@@ -217,12 +220,15 @@ def outcome(engine: Any, ids: list[uuid.UUID], base_url: str, servers: int) -> d
     }
 
 
-def keep_warm_snapshots(directory: Path) -> None:
-    """At the end of the warm-up: each child's latest snapshot becomes its ``-warm.snap``,
-    the baseline of :func:`tracemalloc_report` (the diagnostic's own baseline, its first
-    report, comes before the warm-up)."""
+def keep_warm_snapshots(directory: Path, warm_at: float) -> None:
+    """From the end of the warm-up (``warm_at``, wall clock): each child's first snapshot
+    taken since becomes its ``-warm.snap``, the baseline of :func:`tracemalloc_report` (the
+    diagnostic's own baseline, its first report, comes before the warm-up). Called until the
+    run ends: on a loaded machine a child's second report may come after the warm-up."""
     for latest in directory.glob("tracemalloc-*-latest.snap"):
-        shutil.copyfile(latest, latest.with_name(latest.name.replace("-latest", "-warm")))
+        warm = latest.with_name(latest.name.replace("-latest", "-warm"))
+        if not warm.exists() and latest.stat().st_mtime >= warm_at:
+            shutil.copyfile(latest, warm)
 
 
 def tracemalloc_report(directory: Path) -> list[dict[str, Any]]:
@@ -339,12 +345,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         end = started + args.minutes * 60
         next_send = started
         next_line = started + 60
-        warm_at: float | None = started + args.warmup_minutes * 60
+        warm_at = started + args.warmup_minutes * 60
+        warm_wall = time.time() + args.warmup_minutes * 60
         while time.monotonic() < end:
-            if warm_at is not None and time.monotonic() >= warm_at:
-                warm_at = None
-                if args.tracemalloc:
-                    keep_warm_snapshots(trace_dir)
+            if args.tracemalloc and time.monotonic() >= warm_at:
+                keep_warm_snapshots(trace_dir, warm_wall)
             for proc, what in ((worker, "the worker"), (args.beat, "beat")):
                 if proc.poll() is not None:
                     raise RuntimeError(f"{what} exited with {proc.returncode}: see its log")
@@ -361,8 +366,13 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 minute = (now - started) / 60
                 print(f"  {minute:.0f} min: {len(ids)} requests sent; RSS MB: {rss}", flush=True)
             time.sleep(max(0.0, min(next_send, end) - time.monotonic()))
-        sampler.stop()
-        window_end = time.monotonic() - sampler.t0
+        window_end = sampler.stop()
+        # What tracemalloc saw over the run's window, before the wait for the last requests
+        # (a slow drain must not cost the report).
+        traced = None
+        if args.tracemalloc:
+            keep_warm_snapshots(trace_dir, warm_wall)
+            traced = tracemalloc_report(trace_dir)
         deadline = time.monotonic() + 300 + 10 * args.job_duration
         while final_count(engine, ids) < len(ids):
             if worker.poll() is not None:
@@ -382,8 +392,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "series": series,
         "outcome": lost | {"children_recycled_for_memory": recycled},
     }
-    if args.tracemalloc:
-        report["tracemalloc"] = tracemalloc_report(trace_dir)
+    if traced is not None:
+        report["tracemalloc"] = traced
     return report
 
 

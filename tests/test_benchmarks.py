@@ -23,6 +23,7 @@ BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import run_all  # noqa: E402  (benchmarks/ is not a package)
+import soak  # noqa: E402
 
 #: The keys each report must have; a script not listed must at least name its scenario.
 EXPECTED = {
@@ -91,6 +92,10 @@ def test_a_benchmark_runs_at_its_tiny_size(name: str, tmp_path: Path, redis_url:
         assert rows, report
         for row in rows:
             assert ROW_KEYS[name] <= set(row), sorted(row)
+    if name == "soak":
+        # A child counts as replaced only when the pool replaced it (the log's count).
+        replaced = sum(row["replaced"] for row in rows)
+        assert replaced == report["outcome"]["children_recycled_for_memory"], rows
 
 
 def test_the_fleet_benchmarks_verification_scenario_runs_at_its_tiny_size(
@@ -114,6 +119,30 @@ def test_the_fleet_benchmarks_verification_scenario_runs_at_its_tiny_size(
         row
     )
     assert (row["verified"], row["servers_rebooted_twice"]) == (300, 0)
+
+
+def test_the_soak_says_replaced_only_of_a_child_gone_before_its_last_sample() -> None:
+    # Given a main process and two children sampled at 0, 60 and 120 s; one child left at 60 s
+    sampler = soak.MemorySampler(worker_pid=1, beat_pid=2, every=60)
+    sampler.roles = {1: "main", 10: "child", 11: "child", 12: "child"}
+    mib = 1024
+    sampler.samples = {
+        1: [(0.0, 100 * mib, 50 * mib), (60.0, 100 * mib, 50 * mib), (120.0, 100 * mib, 50 * mib)],
+        10: [(0.0, 100 * mib, 50 * mib), (60.0, 110 * mib, 60 * mib), (120.0, 120 * mib, 70 * mib)],
+        11: [(0.0, 100 * mib, 50 * mib), (60.0, 130 * mib, 80 * mib)],
+        12: [(60.0, 97 * mib, 50 * mib), (120.0, 98 * mib, 51 * mib)],
+    }
+    # When its rows are made for the window that ends at the last sample
+    rows = {row["pid"]: row for row in sampler.rows(warmup=0.0, end=120.0)}
+    # Then only the child that left is replaced, and the growing one has its slope (MB a minute)
+    assert {pid: row["replaced"] for pid, row in rows.items()} == {
+        1: False,
+        10: False,
+        11: True,
+        12: False,
+    }
+    assert rows[10]["rss_slope_mb_per_min"] == 10.0
+    assert (rows[10]["rss_start_mb"], rows[10]["rss_end_mb"]) == (100.0, 120.0)
 
 
 def test_run_all_runs_the_scripts_and_writes_one_summary(tmp_path: Path) -> None:

@@ -360,7 +360,7 @@ class Settings(BaseSettings):
         ge=0,
         description="KiB (Celery's worker_max_memory_per_child; 0: no bound): a pool child "
         "whose peak RSS passed it is replaced once its task has finished. 384 MiB: about 3 "
-        "times a steady child (96-121 MB in benchmarks/soak.py) and above every peak measured "
+        "times a warm child (97-124 MiB in benchmarks/soak.py) and above every peak measured "
         "(157 MiB in a child, 229 MiB in the main process it is forked from, recording a "
         "million ids), so only a child that kept growing reaches it (BENCHMARKS.md, Memory "
         "over a long run).",
