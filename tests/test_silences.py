@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -22,6 +23,7 @@ from worker.db.models import Batch
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus
 from worker.db.status import request_status
+from worker.monitoring import AlertmanagerClient
 from worker.pipeline import poll, reconcile, release, submit, verify
 from worker.pipeline.inventory import forget_snapshots
 from worker.pipeline.runtime import RecordingDispatcher, Runtime
@@ -357,3 +359,80 @@ def test_a_batch_claimed_by_another_worker_leaves_no_silence_behind(
     assert simulator.stats()["calls"]["action"]["accepted"] == 0
     with unit_of_work(rt.engine) as session:
         assert session.get_one(Batch, batch_id).silence_id is None
+
+
+class AlertmanagerCalls:
+    """The calls a runtime's Alertmanager client makes, as ``(method, path)``: a real client
+    on a real session whose response hook writes each one down."""
+
+    def __init__(self, rt: Runtime, alertmanager: AlertmanagerServer) -> None:
+        self.calls: list[tuple[str, str]] = []
+        session = requests.Session()
+        session.hooks["response"].append(self._seen)
+        rt.silences = AlertmanagerClient(alertmanager.url, session=session)
+
+    def _seen(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((str(response.request.method), urlsplit(response.url).path))
+
+    def posts(self) -> int:
+        return self.calls.count(("POST", "/api/v2/silences"))
+
+
+def poll_once(rt: Runtime) -> str:
+    """Play the one poll the batch has booked (whatever its countdown: the clock is the
+    test's to move)."""
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    [entry] = [e for e in rt.dispatcher.sent if e[0] == "poll"]
+    rt.dispatcher.sent.remove(entry)
+    return poll.poll_batch(entry[1], rt, **entry.options)
+
+
+def test_a_job_slower_than_expected_pushes_its_silence_out_once_per_need(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+) -> None:
+    # Given a batch submitted, silenced for the expected job and boot time plus 900 s, whose
+    # job runs far longer than anything the tests wait for
+    simulator.configure(servers=2, job_duration=600)
+    rt = silenced_rt(make_rt, alertmanager)
+    calls = AlertmanagerCalls(rt, alertmanager)
+    request_id = accept(rt, fleet(2))
+    play_until(rt, lambda: statuses(rt, request_id) == ["submitted"])
+    [batch] = batches(rt, request_id)
+    first_id = batch["silence_id"]
+    first_end = datetime.fromisoformat(silence(alertmanager, first_id)["endsAt"])
+    made = calls.posts()
+    assert made == 1
+    # When polls find the job running while the silence still has more than half a margin
+    assert poll_once(rt) == "running"
+    assert poll_once(rt) == "running"
+    # Then nothing is asked of Alertmanager
+    assert calls.posts() == made
+    # When the clock reaches the point where less than half a margin is left
+    clock_of(rt).advance(500)
+    assert poll_once(rt) == "running"
+    # Then the silence now ends a whole margin after that poll: one update
+    assert calls.posts() == made + 1
+    [batch] = batches(rt, request_id)
+    held = silence(alertmanager, batch["silence_id"])
+    assert held["status"]["state"] == "active"
+    pushed = datetime.fromisoformat(held["endsAt"])
+    assert pushed - first_end > timedelta(seconds=490)
+    assert abs(datetime.fromisoformat(batch["silence_ends_at"]) - pushed) < timedelta(seconds=1)
+    assert abs(pushed - (rt.now() + timedelta(seconds=900))) < timedelta(seconds=5)
+    assert batch["silence_error"] is None
+    # And the polls after it, with a margin ahead again, leave it alone
+    assert poll_once(rt) == "running"
+    assert poll_once(rt) == "running"
+    assert calls.posts() == made + 1
+    # And the next time it runs short, it is pushed out once more
+    clock_of(rt).advance(500)
+    assert poll_once(rt) == "running"
+    assert poll_once(rt) == "running"
+    assert calls.posts() == made + 2
+    [batch] = batches(rt, request_id)
+    again = datetime.fromisoformat(silence(alertmanager, batch["silence_id"])["endsAt"])
+    assert again - pushed > timedelta(seconds=490)
+    # And Alertmanager changed its end in place: the one silence, the id the batch first had
+    assert [s["id"] for s in silences(alertmanager)] == [batch["silence_id"]] == [first_id]
