@@ -24,6 +24,7 @@ from worker.settings import Settings
         (2, None, 10.0),
         (3, None, 20.0),
         (7, None, 300.0),  # capped
+        (5000, None, 300.0),  # however many attempts (no float overflow)
         (1, 30.0, 30.0),  # the server's hint wins when longer
         (3, 2.0, 20.0),  # but never shortens the backoff
         (1, 9999.0, 300.0),  # and is capped too
@@ -35,7 +36,15 @@ def test_submit_retry_delay(attempt: int, retry_after: float | None, expected: f
 
 @pytest.mark.parametrize(
     ("polls", "expected"),
-    [(1, 4.0), (2, 6.0), (3, 9.0), (4, 13.5), (5, 20.0), (10, 20.0)],
+    [
+        (1, 4.0),
+        (2, 6.0),
+        (3, 9.0),
+        (4, 13.5),
+        (5, 20.0),
+        (10, 20.0),
+        (5000, 20.0),
+    ],  # 5000: no float overflow
 )
 def test_without_history_polls_start_at_the_first_delay_and_grow_to_the_cap(
     polls: int, expected: float

@@ -32,6 +32,13 @@ def with_jitter(delay: float, jitter: float, rng: random.Random | None = None) -
     return delay * (1.0 + (rng or random).uniform(0.0, jitter))
 
 
+#: Growth steps past which a delay is its cap anyway (1.5 ** 100 is 4e17: any first step of a
+#: microsecond or more has passed any cap by then). Without this bound a long chain (a check
+#: or poll count past about 1750 at a short cap) makes ``1.5 ** n`` overflow a float: the
+#: task would raise OverflowError instead of booking its next run.
+MAX_GROWTH_STEPS = 100
+
+
 def submit_retry_delay(
     attempt: int, *, base: float, cap: float, retry_after: float | None = None
 ) -> float:
@@ -40,7 +47,7 @@ def submit_retry_delay(
     A server hint (Retry-After) is honoured but still capped, so one bad header cannot park a
     batch beyond the visibility timeout.
     """
-    computed = base * 2.0 ** max(attempt - 1, 0)
+    computed = base * 2.0 ** min(max(attempt - 1, 0), MAX_GROWTH_STEPS)
     if retry_after is not None and retry_after > computed:
         computed = retry_after
     return min(computed, cap)
@@ -65,4 +72,4 @@ def poll_delay(poll_count: int, *, learned: float | None, first: float, cap: flo
     growing by half each poll, up to the cap. The first step is a tenth of the learned job
     duration (a job that outlasts the usual one is usually nearly done), else ``first``."""
     step = max(POLL_STEP_SHARE * learned, MIN_POLL_STEP) if learned is not None else first
-    return min(step * (1.5 ** max(poll_count - 1, 0)), cap)
+    return min(step * (1.5 ** min(max(poll_count - 1, 0), MAX_GROWTH_STEPS)), cap)
