@@ -436,3 +436,122 @@ def test_a_job_slower_than_expected_pushes_its_silence_out_once_per_need(
     assert again - pushed > timedelta(seconds=490)
     # And Alertmanager changed its end in place: the one silence, the id the batch first had
     assert [s["id"] for s in silences(alertmanager)] == [batch["silence_id"]] == [first_id]
+
+
+def fire(alertmanager: AlertmanagerServer, *instances: str) -> None:
+    """A firing ``NodeDown`` alert of each instance, as Prometheus would send it."""
+    alerts = [{"labels": {"alertname": "NodeDown", "instance": i}} for i in instances]
+    response = requests.post(f"{alertmanager.url}/api/v2/alerts", json=alerts, timeout=10)
+    response.raise_for_status()
+
+
+def silenced_by(alertmanager: AlertmanagerServer, instance: str) -> list[str]:
+    """The silences Alertmanager says hold the ``NodeDown`` alert of ``instance`` now."""
+    response = requests.get(
+        f"{alertmanager.url}/api/v2/alerts",
+        params={"filter": f'instance="{instance}"'},
+        timeout=10,
+    )
+    response.raise_for_status()
+    [alert] = response.json()
+    return list(alert["status"]["silencedBy"])
+
+
+def verifying_with_one_unhealthy(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+) -> tuple[Runtime, uuid.UUID, str]:
+    """A batch of three servers verifying, slow to boot, under one active silence (returned
+    with the request and its id), the second server now seen ``ERROR``: the next check finds
+    it unhealthy."""
+    servers = fleet(3)
+    simulator.configure(servers=3, job_duration=0.2, boot_seconds=60)
+    rt = silenced_rt(make_rt, alertmanager)
+    request_id = accept(rt, servers)
+    play_until(rt, lambda: statuses(rt, request_id) == ["verifying"])
+    first = batches(rt, request_id)[0]["silence_id"]
+    assert silence(alertmanager, first)["status"]["state"] == "active"
+    simulator.set_server(servers[1], status="ERROR", task_state=None)
+    return rt, request_id, first
+
+
+def test_a_silence_that_cannot_leave_an_unhealthy_server_out_is_expired_whole(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a verifying batch, one of whose servers the next check finds unhealthy
+    rt, request_id, first = verifying_with_one_unhealthy(make_rt, simulator, alertmanager)
+    # When Alertmanager is down just as its silence is replaced by one of the others, and
+    # answers again right after
+    am = rt.alertmanager()
+    assert am is not None
+    real = am.update_silence
+
+    def down_meanwhile(*args: Any, **kwargs: Any) -> str:
+        alertmanager.stop()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            alertmanager.start()
+
+    monkeypatch.setattr(am, "update_silence", down_meanwhile)
+    with caplog.at_level(logging.WARNING, logger="bmsreboot.pipeline"):
+        play_until(rt, lambda: silence(alertmanager, first)["status"]["state"] == "expired")
+    assert "could not leave its 1 unhealthy server(s) out" in caplog.text
+    # Then the whole silence is expired and recorded so, the batch still verifying
+    [batch] = batches(rt, request_id)
+    assert batch["status"] == "verifying"
+    assert batch["silence_id"] == first
+    assert datetime.fromisoformat(batch["silence_ends_at"]) <= rt.now()
+    assert len(silences(alertmanager)) == 1
+    # And the unhealthy server's alerts page (the others' too: better than its silenced)
+    fire(alertmanager, name(1), name(2), name(3))
+    assert silenced_by(alertmanager, name(2)) == []
+    assert silenced_by(alertmanager, name(1)) == []
+    # And the checks after it never silence the batch again
+    checks = batch["checks"]
+    play_until(rt, lambda: batches(rt, request_id)[0]["checks"] >= checks + 2)
+    assert len(silences(alertmanager)) == 1
+    assert silenced_by(alertmanager, name(2)) == []
+
+
+def test_an_unhealthy_server_left_silenced_while_alertmanager_is_down_leaves_it_when_it_is_back(
+    make_rt: Callable[..., Runtime],
+    simulator: SimulatorHandle,
+    alertmanager: AlertmanagerServer,
+) -> None:
+    # Given a verifying batch, one of whose servers the next check finds unhealthy
+    rt, request_id, first = verifying_with_one_unhealthy(make_rt, simulator, alertmanager)
+    # When that check runs while Alertmanager is down: neither replaced nor expired
+    alertmanager.stop()
+    play_until(
+        rt,
+        lambda: (batches(rt, request_id)[0]["silence_error"] or "").startswith(
+            "unhealthy servers still silenced: "
+        ),
+    )
+    # Then the batch shows it, still verifying, and Alertmanager back still silences it
+    [batch] = batches(rt, request_id)
+    assert batch["status"] == "verifying"
+    assert batch["silence_id"] == first
+    assert "unreachable" in batch["silence_error"]
+    alertmanager.start()
+    fire(alertmanager, name(1), name(2), name(3))
+    assert silenced_by(alertmanager, name(2)) == [first]
+    # And the next check replaces the silence by one of the servers still booting
+    play_until(rt, lambda: batches(rt, request_id)[0]["silence_id"] != first)
+    [batch] = batches(rt, request_id)
+    assert batch["status"] == "verifying"
+    assert batch["silence_error"] is None
+    assert silence(alertmanager, first)["status"]["state"] == "expired"
+    now_held = silence(alertmanager, batch["silence_id"])
+    assert now_held["status"]["state"] == "active"
+    assert [m["value"] for m in now_held["matchers"]] == [f"{name(1)}|{name(3)}"]
+    # So the unhealthy server's alerts page, the others' stay silenced
+    assert silenced_by(alertmanager, name(2)) == []
+    assert silenced_by(alertmanager, name(1)) == [batch["silence_id"]]
+    assert silenced_by(alertmanager, name(3)) == [batch["silence_id"]]
