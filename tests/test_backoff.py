@@ -43,8 +43,8 @@ def test_submit_retry_delay(attempt: int, retry_after: float | None, expected: f
         (4, 13.5),
         (5, 20.0),
         (10, 20.0),
-        (5000, 20.0),
-    ],  # 5000: no float overflow
+        (5000, 20.0),  # no float overflow
+    ],
 )
 def test_without_history_polls_start_at_the_first_delay_and_grow_to_the_cap(
     polls: int, expected: float
