@@ -3,7 +3,6 @@ Prometheus client's own parser; counters that add up across the worker's process
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 
 from tests.fixtures.pipeline import Pipeline, new_ids
+from tests.fixtures.services import free_port
 from tests.fixtures.waiting import wait_for
 from worker.metrics import Collector, DatabaseCounters, Metrics
 
@@ -36,12 +36,6 @@ NAMES = {
 }
 #: The worker's broker queues (``worker.names.QUEUES``): each has a depth gauge.
 QUEUES = {"bmsreboot.intake", "bmsreboot.submit", "bmsreboot.poll", "bmsreboot.webhooks"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
