@@ -547,9 +547,7 @@ def _notify_url(item: dict[str, Any], errors: list[str]) -> str | None:
 def _gate(item: dict[str, Any], errors: list[str]) -> tuple[str | None, str | None]:
     """``gate_query`` (PromQL) and ``gate_exclude`` (a regular expression on alertname), checked
     as intake checks them."""
-    import re
-
-    from worker.pipeline.message import MAX_GATE_TEXT
+    from worker.pipeline.message import MAX_GATE_TEXT, gate_exclude_problem
 
     found: list[str | None] = []
     for name in ("gate_query", "gate_exclude"):
@@ -560,12 +558,9 @@ def _gate(item: dict[str, Any], errors: list[str]) -> tuple[str | None, str | No
             errors.append(f"{name} must be a non-empty string, got {_quote(value)}")
             value = None
         found.append(value.strip() if value else None)
-    if found[1] is not None:
-        try:
-            re.compile(found[1])
-        except re.error as exc:
-            errors.append(f"gate_exclude must be a regular expression (on alertname): {exc}")
-            found[1] = None
+    if found[1] is not None and (problem := gate_exclude_problem(found[1])):
+        errors.append(problem)
+        found[1] = None
     return found[0], found[1]
 
 

@@ -46,6 +46,16 @@ MAX_NOTIFY_URL = 2000
 NOTIFY_URL_PATTERN = r"^https?://[^\x00-\x20\x7f]+$"
 
 
+def gate_exclude_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a request's ``gate_exclude`` (a regular expression on
+    alertname), or None: intake and the schedule file's check both ask here."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"gate_exclude must be a regular expression (on alertname): {exc}"
+    return None
+
+
 def notify_url_problem(value: Any) -> str | None:
     """Why ``value`` cannot be a request's ``notify_url``, or None. The URL is quoted with its
     credentials masked (a token in its user info or query): the reason is recorded on the

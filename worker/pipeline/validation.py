@@ -25,6 +25,7 @@ from worker.pipeline.message import (
     MAX_NOT_AFTER_DAYS,
     PROJECT_ID_PATTERN,
     RebootRequestMessage,
+    gate_exclude_problem,
     notify_url_problem,
 )
 from worker.text import clean
@@ -520,13 +521,9 @@ def validate_request(
                 f"({not_after.isoformat()})"
             )
     if isinstance(fields.get("gate_exclude"), str) and "gate_exclude" not in found:
-        try:
-            re.compile(fields["gate_exclude"])
-        except re.error as exc:
-            found["gate_exclude"] = (
-                f"gate_exclude must be a regular expression (on alertname): {exc}, "
-                f"got {_short(fields['gate_exclude'])}"
-            )
+        problem = gate_exclude_problem(fields["gate_exclude"])
+        if problem:
+            found["gate_exclude"] = f"{problem}, got {_short(fields['gate_exclude'])}"
     if "request_id" not in given and "idempotency_key" not in given:
         reasons.append(
             "give request_id or idempotency_key: without either, a producer that sends the "
