@@ -11,6 +11,11 @@ must never break a message already queued. Policy sits on each declaration:
   ``seq`` (optional) keeps one live poll chain per batch.
 - ``bmsreboot.verify_batch`` (queue ``bmsreboot.poll``): one check of a verifying batch's
   servers (list reads plus idempotent writes); ``seq`` keeps one live chain of checks.
+- ``bmsreboot.submit_due`` (queue ``bmsreboot.submit``), ``bmsreboot.poll_due`` and
+  ``bmsreboot.verify_due`` (queue ``bmsreboot.poll``): the batched steps
+  (``worker.pipeline.sweep``), each every batch due, across projects; no arguments (what is
+  due is in the audit database), their result names the batches by what happened. Safe to
+  repeat (each batch is compare-and-set), so acks-late and redelivered.
 - ``bmsreboot.release`` (queue ``bmsreboot.submit``): the release step of one project; safe to
   run twice (a lease, and compare-and-set on each batch).
 - ``bmsreboot.cancel_request`` (queue ``bmsreboot.intake``): cancel a request; idempotent.
@@ -52,7 +57,7 @@ from worker.pipeline import (
 from worker.pipeline.inventory import InventoryUnavailable
 from worker.pipeline.message import PROJECT_ID_PATTERN
 from worker.pipeline.runtime import Runtime, log
-from worker.pipeline.tasking import CeleryDispatcher, worker_runtime
+from worker.pipeline.tasking import CeleryDispatcher, shared_budget, worker_runtime
 from worker.pipeline.validation import safe_text
 from worker.schedules import SCHEDULE_CHECK_INTERVAL
 from worker.settings import get_settings
@@ -79,6 +84,9 @@ class GuardedTask(Task):  # type: ignore[type-arg]
     on arrival and becomes a dead letter (``worker.broker.CheckedRequest``)."""
 
     Request = "worker.broker:CheckedRequest"
+    #: What Flower shows of a run's result (its task-succeeded event; Celery's default cuts
+    #: it at 1024 characters): a sweep's names its batches by what happened, up to 50 ids.
+    resultrepr_maxsize = 8192
 
 
 class PipelineTask(GuardedTask):
@@ -134,7 +142,9 @@ def _project(value: Any) -> str:
 
 def _runtime(task: Task[Any, Any]) -> Runtime:
     expires = get_settings().callback_expires
-    return worker_runtime(CeleryDispatcher(app, callback_expires=expires), actor=task.name)
+    # The batches' submits, polls and checks go to their steps' sweeps (worker.pipeline.sweep).
+    dispatcher = CeleryDispatcher(app, callback_expires=expires, sweeps=shared_budget())
+    return worker_runtime(dispatcher, actor=task.name)
 
 
 @app.task(
@@ -177,6 +187,21 @@ def poll_batch(
 )
 def verify_batch(self: Task[Any, Any], batch_id: Any = None, seq: Any = None) -> str:
     return verify.verify_batch(_uuid("batch_id", batch_id), _runtime(self), seq=_seq(seq))
+
+
+@app.task(name=names.SUBMIT_DUE, queue=names.ROUTES[names.SUBMIT_DUE], base=PipelineTask, **COMMON)
+def submit_due(self: Task[Any, Any]) -> dict[str, list[str]]:
+    return submit.submit_due(_runtime(self))
+
+
+@app.task(name=names.POLL_DUE, queue=names.ROUTES[names.POLL_DUE], base=PipelineTask, **COMMON)
+def poll_due(self: Task[Any, Any]) -> dict[str, list[str]]:
+    return poll.poll_due(_runtime(self))
+
+
+@app.task(name=names.VERIFY_DUE, queue=names.ROUTES[names.VERIFY_DUE], base=PipelineTask, **COMMON)
+def verify_due(self: Task[Any, Any]) -> dict[str, list[str]]:
+    return verify.verify_due(_runtime(self))
 
 
 def _seq(seq: Any) -> int | None:

@@ -60,6 +60,45 @@ def test_workers_killed_three_times_mid_run_lose_nothing_and_reboot_nothing_twic
     assert elapsed < seconds(180)
 
 
+def test_a_worker_killed_mid_batched_submit_posts_no_batch_twice(fleet: Fleet) -> None:
+    # 50 batches due at once (the budget far above them), each POST answered after 1 s: one
+    # submit sweep sends them in waves (worker.pipeline.sweep), and the worker is killed
+    # while a wave's POSTs are under way.
+    from collections import Counter
+
+    from sqlalchemy import select
+
+    from worker.db.models import Batch
+    from worker.db.session import unit_of_work
+    from worker.pipeline import sweep
+
+    fleet.configure(job_duration=0.5, latency=1.0)
+    servers = new_ids(500)
+    worker = fleet.start_worker(concurrency=1)
+    request_id = fleet.send(servers, batch_size=10)
+    fleet.wait_until(lambda: len(fleet.stats()["reboots"]) > 0, "a POST received")
+    kill_worker(worker)
+    with unit_of_work(fleet.engine) as session:
+        at_kill = Counter(s.value for s in session.scalars(select(Batch.status)))
+    # Every batch was submitted, submitting (its POST under way) or pending (never claimed)
+    assert sum(at_kill.values()) == 50
+    assert set(at_kill) <= {"pending", "submitting", "submitted"}
+    assert 0 < at_kill["submitting"] <= sweep.CONCURRENCY
+    assert at_kill["pending"] > 0
+    fleet.start_worker(concurrency=1)
+    status = fleet.wait(request_id, timeout=seconds(120))
+    outcomes = fleet.verify(request_id)
+    reboots = fleet.stats()["reboots"]
+    # None POSTed twice; the batches whose POSTs were under way are unknown (their servers
+    # rebooted once, or not at all if the POST never got there), every other one succeeded
+    assert set(reboots.values()) == {1}
+    ends = Counter(b["status"] for b in status["batches"])
+    assert set(ends) <= {"succeeded", "unknown"}
+    assert ends["unknown"] == at_kill["submitting"]
+    assert outcomes["succeeded"] == 10 * ends["succeeded"]
+    assert len(reboots) >= outcomes["succeeded"]
+
+
 def test_a_flushed_broker_is_recovered_by_the_reconciler(fleet: Fleet) -> None:
     import redis
 

@@ -84,6 +84,11 @@ class Budget(Protocol):
     def reserve(self, key: str, rate: Rate, max_wait: float | None = None) -> Reservation:
         """Reserve the next slot unless it is more than ``max_wait`` seconds away."""
 
+    def reserve_many(self, key: str, rate: Rate, count: int, max_wait: float) -> list[Reservation]:
+        """Reserve up to ``count`` consecutive slots in one operation, each at most
+        ``max_wait`` seconds away: the granted ones, in order (fewer, or none, when the
+        budget is fuller than that)."""
+
     def cooldown(self, key: str, rate: Rate, seconds: float) -> None:
         """No slot of this budget before ``seconds`` from now (after a 429)."""
 
@@ -116,6 +121,28 @@ if max_wait >= 0 and wait > max_wait then return {0, tostring(wait), tostring(no
 local new_tat = tat + interval
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now + tau) * 1000) + 1000)
 return {1, tostring(wait), tostring(now + wait)}
+"""
+
+_RESERVE_MANY = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval, tau, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local count = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local slots = {}
+for i = 1, count do
+  local wait = tat - tau - now
+  if wait < 0 then wait = 0 end
+  if wait > max_wait then break end
+  slots[#slots + 1] = tostring(now + wait)
+  tat = tat + interval
+end
+if #slots > 0 then
+  redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now + tau) * 1000) + 1000)
+end
+table.insert(slots, 1, tostring(now))
+return slots
 """
 
 _COOLDOWN = """
@@ -162,6 +189,7 @@ class RedisBudget:
 
         self._redis = redis_client(url, options)
         self._reserve = self._redis.register_script(_RESERVE)
+        self._reserve_many = self._redis.register_script(_RESERVE_MANY)
         self._cooldown = self._redis.register_script(_COOLDOWN)
         self._claim_wake = self._redis.register_script(_CLAIM_WAKE)
         self._consume_wake = self._redis.register_script(_CONSUME_WAKE)
@@ -171,6 +199,15 @@ class RedisBudget:
         limit = -1.0 if max_wait is None else max_wait
         granted, wait, at = self._reserve(keys=[key], args=[rate.interval, rate.tolerance, limit])
         return Reservation(bool(int(granted)), float(wait), float(at))
+
+    def reserve_many(self, key: str, rate: Rate, count: int, max_wait: float) -> list[Reservation]:
+        if count <= 0:
+            return []
+        now, *slots = self._reserve_many(
+            keys=[key], args=[rate.interval, rate.tolerance, max(max_wait, 0.0), count]
+        )
+        start = float(now)
+        return [Reservation(True, float(at) - start, float(at)) for at in slots]
 
     def cooldown(self, key: str, rate: Rate, seconds: float) -> None:
         self._cooldown(keys=[key], args=[seconds, rate.tolerance])
@@ -233,6 +270,24 @@ class DatabaseBudget:
             return tat + rate.interval, Reservation(True, wait, now + wait)
 
         result: Reservation = self._update(key, change)
+        return result
+
+    def reserve_many(self, key: str, rate: Rate, count: int, max_wait: float) -> list[Reservation]:
+        if count <= 0:
+            return []
+
+        def change(tat: float | None, now: float) -> tuple[float | None, list[Reservation]]:
+            tat = max(tat or 0.0, now)
+            slots: list[Reservation] = []
+            while len(slots) < count:
+                wait = max(tat - rate.tolerance - now, 0.0)
+                if wait > max_wait:
+                    break
+                slots.append(Reservation(True, wait, now + wait))
+                tat += rate.interval
+            return (tat if slots else None), slots
+
+        result: list[Reservation] = self._update(key, change)
         return result
 
     def cooldown(self, key: str, rate: Rate, seconds: float) -> None:

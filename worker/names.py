@@ -32,6 +32,10 @@ RELEASE = "bmsreboot.release"
 SUBMIT_BATCH = "bmsreboot.submit_batch"
 POLL_BATCH = "bmsreboot.poll_batch"
 VERIFY_BATCH = "bmsreboot.verify_batch"
+#: The batched steps (``worker.pipeline.sweep``): every batch due, across projects.
+SUBMIT_DUE = "bmsreboot.submit_due"
+POLL_DUE = "bmsreboot.poll_due"
+VERIFY_DUE = "bmsreboot.verify_due"
 RECONCILE = "bmsreboot.reconcile"
 PURGE = "bmsreboot.purge"
 DELIVER_WEBHOOK = "bmsreboot.deliver_webhook"
@@ -48,6 +52,9 @@ ROUTES: dict[str, str] = {
     SUBMIT_BATCH: SUBMIT_QUEUE,
     POLL_BATCH: POLL_QUEUE,
     VERIFY_BATCH: POLL_QUEUE,
+    SUBMIT_DUE: SUBMIT_QUEUE,
+    POLL_DUE: POLL_QUEUE,
+    VERIFY_DUE: POLL_QUEUE,
     DELIVER_WEBHOOK: WEBHOOK_QUEUE,
 }
 #: Intake's tasks: producers send them, and they take no countdown from a producer.

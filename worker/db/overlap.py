@@ -21,7 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, false, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from worker import ids
@@ -87,6 +87,39 @@ def held_elsewhere(
     if left:
         held.update(_waiting_packed(session, request, left))
     return held
+
+
+def may_overlap(
+    session: Session, batches: Sequence[tuple[str, uuid.UUID]]
+) -> set[tuple[str, uuid.UUID]]:
+    """Of ``(project_id, request_id)`` pairs, those whose servers another request could hold
+    (:func:`held_elsewhere` need not be asked for the others): another request of the same
+    project is active, or sent a batch since the oldest of these requests was made. One
+    query for them all. (A server belongs to one project: the API refuses a server id in
+    another project's call, so only a request of the same project can hold it.)"""
+    if not batches:
+        return set()
+    projects = sorted({p for p, _ in batches})
+    requests = sorted({r for _, r in batches})
+    since = session.scalar(
+        select(func.min(RebootRequest.created_at)).where(RebootRequest.id.in_(requests))
+    )
+    rows = session.execute(
+        select(Batch.project_id, Batch.request_id)
+        .join(RebootRequest, RebootRequest.id == Batch.request_id)
+        .where(
+            Batch.project_id.in_(projects),
+            or_(
+                RebootRequest.status.in_(ACTIVE_REQUEST_STATES),
+                Batch.submitted_at >= since if since is not None else false(),
+            ),
+        )
+        .distinct()
+    ).all()
+    holders: dict[str, set[uuid.UUID]] = {}
+    for project_id, request_id in rows:
+        holders.setdefault(project_id, set()).add(request_id)
+    return {(p, r) for p, r in batches if holders.get(p, set()) - {r}}
 
 
 def _came_first(other: type[RebootRequest], request: RebootRequest) -> ColumnElement[bool]:

@@ -122,6 +122,22 @@ def unit_of_work(engine: Engine | None = None) -> Iterator[Session]:
         hook()
 
 
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """A part of the open unit of work that can fail alone: its changes roll back to the
+    savepoint when the block raises (and the error goes on), and what it handed to
+    :func:`after_commit` runs only if it succeeded and the whole unit then commits."""
+    hooks: list[Callable[[], object]] = []
+    token = _open_units.set((*_open_units.get(), hooks))
+    try:
+        with session.begin_nested():
+            yield
+    finally:
+        _open_units.reset(token)
+    for hook in hooks:
+        after_commit(hook)
+
+
 def after_commit(hook: Callable[[], object]) -> None:
     """Run ``hook`` once the innermost open unit of work has committed (now, if none is
     open): how the pipeline sends its follow-up messages (``worker.pipeline.runtime``)."""

@@ -27,16 +27,19 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from worker.bms.errors import BmsError, ThrottledError
 from worker.bms.models import Job
 from worker.budget import JOB
-from worker.db.models import Batch, RebootRequest
+from worker.db.models import Batch, RebootRequest, utcnow
 from worker.db.queries import batch_server_ids, learned_job_duration
-from worker.db.session import unit_of_work
+from worker.db.session import savepoint, unit_of_work
 from worker.db.states import BatchStatus, ServerStatus
+from worker.db.sweeps import DuePoll, claim_polls, next_due, update_each
 from worker.db.transitions import (
     ErrorInfo,
     ServerOutcome,
@@ -44,7 +47,7 @@ from worker.db.transitions import (
     settle_batch,
     update_batch,
 )
-from worker.pipeline import silences
+from worker.pipeline import silences, sweep
 from worker.pipeline.backoff import countdown_ceiling, poll_delay, with_jitter
 from worker.pipeline.ending import end_batch
 from worker.pipeline.failures import Next, after_poll, throttle_cooldown
@@ -340,3 +343,239 @@ def _again(
     if not booked:
         return "stale"
     return "retry" if error else "running"
+
+
+# --- the batched step: every poll that falls due together -----------------------------------
+
+
+def poll_due(rt: Runtime) -> dict[str, list[str]]:
+    """The poll sweep (task ``bmsreboot.poll_due``, ``worker.pipeline.sweep``): claim the
+    submitted batches whose next poll comes within the sweep's window, across projects; one
+    reservation of each project's job budget for all of its polls; the GETs concurrently,
+    each at its slot; then one statement for the polls to repeat (with and without an error),
+    and one transaction for the jobs that ended (each batch in a savepoint of its own, so
+    that one batch's failure leaves the others' outcomes). Polls the budget has no slot for
+    soon are put off to when it has, without a GET. Returns the batches by what happened."""
+    rt.budgets.consume_wake(sweep.wake_key(sweep.POLL))
+    now = rt.now()
+    lease = now + timedelta(seconds=sweep.lease_seconds(rt))
+    with unit_of_work(rt.engine) as session:
+        claimed = claim_polls(
+            session, now + timedelta(seconds=sweep.WINDOW), lease, sweep.MAX_BATCHES
+        )
+    more = len(claimed) >= sweep.MAX_BATCHES
+    if more:
+        rt.dispatcher.sweep(sweep.POLL, more=True)
+    outcome: dict[uuid.UUID, str] = {}
+    granted, later = _reserve(claimed, rt)
+    if later:
+        _put_off(later, rt, outcome)
+    answers = sweep.at_slots(
+        rt,
+        granted,
+        slot=lambda g: g[1],
+        call=lambda g: rt.client_for(g[0].project_id).get_job(g[0].project_id, g[0].job_id),
+    )
+    again: list[tuple[_Poll, uuid.UUID, str | None, ErrorInfo | None, float | None]] = []
+    ended: list[tuple[uuid.UUID, uuid.UUID, _Poll, Job]] = []
+    throttled: set[str] = set()
+    for (due, _slot), answer in zip(granted, answers, strict=True):
+        this = _Poll(
+            due.project_id,
+            due.job_id,
+            due.polls,
+            due.deadline,
+            due.missing_since,
+            due.silence_id,
+            due.silence_ends_at,
+        )
+        if isinstance(answer, Job):
+            if answer.is_terminal:
+                ended.append((due.request_id, due.batch_id, this, answer))
+            else:
+                again.append((this, due.batch_id, answer.status, None, None))
+            continue
+        if not isinstance(answer, BmsError):
+            log.error("batch %s: poll of job %s failed: %s", due.batch_id, due.job_id, answer)
+            info = ErrorInfo(message=describe(answer)[:1000])
+            again.append((this, due.batch_id, None, info, None))
+            continue
+        if answer.status is None:
+            rt.metrics.api_call("job", None)  # no answer came: the response hook saw nothing
+        log.warning(
+            "batch %s: poll of job %s failed: %s", due.batch_id, due.job_id, describe(answer)
+        )
+        what = after_poll(answer)
+        if what is Next.MISSING:
+            outcome[due.batch_id] = _job_missing(due.batch_id, this, rt, answer)
+            continue
+        at_least = None
+        if what is Next.THROTTLED and isinstance(answer, ThrottledError):
+            if due.project_id not in throttled:
+                throttled.add(due.project_id)
+                cooldown = throttle_cooldown(answer, rt.settings)
+                rt.budgets.cooldown(rt.budget_key(due.project_id, JOB), rt.rate(JOB), cooldown)
+            at_least = answer.retry_after
+        again.append((this, due.batch_id, None, error_info(answer), at_least))
+    if again:
+        outcome.update(_again_many(again, rt))
+    if ended:
+        outcome.update(_settle_many(ended, rt))
+    if not more:
+        with unit_of_work(rt.engine) as session:
+            sweep.ask_next(rt, sweep.POLL, next_due(session, sweep.POLL))
+    by_word: dict[str, list[str]] = {}
+    for batch_id, word in outcome.items():
+        by_word.setdefault(word, []).append(str(batch_id))
+    return by_word
+
+
+def _reserve(
+    claimed: list[DuePoll], rt: Runtime
+) -> tuple[list[tuple[DuePoll, datetime]], list[tuple[DuePoll, float]]]:
+    """One reservation of each project's job budget for all of its claimed polls: the polls
+    with a slot within ``MAX_SLEEP`` (and when), and those put off (and by how long: after
+    the slots the budget gives out meanwhile, one interval apart)."""
+    by_project: dict[str, list[DuePoll]] = {}
+    for due in claimed:
+        by_project.setdefault(due.project_id, []).append(due)
+    granted: list[tuple[DuePoll, datetime]] = []
+    later: list[tuple[DuePoll, float]] = []
+    for project_id, polls in by_project.items():
+        rate = rt.rate(JOB)
+        slots = rt.budgets.reserve_many(
+            rt.budget_key(project_id, JOB), rate, len(polls), max_wait=MAX_SLEEP
+        )
+        now = rt.now()
+        for due, slot in zip(polls, slots, strict=False):
+            rt.metrics.observe("bmsreboot_budget_wait_seconds", slot.wait)
+            granted.append((due, now + timedelta(seconds=slot.wait)))
+        for n, due in enumerate(polls[len(slots) :]):
+            later.append((due, MAX_SLEEP + rate.interval * (n + 1)))
+    return sorted(granted, key=lambda g: g[1]), later
+
+
+def _put_off(
+    later: list[tuple[DuePoll, float]], rt: Runtime, outcome: dict[uuid.UUID, str]
+) -> None:
+    """Polls the budget has no slot for soon: due again when it will (one statement)."""
+    now = rt.now()
+    with unit_of_work(rt.engine) as session:
+        moved = update_each(
+            session,
+            {
+                "id": [due.batch_id for due, _ in later],
+                "next_poll_at": [now + timedelta(seconds=wait) for _, wait in later],
+                "poll_count": [due.polls for due, _ in later],
+            },
+            fixed={"updated_at": now},
+            guard={"status": BatchStatus.SUBMITTED.value},
+            match=("poll_count",),
+        )
+        for due, wait in later:
+            if due.batch_id in moved:
+                rt.dispatcher.poll(due.batch_id, countdown=wait, seq=due.polls)
+                outcome[due.batch_id] = "budget"
+
+
+def _again_many(
+    again: list[tuple[_Poll, uuid.UUID, str | None, ErrorInfo | None, float | None]],
+    rt: Runtime,
+) -> dict[uuid.UUID, str]:
+    """Book the polls whose job still runs (or whose GET failed) and schedule their next:
+    one statement for those without an error, one for those with; a batch past its deadline
+    ends ``timed_out`` instead."""
+    now = rt.now()
+    result: dict[uuid.UUID, str] = {}
+    due: list[tuple[_Poll, uuid.UUID, ErrorInfo | None, float]] = []
+    with unit_of_work(rt.engine) as session:
+        learned: dict[str, float | None] = {}
+        for this, batch_id, _status, error, at_least in again:
+            if this.deadline is not None and now >= this.deadline:
+                continue
+            if this.project_id not in learned:
+                learned[this.project_id] = learned_job_duration(
+                    session, this.project_id, rt.settings.poll_history
+                )
+            delay = poll_delay(
+                this.polls + 1,
+                learned=learned[this.project_id],
+                first=rt.settings.poll_first_delay,
+                cap=rt.settings.poll_max_interval,
+            )
+            if at_least is not None:
+                delay = min(max(delay, at_least), rt.settings.poll_max_interval)
+            delay = min(with_jitter(delay, rt.settings.poll_jitter), countdown_ceiling(rt.settings))
+            due.append((this, batch_id, error, delay))
+        booked: dict[uuid.UUID, uuid.UUID] = {}
+        for with_error in (False, True):
+            rows = [d for d in due if (d[2] is not None) is with_error]
+            if not rows:
+                continue
+            columns: dict[str, list[Any]] = {
+                "id": [batch_id for _, batch_id, _, _ in rows],
+                "next_poll_at": [now + timedelta(seconds=delay) for *_, delay in rows],
+                "poll_count": [this.polls for this, *_ in rows],
+            }
+            if with_error:
+                for name in ErrorInfo().columns():
+                    columns[name] = [e.columns()[name] for _, _, e, _ in rows if e is not None]
+            booked.update(
+                update_each(
+                    session,
+                    columns,
+                    fixed={
+                        "last_polled_at": utcnow(),
+                        "job_missing_since": None,
+                        "updated_at": now,
+                    },
+                    guard={"status": BatchStatus.SUBMITTED.value},
+                    match=("poll_count",),
+                    increment=("poll_count",),
+                )
+            )
+        for this, batch_id, error, delay in due:
+            if batch_id in booked:
+                rt.dispatcher.poll(batch_id, countdown=delay, seq=this.polls + 1)
+                result[batch_id] = "retry" if error else "running"
+            else:
+                result[batch_id] = "stale"
+    for this, batch_id, job_status, error, _at_least in again:
+        if this.deadline is not None and now >= this.deadline:
+            result[batch_id] = _end_unanswered(
+                batch_id, this, rt, BatchStatus.TIMED_OUT, TIMED_OUT, error, job_status
+            )
+        elif result.get(batch_id) == "running":
+            silences.while_running(rt, batch_id, this.silence_id, this.silence_ends_at)
+    return result
+
+
+def _settle_many(
+    ended: list[tuple[uuid.UUID, uuid.UUID, _Poll, Job]], rt: Runtime
+) -> dict[uuid.UUID, str]:
+    """Write the outcomes of the jobs that ended, in one transaction, each batch in a
+    savepoint: a batch whose writes fail keeps its claim's lease (it is polled again then),
+    the others keep their outcomes. In the order of their requests, the order every sweep
+    locks requests in (two sweeps never wait on each other in a circle)."""
+    result: dict[uuid.UUID, str] = {}
+    delays: list[tuple[_Poll, float]] = []
+    with unit_of_work(rt.engine) as session:
+        for _request_id, batch_id, this, job in sorted(ended, key=lambda e: (e[0], e[1])):
+            try:
+                with savepoint(session):
+                    detection_delay = _settle_job(session, batch_id, this, job, rt)
+            except OperationalError:
+                raise  # the database itself: the whole sweep is tried again
+            except Exception:
+                log.exception("batch %s: the outcome of job %s not written", batch_id, this.job_id)
+                result[batch_id] = "error"
+                continue
+            if detection_delay is None:
+                result[batch_id] = "stale"
+            else:
+                result[batch_id] = "finished"
+                delays.append((this, detection_delay))
+    for this, detection_delay in delays:
+        rt.metrics.observe("bmsreboot_polls_per_job", float(this.polls + 1))
+        rt.metrics.observe("bmsreboot_detection_delay_seconds", detection_delay)
+    return result

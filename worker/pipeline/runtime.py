@@ -51,7 +51,11 @@ class Dispatcher(ABC):
     def release(self, project_id: str, countdown: float = 0.0) -> bool:
         return self._later("release", project_id, countdown)
 
-    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0) -> bool:
+    def submit(self, batch_id: uuid.UUID, countdown: float = 0.0, alone: bool = False) -> bool:
+        """The batch's submit is due in ``countdown`` s (its row says so); ``alone``: it must
+        be looked at on its own (a claim another worker may still hold), not swept."""
+        if alone:
+            return self._later("submit", batch_id, countdown, alone=True)
         return self._later("submit", batch_id, countdown)
 
     def poll(
@@ -61,6 +65,11 @@ class Dispatcher(ABC):
 
     def verify(self, batch_id: uuid.UUID, countdown: float, seq: int | None = None) -> bool:
         return self._later("verify", batch_id, countdown, seq=seq)
+
+    def sweep(self, step: str, countdown: float = 0.0, *, more: bool = False) -> bool:
+        """The step's next sweep (``worker.pipeline.sweep``) in ``countdown`` s; ``more``: the
+        sweep running now took all it may, so another runs at once beside it."""
+        return self._later("sweep", step, countdown, more=more)
 
     def notify(self, task_name: str, status: dict[str, Any], queue: str | None) -> bool:
         return self._later("notify", (task_name, status, queue), 0.0)
@@ -77,7 +86,7 @@ class Dispatcher(ABC):
 
     @abstractmethod
     def deliver(self, kind: str, item: Any, countdown: float, **options: Any) -> bool:
-        """Send one follow-up now (``kind``: release, submit, poll, verify, notify or
+        """Send one follow-up now (``kind``: release, submit, poll, verify, sweep, notify or
         webhooks)."""
 
     @abstractmethod

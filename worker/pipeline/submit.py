@@ -25,12 +25,14 @@ it becomes ``unknown`` too. Every way a batch ends here goes through ``ending.en
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -39,10 +41,10 @@ from worker.bms.models import ServerDetails
 from worker.budget import ACTION
 from worker.db.create import split_batch
 from worker.db.models import Batch, RebootRequest
-from worker.db.overlap import held_elsewhere
+from worker.db.overlap import held_elsewhere, may_overlap
 from worker.db.queries import batch_server_ids, learned_job_duration
 from worker.db.rollout import stop_request
-from worker.db.session import unit_of_work
+from worker.db.session import after_commit, unit_of_work
 from worker.db.states import (
     ACTIVE_REQUEST_STATES,
     BatchStatus,
@@ -51,6 +53,16 @@ from worker.db.states import (
     ServerStatus,
     past_cut_off,
 )
+from worker.db.sweeps import (
+    DueSubmit,
+    SubmittedRow,
+    claim_submits,
+    due_submits,
+    next_due,
+    record_submitted,
+    server_ids_of,
+    unrelease,
+)
 from worker.db.transitions import (
     ServerOutcome,
     settle_servers,
@@ -58,7 +70,7 @@ from worker.db.transitions import (
     transition_request,
     update_batch,
 )
-from worker.pipeline import silences
+from worker.pipeline import silences, sweep
 from worker.pipeline.backoff import first_poll_delay, submit_retry_delay, with_jitter
 from worker.pipeline.ending import batch_ended, end_batch, request_changed
 from worker.pipeline.failures import ISOLATE_CODES, Next, after_submit, throttle_cooldown
@@ -110,7 +122,35 @@ def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
         ready = _ready(session, batch_id, rt)
     if not isinstance(ready, Ready):
         return ready
-    # The pre-flight read goes outside any transaction: no row is held while the API answers.
+    checked = _checks(ready, rt)
+    if isinstance(checked, str):
+        return checked
+    unsent, silence = checked
+    with unit_of_work(rt.engine) as session:
+        claim = _claim(session, ready, unsent, rt, silence)
+    if not isinstance(claim, Claim):
+        silences.discard(silence, rt)
+        return claim
+    # Committed: the batch is ``submitting`` before any byte goes to the cloud.
+    return _post(batch_id, claim, rt)
+
+
+def _post(batch_id: uuid.UUID, claim: Claim, rt: Runtime) -> str:
+    """The POST of a claimed batch, and its answer recorded."""
+    try:
+        client = rt.client_for(claim.project_id)
+        job_id = client.batch_reboot(claim.project_id, claim.server_ids, claim.reboot_type)
+    except Exception as exc:
+        return _failed(batch_id, claim, exc, rt)
+    return _submitted(batch_id, claim.project_id, job_id, rt)
+
+
+def _checks(
+    ready: Ready, rt: Runtime
+) -> tuple[dict[str, ServerOutcome], silences.Planned | None] | str:
+    """What must happen before the claim, outside any transaction (no row is held while the
+    API answers): the pre-flight read (the servers not to send, with their outcomes) and the
+    silence of the servers sent; or, one word, why the batch does not go now."""
     try:
         unsent, states = _preflight(ready, rt) if ready.preflight else ({}, None)
     except InventoryBusy as busy:
@@ -119,24 +159,11 @@ def submit_batch(batch_id: uuid.UUID, rt: Runtime) -> str:
         return _inventory_down(ready, str(exc), rt)
     except InventoryRefused as exc:
         return _inventory_refused(ready, str(exc), rt)
-    # The silence of the servers it sends, also outside any transaction; the claim records it.
     sending = [s for s in ready.server_ids if s not in unsent]
-    silence = silences.before_post(rt, batch_id, sending, states) if sending else None
+    silence = silences.before_post(rt, ready.batch_id, sending, states) if sending else None
     if silence is not None and silence.error is not None and rt.settings.silence_required:
         return _unsilenced(ready, silence.error, rt)
-    with unit_of_work(rt.engine) as session:
-        claim = _claim(session, ready, unsent, rt, silence)
-    if not isinstance(claim, Claim):
-        silences.discard(silence, rt)
-        return claim
-    # Committed: the batch is ``submitting`` before any byte goes to the cloud.
-
-    try:
-        client = rt.client_for(claim.project_id)
-        job_id = client.batch_reboot(claim.project_id, claim.server_ids, claim.reboot_type)
-    except Exception as exc:
-        return _failed(batch_id, claim, exc, rt)
-    return _submitted(batch_id, claim.project_id, job_id, rt)
+    return unsent, silence
 
 
 def _ready(session: Session, batch_id: uuid.UUID, rt: Runtime) -> Ready | str:
@@ -401,7 +428,7 @@ def _found_submitting(session: Session, batch: Batch, rt: Runtime) -> str:
     limit = stale_after(rt)
     if age < limit:
         log.info("batch %s is being submitted by another worker; checking again later", batch.id)
-        rt.dispatcher.submit(batch.id, countdown=limit - age + 1.0)
+        rt.dispatcher.submit(batch.id, countdown=limit - age + 1.0, alone=True)
         return "in_progress"
     settle_lost_submit(session, batch.id, age, rt)
     return str(BatchStatus.UNKNOWN)
@@ -604,3 +631,233 @@ def _end(
         released_at=None,
         **columns,
     )
+
+
+# --- the batched step: every batch whose slot has come, across projects -----------------------
+
+
+def submit_due(rt: Runtime) -> dict[str, list[str]]:
+    """The submit sweep (task ``bmsreboot.submit_due``, ``worker.pipeline.sweep``): the
+    released batches whose slots come within the sweep's window, across projects, in waves
+    of at most ``CONCURRENCY``: each wave claimed in one transaction, POSTed concurrently
+    (each batch at its own slot), its answers recorded; then the next wave, up to
+    ``MAX_BATCHES`` a run. The write-ahead rule is the one batch's: every batch is committed
+    ``submitting`` before its POST, each answer is committed after it, an answer that cannot
+    be told makes that batch ``unknown``, and one batch's failure is its own. A wave is only
+    as large as the POSTs that go out at once, so a worker lost mid-sweep leaves ``unknown``
+    only the batches whose POSTs were under way; the rest were never claimed and are still
+    ``pending``. Returns the batches by what happened to them (what Flower shows)."""
+    rt.budgets.consume_wake(sweep.wake_key(sweep.SUBMIT))
+    outcome: dict[uuid.UUID, str] = {}
+    taken = 0
+    helped = False
+    while taken < sweep.MAX_BATCHES:
+        now = rt.now()
+        wave = min(sweep.CONCURRENCY, sweep.MAX_BATCHES - taken)
+        with unit_of_work(rt.engine) as session:
+            due = due_submits(session, now + timedelta(seconds=sweep.WINDOW), wave + 1)
+            members = server_ids_of(session, [d.batch_id for d in due[:wave] if d.sendable])
+        if not due:
+            break
+        if len(due) > wave and not helped:
+            # More is due than one wave: another worker process can take waves beside this.
+            rt.dispatcher.sweep(sweep.SUBMIT, more=True)
+            helped = True
+        due = due[:wave]
+        taken += len(due)
+        if not _wave(due, members, rt, outcome):
+            break  # nothing of it was ours to send (another sweep holds it): look later
+    with unit_of_work(rt.engine) as session:
+        sweep.ask_next(rt, sweep.SUBMIT, next_due(session, sweep.SUBMIT), idle=not outcome)
+    by_word: dict[str, list[str]] = {}
+    for batch_id, word in outcome.items():
+        by_word.setdefault(word, []).append(str(batch_id))
+    return by_word
+
+
+def _wave(
+    due: list[DueSubmit],
+    members: dict[uuid.UUID, list[str]],
+    rt: Runtime,
+    outcome: dict[uuid.UUID, str],
+) -> bool:
+    """One wave of the submit sweep; what became of each batch goes into ``outcome``. False
+    when none of it was claimed."""
+    # A request no longer at work (stopped, cut off, ended): the one-batch step says what
+    # becomes of the batch, without a POST; one it leaves released goes back to the release
+    # step (which holds what a stopped request may not send), not to the next sweep.
+    for d in due:
+        if not d.sendable:
+            outcome[d.batch_id] = submit_batch(d.batch_id, rt)
+    idle = [d.batch_id for d in due if not d.sendable and outcome[d.batch_id] == "skipped"]
+    if idle:
+        with unit_of_work(rt.engine) as session:
+            for project_id in unrelease(session, idle):
+                rt.dispatcher.release(project_id)
+    ready: list[tuple[DueSubmit, Ready]] = []
+    for d in due:
+        if d.sendable:
+            preflight = rt.settings.preflight if d.preflight is None else d.preflight
+            members_of = members[d.batch_id]
+            one = Ready(
+                d.batch_id, d.request_id, d.project_id, members_of, d.submit_attempts, preflight
+            )
+            ready.append((d, one))
+    claims = sorted(_claim_due(ready, rt, outcome), key=lambda c: c[0].slot)
+    # Committed: every claimed batch is ``submitting`` before any byte goes to the cloud.
+    answers = sweep.at_slots(
+        rt,
+        claims,
+        slot=lambda c: c[0].slot,
+        call=lambda c: rt.client_for(c[1].project_id).batch_reboot(
+            c[1].project_id, c[1].server_ids, c[1].reboot_type
+        ),
+    )
+    accepted: list[tuple[uuid.UUID, str, str]] = []
+    for (d, claim), answer in zip(claims, answers, strict=True):
+        if isinstance(answer, Exception):
+            outcome[d.batch_id] = _failed(d.batch_id, claim, answer, rt)
+        else:
+            accepted.append((d.batch_id, d.project_id, answer))
+    outcome.update(_submitted_many(accepted, rt))
+    return bool(claims) or bool(idle)
+
+
+def _claim_due(
+    ready: list[tuple[DueSubmit, Ready]], rt: Runtime, outcome: dict[uuid.UUID, str]
+) -> list[tuple[DueSubmit, Claim]]:
+    """Claim the sweep's batches in one transaction: those with nothing to check first and no
+    other request that could hold their servers in one statement; the others (a pre-flight
+    read, a silence, a possible overlap) one by one, as the one-batch step claims."""
+    # Reads and silences first, outside any transaction; a batch that does not go now gets
+    # its word in ``outcome``.
+    checked: dict[uuid.UUID, tuple[dict[str, ServerOutcome], silences.Planned | None]] = {}
+    silencing = rt.alertmanager() is not None
+    for d, r in ready:
+        if r.preflight or (silencing and d.silence):
+            found = _checks(r, rt)
+            if isinstance(found, str):
+                outcome[d.batch_id] = found
+                continue
+            checked[d.batch_id] = found
+    claims: list[tuple[DueSubmit, Claim]] = []
+    with unit_of_work(rt.engine) as session:
+        now = rt.now()
+        shared = may_overlap(session, [(d.project_id, d.request_id) for d, _ in ready])
+        plain = [
+            d
+            for d, _ in ready
+            if d.batch_id not in checked
+            and d.batch_id not in outcome
+            and (d.project_id, d.request_id) not in shared
+        ]
+        taken = {
+            c.batch_id: c
+            for c in claim_submits(session, [d.batch_id for d in plain], actor=rt.actor, now=now)
+        }
+        started_requests(session, {c.request_id for c in taken.values()}, rt.actor)
+        # In the order of their requests, the order every sweep locks requests in.
+        for d, r in sorted(ready, key=lambda dr: (dr[0].request_id, dr[0].batch_id)):
+            if d.batch_id in outcome:
+                continue
+            if d.batch_id in taken:
+                claims.append(
+                    (
+                        d,
+                        Claim(
+                            taken[d.batch_id].submit_attempts,
+                            d.project_id,
+                            d.reboot_type,
+                            r.server_ids,
+                        ),
+                    )
+                )
+                continue
+            if any(p.batch_id == d.batch_id for p in plain):
+                outcome[d.batch_id] = "skipped"  # claimed by another worker meanwhile
+                continue
+            unsent, silence = checked.get(d.batch_id, ({}, None))
+            one = _claim(session, r, unsent, rt, silence)
+            if isinstance(one, Claim):
+                claims.append((d, one))
+            else:
+                outcome[d.batch_id] = one
+                after_commit(functools.partial(silences.discard, silence, rt))
+    return claims
+
+
+def started_requests(session: Session, request_ids: set[uuid.UUID], actor: str) -> None:
+    """The requests of just-claimed batches that were ``accepted`` are ``running`` now."""
+    if not request_ids:
+        return
+    waiting = session.scalars(
+        select(RebootRequest.id).where(
+            RebootRequest.id.in_(sorted(request_ids)),
+            RebootRequest.status == RequestStatus.ACCEPTED,
+        )
+    ).all()
+    for request_id in waiting:
+        # Another batch of the same request may have started it a moment ago.
+        with contextlib.suppress(IllegalTransition):
+            transition_request(session, request_id, RequestStatus.RUNNING, actor=actor)
+
+
+def _submitted_many(
+    accepted: list[tuple[uuid.UUID, str, str]], rt: Runtime
+) -> dict[uuid.UUID, str]:
+    """Record the job ids of the accepted batches in one statement, each batch's first poll
+    scheduled; a short database outage must not lose them (they exist only in this process
+    now), so the write is tried again as the one-batch step does."""
+    if not accepted:
+        return {}
+    now = rt.now()
+    for attempt in range(4):
+        try:
+            with unit_of_work(rt.engine) as session:
+                firsts: dict[str, float] = {}
+                rows = []
+                for batch_id, project_id, job_id in accepted:
+                    if project_id not in firsts:
+                        learned = learned_job_duration(
+                            session, project_id, rt.settings.poll_history
+                        )
+                        firsts[project_id] = first_poll_delay(learned, rt.settings)
+                    first = firsts[project_id]
+                    rows.append(
+                        SubmittedRow(
+                            batch_id,
+                            job_id,
+                            now + timedelta(seconds=first),
+                            now + timedelta(seconds=rt.settings.job_deadline),
+                            first,
+                        )
+                    )
+                moved = record_submitted(session, rows, actor=rt.actor, now=now)
+                for row in rows:
+                    if row.batch_id in moved:
+                        rt.dispatcher.poll(row.batch_id, countdown=row.first_poll_in, seq=0)
+            break
+        except OperationalError:
+            if attempt == 3:
+                for batch_id, _project, job_id in accepted:
+                    log.critical("batch %s: job %s could not be recorded", batch_id, job_id)
+                raise
+            time.sleep(2**attempt)
+    result: dict[uuid.UUID, str] = {}
+    for row in rows:
+        if row.batch_id in moved:
+            log.info(
+                "batch %s submitted: job %s, first poll in %.1f s",
+                row.batch_id,
+                row.job_id,
+                row.first_poll_in,
+            )
+            result[row.batch_id] = "submitted"
+        else:
+            log.critical(
+                "batch %s: job %s accepted but the batch left 'submitting' meanwhile",
+                row.batch_id,
+                row.job_id,
+            )
+            result[row.batch_id] = "conflict"
+    return result

@@ -4,6 +4,7 @@ runtime a worker builds once (engine and HTTP client are pooled, so they are reu
 from __future__ import annotations
 
 import logging
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -16,23 +17,50 @@ from worker.db.session import get_engine
 from worker.fleet import Fleet, load_fleet
 from worker.metrics import Metrics, counters_for, response_hook
 from worker.pipeline.runtime import Dispatcher, Runtime
+from worker.pipeline.sweep import wake_key as sweep_wake_key
 from worker.settings import get_settings
 from worker.webhooks import send_deliveries
 
 log = logging.getLogger("bmsreboot.pipeline")
 
+#: The sweep task of each step (``worker.pipeline.sweep``).
+SWEEP_TASKS = {
+    "submit": names.SUBMIT_DUE,
+    "poll": names.POLL_DUE,
+    "verify": names.VERIFY_DUE,
+}
+
 
 class CeleryDispatcher(Dispatcher):
     """Sends follow-ups as task messages. A publish that fails (broker down, connection lost)
     is logged and reported as False, never raised: the state it would have driven is committed
-    already, and ``bmsreboot.reconcile`` re-drives it from the audit database."""
+    already, and ``bmsreboot.reconcile`` re-drives it from the audit database.
 
-    def __init__(self, app: Celery, *, callback_expires: float | None = None):
+    With ``sweeps`` (the shared budget store), a batch's submit, poll or check becomes its
+    step's sweep (``worker.pipeline.sweep``): one pending sweep message per step, whatever
+    the number of batches due, kept by a wake-up mark every worker shares; a sweep due no
+    later than this one was asked for already (here, or by anyone) covers it. Without, one
+    message per batch (a command line tool's runtime)."""
+
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        callback_expires: float | None = None,
+        sweeps: Budget | None = None,
+    ):
         self._app = app
         self._callback_expires = callback_expires
+        self._sweeps = sweeps
+        #: The sweeps this dispatcher knows are pending, by step: when (monotonic seconds).
+        self._pending: dict[str, float] = {}
 
     def deliver(self, kind: str, item: Any, countdown: float, **options: Any) -> bool:
         countdown = max(countdown, 0.0)
+        if kind == "sweep":
+            return self._sweep(item, countdown, more=bool(options.get("more")))
+        if self._sweeps is not None and kind in SWEEP_TASKS and not options.get("alone"):
+            return self._sweep(kind, countdown)
         if kind == "release":
             return self._send(
                 names.RELEASE,
@@ -81,6 +109,22 @@ class CeleryDispatcher(Dispatcher):
             queue=queue,
             expires=self._callback_expires,
         )
+
+    def _sweep(self, step: str, countdown: float, *, more: bool = False) -> bool:
+        """Have the step's sweep run within ``countdown`` s: send it, unless one due by then
+        is pending already. ``more``: send another now, whatever is pending."""
+        if self._sweeps is None:
+            return self._send(SWEEP_TASKS[step], f"a {step} sweep", countdown=countdown)
+        now = time.monotonic()
+        due = now + countdown
+        known = self._pending.get(step)
+        if not more and known is not None and now <= known <= due + 0.05:
+            return True  # this dispatcher asked for one by then already
+        if not more and not self._sweeps.claim_wake(sweep_wake_key(step), countdown):
+            self._pending[step] = due  # another one by then is pending (someone asked)
+            return True
+        self._pending[step] = due
+        return self._send(SWEEP_TASKS[step], f"a {step} sweep", countdown=countdown)
 
     def _send(self, name: str, what: str, **options: Any) -> bool:
         try:
@@ -144,6 +188,11 @@ def _budget() -> Budget:
     settings = get_settings()
     engine = get_engine(settings.effective_database_url)
     return budget_for(settings.broker_url, engine, settings.broker_transport_options)
+
+
+def shared_budget() -> Budget:
+    """The process's shared budget store (Redis, or the audit database)."""
+    return _budget()
 
 
 def worker_runtime(dispatcher: CeleryDispatcher, *, actor: str) -> Runtime:

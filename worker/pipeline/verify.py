@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from worker.bms.models import ServerDetails
@@ -48,6 +49,7 @@ from worker.db.queries import learned_boot_seconds
 from worker.db.rollout import stop_request
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, RequestStatus, ServerStatus, derive_batch_status
+from worker.db.sweeps import claim_checks, next_due
 from worker.db.transitions import (
     ServerOutcome,
     settle_servers,
@@ -55,7 +57,7 @@ from worker.db.transitions import (
     transition_batch,
     update_batch,
 )
-from worker.pipeline import silences
+from worker.pipeline import silences, sweep
 from worker.pipeline.announce import announce
 from worker.pipeline.backoff import countdown_ceiling, poll_delay, with_jitter
 from worker.pipeline.ending import batch_ended, request_changed
@@ -390,3 +392,57 @@ def _refused(batch_id: uuid.UUID, this: _Check, why: str, rt: Runtime) -> str:
         request_changed(session, this.request_id, rt)
     log.error("request %s halted: %s", this.request_id, reason)
     return "halted"
+
+
+# --- the batched step: every check that falls due together ----------------------------------
+
+
+def verify_due(rt: Runtime) -> dict[str, list[str]]:
+    """The check sweep (task ``bmsreboot.verify_due``, ``worker.pipeline.sweep``): claim the
+    verifying batches whose next check comes within the sweep's window, across projects, and
+    check them project by project, the projects concurrently: one project's batches one
+    after the other, so that they share its list pages (``worker.pipeline.inventory``) and
+    its list budget serves them all with the fewest reads. Each batch's check is the
+    one-batch check (its own transaction, compare-and-set by its check count). Returns the
+    batches by what happened."""
+    rt.budgets.consume_wake(sweep.wake_key(sweep.VERIFY))
+    now = rt.now()
+    with unit_of_work(rt.engine) as session:
+        claimed = claim_checks(
+            session,
+            now + timedelta(seconds=sweep.WINDOW),
+            now + timedelta(seconds=sweep.lease_seconds(rt)),
+            sweep.MAX_BATCHES,
+        )
+    more = len(claimed) >= sweep.MAX_BATCHES
+    if more:
+        rt.dispatcher.sweep(sweep.VERIFY, more=True)
+    by_project: dict[str, list[tuple[uuid.UUID, int]]] = {}
+    for batch_id, project_id, checks in claimed:
+        by_project.setdefault(project_id, []).append((batch_id, checks))
+
+    def check_project(batches: list[tuple[uuid.UUID, int]]) -> list[tuple[uuid.UUID, str]]:
+        done = []
+        for batch_id, checks in batches:
+            try:
+                done.append((batch_id, verify_batch(batch_id, rt, seq=checks)))
+            except OperationalError:
+                raise  # the database itself: the sweep is tried again (the others leased)
+            except Exception:
+                # This batch's check keeps its lease (it is checked again then); the
+                # project's other batches go on.
+                log.exception("batch %s: check failed", batch_id)
+                done.append((batch_id, "error"))
+        return done
+
+    results = sweep.at_slots(rt, list(by_project.values()), lambda _b: None, check_project)
+    by_word: dict[str, list[str]] = {}
+    for answer in results:
+        if isinstance(answer, Exception):
+            raise answer
+        for batch_id, word in answer:
+            by_word.setdefault(word, []).append(str(batch_id))
+    if not more:
+        with unit_of_work(rt.engine) as session:
+            sweep.ask_next(rt, sweep.VERIFY, next_due(session, sweep.VERIFY))
+    return by_word
