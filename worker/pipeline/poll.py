@@ -39,7 +39,7 @@ from worker.db.models import Batch, RebootRequest, utcnow
 from worker.db.queries import batch_server_ids, learned_job_duration
 from worker.db.session import savepoint, unit_of_work
 from worker.db.states import BatchStatus, ServerStatus
-from worker.db.sweeps import DuePoll, claim_polls, next_due, update_each
+from worker.db.sweeps import DuePoll, claim_polls, update_each
 from worker.db.transitions import (
     ErrorInfo,
     ServerOutcome,
@@ -356,7 +356,6 @@ def poll_due(rt: Runtime) -> dict[str, list[str]]:
     and one transaction for the jobs that ended (each batch in a savepoint of its own, so
     that one batch's failure leaves the others' outcomes). Polls the budget has no slot for
     soon are put off to when it has, without a GET. Returns the batches by what happened."""
-    rt.budgets.consume_wake(sweep.wake_key(sweep.POLL))
     now = rt.now()
     lease = now + timedelta(seconds=sweep.lease_seconds(rt))
     with unit_of_work(rt.engine) as session:
@@ -421,9 +420,7 @@ def poll_due(rt: Runtime) -> dict[str, list[str]]:
         outcome.update(_again_many(again, rt))
     if ended:
         outcome.update(_settle_many(ended, rt))
-    if not more:
-        with unit_of_work(rt.engine) as session:
-            sweep.ask_next(rt, sweep.POLL, next_due(session, sweep.POLL))
+    sweep.ask_next(rt, sweep.POLL)
     by_word: dict[str, list[str]] = {}
     for batch_id, word in outcome.items():
         by_word.setdefault(word, []).append(str(batch_id))

@@ -58,7 +58,6 @@ from worker.db.sweeps import (
     SubmittedRow,
     claim_submits,
     due_submits,
-    next_due,
     record_submitted,
     server_ids_of,
     unrelease,
@@ -647,45 +646,61 @@ def submit_due(rt: Runtime) -> dict[str, list[str]]:
     as large as the POSTs that go out at once, so a worker lost mid-sweep leaves ``unknown``
     only the batches whose POSTs were under way; the rest were never claimed and are still
     ``pending``. Returns the batches by what happened to them (what Flower shows)."""
-    rt.budgets.consume_wake(sweep.wake_key(sweep.SUBMIT))
     outcome: dict[uuid.UUID, str] = {}
     taken = 0
     helped = False
     while taken < sweep.MAX_BATCHES:
-        now = rt.now()
-        wave = min(sweep.CONCURRENCY, sweep.MAX_BATCHES - taken)
-        with unit_of_work(rt.engine) as session:
-            due = due_submits(session, now + timedelta(seconds=sweep.WINDOW), wave + 1)
-            members = server_ids_of(session, [d.batch_id for d in due[:wave] if d.sendable])
-        if not due:
-            break
-        if len(due) > wave and not helped:
+        seen, moved, backlog = _wave(rt, min(sweep.CONCURRENCY, sweep.MAX_BATCHES - taken), outcome)
+        if backlog and not helped:
             # More is due than one wave: another worker process can take waves beside this.
             rt.dispatcher.sweep(sweep.SUBMIT, more=True)
             helped = True
-        due = due[:wave]
-        taken += len(due)
-        if not _wave(due, members, rt, outcome):
-            break  # nothing of it was ours to send (another sweep holds it): look later
-    with unit_of_work(rt.engine) as session:
-        sweep.ask_next(rt, sweep.SUBMIT, next_due(session, sweep.SUBMIT), idle=not outcome)
+        taken += seen
+        if not moved:
+            break  # nothing (more) of it was this sweep's to send
+    sweep.ask_next(rt, sweep.SUBMIT, idle=not outcome)
     by_word: dict[str, list[str]] = {}
     for batch_id, word in outcome.items():
         by_word.setdefault(word, []).append(str(batch_id))
     return by_word
 
 
-def _wave(
-    due: list[DueSubmit],
-    members: dict[uuid.UUID, list[str]],
-    rt: Runtime,
-    outcome: dict[uuid.UUID, str],
-) -> bool:
-    """One wave of the submit sweep; what became of each batch goes into ``outcome``. False
-    when none of it was claimed."""
-    # A request no longer at work (stopped, cut off, ended): the one-batch step says what
-    # becomes of the batch, without a POST; one it leaves released goes back to the release
-    # step (which holds what a stopped request may not send), not to the next sweep.
+def _wave(rt: Runtime, size: int, outcome: dict[uuid.UUID, str]) -> tuple[int, bool, bool]:
+    """One wave of the submit sweep: up to ``size`` due batches taken (locked: a sweep beside
+    this one takes others), claimed, POSTed, recorded; what became of each goes into
+    ``outcome``. Returns how many were taken, whether any of them moved, and whether more
+    were due than the wave could take."""
+    now = rt.now()
+    claims: list[tuple[DueSubmit, Claim]] = []
+    checking: list[tuple[DueSubmit, Ready]] = []
+    with unit_of_work(rt.engine) as session:
+        due = due_submits(session, now + timedelta(seconds=sweep.WINDOW), size + 1, lock=True)
+        backlog = len(due) > size
+        due = due[:size]
+        members = server_ids_of(session, [d.batch_id for d in due if d.sendable])
+        silencing = rt.alertmanager() is not None
+        plain: list[tuple[DueSubmit, Ready]] = []
+        for d in due:
+            if not d.sendable:
+                continue
+            preflight = rt.settings.preflight if d.preflight is None else d.preflight
+            one = Ready(
+                d.batch_id,
+                d.request_id,
+                d.project_id,
+                members[d.batch_id],
+                d.submit_attempts,
+                preflight,
+            )
+            if preflight or (silencing and d.silence):
+                checking.append((d, one))
+            else:
+                plain.append((d, one))
+        claims += _claim_plain(session, plain, rt, outcome)
+    # Committed: these batches are ``submitting``. A request no longer at work (stopped,
+    # cut off, ended): the one-batch step says what becomes of its batch, without a POST; one
+    # it leaves released goes back to the release step (which holds what a stopped request
+    # may not send), not to the next sweep.
     for d in due:
         if not d.sendable:
             outcome[d.batch_id] = submit_batch(d.batch_id, rt)
@@ -694,16 +709,9 @@ def _wave(
         with unit_of_work(rt.engine) as session:
             for project_id in unrelease(session, idle):
                 rt.dispatcher.release(project_id)
-    ready: list[tuple[DueSubmit, Ready]] = []
-    for d in due:
-        if d.sendable:
-            preflight = rt.settings.preflight if d.preflight is None else d.preflight
-            members_of = members[d.batch_id]
-            one = Ready(
-                d.batch_id, d.request_id, d.project_id, members_of, d.submit_attempts, preflight
-            )
-            ready.append((d, one))
-    claims = sorted(_claim_due(ready, rt, outcome), key=lambda c: c[0].slot)
+    if checking:
+        claims += _claim_checked(checking, rt, outcome)
+    claims.sort(key=lambda c: c[0].slot)
     # Committed: every claimed batch is ``submitting`` before any byte goes to the cloud.
     answers = sweep.at_slots(
         rt,
@@ -720,63 +728,64 @@ def _wave(
         else:
             accepted.append((d.batch_id, d.project_id, answer))
     outcome.update(_submitted_many(accepted, rt))
-    return bool(claims) or bool(idle)
+    moved = any(d.batch_id in outcome for d in due)
+    return len(due), moved, backlog
 
 
-def _claim_due(
-    ready: list[tuple[DueSubmit, Ready]], rt: Runtime, outcome: dict[uuid.UUID, str]
+def _claim_plain(
+    session: Session,
+    plain: list[tuple[DueSubmit, Ready]],
+    rt: Runtime,
+    outcome: dict[uuid.UUID, str],
 ) -> list[tuple[DueSubmit, Claim]]:
-    """Claim the sweep's batches in one transaction: those with nothing to check first and no
-    other request that could hold their servers in one statement; the others (a pre-flight
-    read, a silence, a possible overlap) one by one, as the one-batch step claims."""
-    # Reads and silences first, outside any transaction; a batch that does not go now gets
-    # its word in ``outcome``.
-    checked: dict[uuid.UUID, tuple[dict[str, ServerOutcome], silences.Planned | None]] = {}
-    silencing = rt.alertmanager() is not None
-    for d, r in ready:
-        if r.preflight or (silencing and d.silence):
-            found = _checks(r, rt)
-            if isinstance(found, str):
-                outcome[d.batch_id] = found
-                continue
-            checked[d.batch_id] = found
+    """Claim, in the caller's transaction, the batches with nothing to check first: in one
+    statement those whose servers no other request could hold, the others one by one (the
+    one-batch claim asks which servers another request holds)."""
+    if not plain:
+        return []
+    now = rt.now()
+    shared = may_overlap(session, [(d.project_id, d.request_id) for d, _ in plain])
+    alone = [(d, r) for d, r in plain if (d.project_id, d.request_id) in shared]
+    together = [d.batch_id for d, r in plain if (d.project_id, d.request_id) not in shared]
+    taken = {c.batch_id: c for c in claim_submits(session, together, actor=rt.actor, now=now)}
+    started_requests(session, {c.request_id for c in taken.values()}, rt.actor)
+    claims: list[tuple[DueSubmit, Claim]] = []
+    for d, r in plain:
+        if d.batch_id in taken:
+            attempts = taken[d.batch_id].submit_attempts
+            claims.append((d, Claim(attempts, d.project_id, d.reboot_type, r.server_ids)))
+        elif d.batch_id in together:
+            outcome[d.batch_id] = "skipped"  # claimed by another worker meanwhile
+    # In the order of their requests, the order every sweep locks requests in.
+    for d, r in sorted(alone, key=lambda dr: (dr[0].request_id, dr[0].batch_id)):
+        one = _claim(session, r, {}, rt)
+        if isinstance(one, Claim):
+            claims.append((d, one))
+        else:
+            outcome[d.batch_id] = one
+    return claims
+
+
+def _claim_checked(
+    checking: list[tuple[DueSubmit, Ready]], rt: Runtime, outcome: dict[uuid.UUID, str]
+) -> list[tuple[DueSubmit, Claim]]:
+    """The batches with a pre-flight read or a silence first: those outside any transaction
+    (no row is held while the inventory or Alertmanager answers: a project's list is read
+    once for all of its batches), then each claimed as the one-batch step claims, all in one
+    transaction."""
+    checked: list[tuple[DueSubmit, Ready, dict[str, ServerOutcome], silences.Planned | None]] = []
+    for d, r in checking:
+        found = _checks(r, rt)
+        if isinstance(found, str):
+            outcome[d.batch_id] = found
+        else:
+            checked.append((d, r, *found))
     claims: list[tuple[DueSubmit, Claim]] = []
     with unit_of_work(rt.engine) as session:
-        now = rt.now()
-        shared = may_overlap(session, [(d.project_id, d.request_id) for d, _ in ready])
-        plain = [
-            d
-            for d, _ in ready
-            if d.batch_id not in checked
-            and d.batch_id not in outcome
-            and (d.project_id, d.request_id) not in shared
-        ]
-        taken = {
-            c.batch_id: c
-            for c in claim_submits(session, [d.batch_id for d in plain], actor=rt.actor, now=now)
-        }
-        started_requests(session, {c.request_id for c in taken.values()}, rt.actor)
         # In the order of their requests, the order every sweep locks requests in.
-        for d, r in sorted(ready, key=lambda dr: (dr[0].request_id, dr[0].batch_id)):
-            if d.batch_id in outcome:
-                continue
-            if d.batch_id in taken:
-                claims.append(
-                    (
-                        d,
-                        Claim(
-                            taken[d.batch_id].submit_attempts,
-                            d.project_id,
-                            d.reboot_type,
-                            r.server_ids,
-                        ),
-                    )
-                )
-                continue
-            if any(p.batch_id == d.batch_id for p in plain):
-                outcome[d.batch_id] = "skipped"  # claimed by another worker meanwhile
-                continue
-            unsent, silence = checked.get(d.batch_id, ({}, None))
+        for d, r, unsent, silence in sorted(
+            checked, key=lambda c: (c[0].request_id, c[0].batch_id)
+        ):
             one = _claim(session, r, unsent, rt, silence)
             if isinstance(one, Claim):
                 claims.append((d, one))

@@ -70,10 +70,22 @@ def wake_key(step: str) -> str:
     return f"bmsreboot:sweep:{step}"
 
 
-def ask_next(rt: Runtime, step: str, due: datetime | None, *, idle: bool = False) -> None:
-    """Ask for the step's next sweep at ``due`` (nothing when nothing is due). ``idle``: this
-    sweep found work due but could take none (another sweep holds it): look again a window
-    later, not at once."""
+def ask_next(rt: Runtime, step: str, *, idle: bool = False) -> None:
+    """The end of a sweep: ask for the step's next sweep at the earliest time anything is
+    due (nothing when nothing is). ``idle``: this sweep found work due but could take none
+    (another sweep holds it): look again a window later, not at once.
+
+    The step's wake-up mark is given up here, at the end, not when the sweep starts: while a
+    sweep runs, a step that makes work due finds a sweep pending (this one) and sends none;
+    this sweep's look at what is due, after its work, covers what was made due meanwhile.
+    (A sweep that runs longer than the mark's staleness lets others send one; a sweep that
+    dies leaves the mark to go stale, and the reconciler finds what it left due.)"""
+    from worker.db.session import unit_of_work
+    from worker.db.sweeps import next_due
+
+    rt.budgets.consume_wake(wake_key(step))
+    with unit_of_work(rt.engine) as session:
+        due = next_due(session, step)
     if due is None:
         return
     wait = max((due - rt.now()).total_seconds(), WINDOW if idle else 0.0)

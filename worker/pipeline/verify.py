@@ -49,7 +49,7 @@ from worker.db.queries import learned_boot_seconds
 from worker.db.rollout import stop_request
 from worker.db.session import unit_of_work
 from worker.db.states import BatchStatus, RequestStatus, ServerStatus, derive_batch_status
-from worker.db.sweeps import claim_checks, next_due
+from worker.db.sweeps import claim_checks
 from worker.db.transitions import (
     ServerOutcome,
     settle_servers,
@@ -405,7 +405,6 @@ def verify_due(rt: Runtime) -> dict[str, list[str]]:
     its list budget serves them all with the fewest reads. Each batch's check is the
     one-batch check (its own transaction, compare-and-set by its check count). Returns the
     batches by what happened."""
-    rt.budgets.consume_wake(sweep.wake_key(sweep.VERIFY))
     now = rt.now()
     with unit_of_work(rt.engine) as session:
         claimed = claim_checks(
@@ -442,7 +441,5 @@ def verify_due(rt: Runtime) -> dict[str, list[str]]:
             raise answer
         for batch_id, word in answer:
             by_word.setdefault(word, []).append(str(batch_id))
-    if not more:
-        with unit_of_work(rt.engine) as session:
-            sweep.ask_next(rt, sweep.VERIFY, next_due(session, sweep.VERIFY))
+    sweep.ask_next(rt, sweep.VERIFY)
     return by_word
