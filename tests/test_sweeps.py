@@ -287,3 +287,34 @@ def test_many_batches_due_make_one_sweep_message_per_step(
     names = [n for n, _ in app.messages[2:]]
     assert names == [SWEEP_TASKS["submit"], "bmsreboot.submit_batch", SWEEP_TASKS["poll"]]
     assert app.messages[3][1]["args"] == (str(batch_id),)
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.writes: list[dict[str, float]] = []
+
+    def incr(self, increments: dict[str, float]) -> None:
+        self.writes.append(dict(increments))
+
+
+def test_a_sweep_s_metrics_are_written_once_whatever_thread_made_them() -> None:
+    from worker.metrics import Metrics
+
+    store = _Store()
+    metrics = Metrics(store)  # type: ignore[arg-type]
+    with metrics.batched():
+        threads = [threading.Thread(target=metrics.api_call, args=("job", 200)) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with metrics.batched():  # nested: still the outer block's one write
+            metrics.api_call("action", 429)
+        assert store.writes == []
+    assert len(store.writes) == 1
+    written = store.writes[0]
+    assert sum(v for k, v in written.items() if "calls_total" in k and '"job"' in k) == 20
+    assert sum(v for k, v in written.items() if "throttled" in k) == 1
+    # Outside a block, each increment is written at once
+    metrics.api_call("job", 200)
+    assert len(store.writes) == 2

@@ -26,9 +26,11 @@ read from the audit database at each scrape. The names are fixed, for dashboards
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -155,10 +157,41 @@ class Metrics:
 
     def __init__(self, store: CounterStore | None) -> None:
         self._store = store
+        self._lock = threading.Lock()
+        #: Open ``batched`` blocks, and what they gathered.
+        self._depth = 0
+        self._pending: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Gather the increments made inside the block (by any thread: a sweep's API calls
+        run side by side) and write them once at its end: one write for a sweep's hundreds
+        of calls, not one each."""
+        with self._lock:
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                gathered: dict[str, float] | None = None
+                if self._depth == 0 and self._pending:
+                    gathered, self._pending = self._pending, {}
+            if gathered:
+                self._write(gathered)
 
     def _incr(self, increments: Mapping[str, float]) -> None:
         if self._store is None:
             return
+        with self._lock:
+            if self._depth:
+                for field, by in increments.items():
+                    self._pending[field] = self._pending.get(field, 0.0) + by
+                return
+        self._write(increments)
+
+    def _write(self, increments: Mapping[str, float]) -> None:
+        assert self._store is not None
         try:
             self._store.incr(increments)
         except Exception as exc:

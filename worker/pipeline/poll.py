@@ -349,6 +349,12 @@ def _again(
 
 
 def poll_due(rt: Runtime) -> dict[str, list[str]]:
+    """The poll sweep (:func:`_poll_due`), its metrics written once at its end."""
+    with rt.metrics.batched():
+        return _poll_due(rt)
+
+
+def _poll_due(rt: Runtime) -> dict[str, list[str]]:
     """The poll sweep (task ``bmsreboot.poll_due``, ``worker.pipeline.sweep``): claim the
     submitted batches whose next poll comes within the sweep's window, across projects; one
     reservation of each project's job budget for all of its polls; the GETs concurrently,

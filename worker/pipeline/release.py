@@ -103,6 +103,11 @@ def horizon(rt: Runtime) -> float:
 
 def release_project(project_id: str, rt: Runtime) -> int:
     """Release the project's due batches that the action budget allows now; return how many."""
+    with rt.metrics.batched():
+        return _release_project(project_id, rt)
+
+
+def _release_project(project_id: str, rt: Runtime) -> int:
     budget = rt.budgets
     ahead = horizon(rt)
     budget.consume_wake(wake_key(rt, project_id))

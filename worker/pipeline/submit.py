@@ -636,6 +636,12 @@ def _end(
 
 
 def submit_due(rt: Runtime) -> dict[str, list[str]]:
+    """The submit sweep (:func:`_submit_due`), its metrics written once at its end."""
+    with rt.metrics.batched():
+        return _submit_due(rt)
+
+
+def _submit_due(rt: Runtime) -> dict[str, list[str]]:
     """The submit sweep (task ``bmsreboot.submit_due``, ``worker.pipeline.sweep``): the
     released batches whose slots come within the sweep's window, across projects, in waves
     of at most ``CONCURRENCY``: each wave claimed in one transaction, POSTed concurrently

@@ -398,6 +398,12 @@ def _refused(batch_id: uuid.UUID, this: _Check, why: str, rt: Runtime) -> str:
 
 
 def verify_due(rt: Runtime) -> dict[str, list[str]]:
+    """The check sweep (:func:`_verify_due`), its metrics written once at its end."""
+    with rt.metrics.batched():
+        return _verify_due(rt)
+
+
+def _verify_due(rt: Runtime) -> dict[str, list[str]]:
     """The check sweep (task ``bmsreboot.verify_due``, ``worker.pipeline.sweep``): claim the
     verifying batches whose next check comes within the sweep's window, across projects, and
     check them project by project, the projects concurrently: one project's batches one
