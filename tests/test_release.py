@@ -118,7 +118,7 @@ def test_the_action_budget_paces_releases_and_the_plan_stays_in_the_database(
     submits = [c for kind, _, c in rt.dispatcher.sent if kind == "submit"]
     assert len(submits) == released
     assert submits[0] == 0.0
-    assert max(submits) <= ahead
+    assert max(submits) <= ahead + 1e-3  # the store keeps single-precision floats
     wakes = [countdown for kind, _, countdown in rt.dispatcher.sent if kind == "release"]
     assert len(wakes) == 1
 

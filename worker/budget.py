@@ -134,7 +134,7 @@ local slots = {}
 for i = 1, count do
   local wait = tat - tau - now
   if wait < 0 then wait = 0 end
-  if wait > max_wait then break end
+  if wait > max_wait + 0.000001 then break end
   slots[#slots + 1] = tostring(now + wait)
   tat = tat + interval
 end
@@ -281,7 +281,7 @@ class DatabaseBudget:
             slots: list[Reservation] = []
             while len(slots) < count:
                 wait = max(tat - rate.tolerance - now, 0.0)
-                if wait > max_wait:
+                if wait > max_wait + 1e-6:  # the sum of intervals, not a float's last digit
                     break
                 slots.append(Reservation(True, wait, now + wait))
                 tat += rate.interval

@@ -189,19 +189,16 @@ def end_may_release(session: Session, batch: Batch) -> bool:
 
 
 def mark_released(
-    session: Session, batch_id: uuid.UUID, *, now: dt.datetime, slot: dt.datetime
-) -> bool:
-    """Record that ``batch_id`` got the API slot ``slot``; False if another release run took
-    it first (compare-and-set on ``released_at IS NULL``)."""
-    stmt = (
-        update(Batch)
-        .where(
-            Batch.id == batch_id,
-            Batch.status == BatchStatus.PENDING,
-            Batch.released_at.is_(None),
-        )
-        .values(released_at=now, next_attempt_at=slot, updated_at=now)
-        .returning(Batch.id)
-        .execution_options(synchronize_session=False)
+    session: Session, slots: list[tuple[uuid.UUID, dt.datetime]], *, now: dt.datetime
+) -> set[uuid.UUID]:
+    """Record that each batch got its API slot, in one statement; returns those recorded (a
+    batch another release run took first is not: compare-and-set on ``released_at IS NULL``)."""
+    from worker.db.sweeps import update_each
+
+    moved = update_each(
+        session,
+        {"id": [batch_id for batch_id, _ in slots], "next_attempt_at": [at for _, at in slots]},
+        fixed={"released_at": now, "updated_at": now},
+        guard={"status": BatchStatus.PENDING.value, "released_at": None},
     )
-    return session.execute(stmt).first() is not None
+    return set(moved)

@@ -320,7 +320,7 @@ def _pg_update_each(
     sets += [f"{n} = :f_{n}" for n in fixed]
     sets += [f"{_BATCHES.c[n].name} = b.{n} + 1" for n in increment]
     where = ["b.id = v.id"]
-    where += [f"b.{n} = :g_{n}" for n in guard]
+    where += [f"b.{n} IS NULL" if v is None else f"b.{n} = :g_{n}" for n, v in guard.items()]
     where += [f"b.{n} = v.{n}" for n in match]
     # Every name is a column of ``batches`` (``_BATCHES.c[n]`` above raises for any other),
     # and every value a bound parameter: nothing from outside is in the text.
@@ -337,7 +337,7 @@ def _pg_update_each(
     ]
     params: dict[str, Any] = {f"c_{n}": values for n, values in columns.items()}
     params.update({f"f_{n}": v for n, v in fixed.items()})
-    params.update({f"g_{n}": v for n, v in guard.items()})
+    params.update({f"g_{n}": v for n, v in guard.items() if v is not None})
     return text(sql).bindparams(*binds), params
 
 

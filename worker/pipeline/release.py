@@ -81,15 +81,16 @@ def cut_off(rt: Runtime, project_id: str | None = None) -> int:
 def _mark(rt: Runtime, slots: list[tuple[uuid.UUID, Reservation]]) -> int:
     """Record the reserved slots on their batches in one transaction, then send each batch's
     submit message with a countdown to its slot; returns how many were released."""
-    taken = []
     with unit_of_work(rt.engine) as session:
         now = rt.now()
-        for batch_id, slot in slots:
-            # The slot as the budget's store timed it (Redis's clock, or this machine's).
-            at = datetime.fromtimestamp(slot.at, UTC)
-            if mark_released(session, batch_id, now=now, slot=at):
-                taken.append((batch_id, slot))
-            # else: released by another run meanwhile (the slot goes unused)
+        # Each slot as the budget's store timed it (Redis's clock, or this machine's).
+        marked = mark_released(
+            session,
+            [(batch_id, datetime.fromtimestamp(slot.at, UTC)) for batch_id, slot in slots],
+            now=now,
+        )
+    # A batch not marked was released by another run meanwhile (its slot goes unused).
+    taken = [(batch_id, slot) for batch_id, slot in slots if batch_id in marked]
     for batch_id, slot in taken:
         rt.metrics.observe("bmsreboot_budget_wait_seconds", slot.wait)
         rt.dispatcher.submit(batch_id, countdown=slot.wait)
@@ -149,16 +150,24 @@ def _release_project(project_id: str, rt: Runtime) -> int:
                 wake = rt.settings.gate_interval
                 break
             candidates = admitted
-            slots: list[tuple[uuid.UUID, Reservation]] = []
-            for batch_id in candidates:
-                slot = budget.reserve(
-                    rt.budget_key(project_id, ACTION), rt.rate(ACTION), max_wait=ahead
-                )
-                if not slot.granted:
-                    # Wake while a few reserved slots are still ahead, so the POSTs never pause.
-                    wake = max(slot.wait - ahead / 2, 0.0)
-                    break
-                slots.append((batch_id, slot))
+            # The slots of all of them in one reservation (as many as fit within ``ahead``).
+            key, rate = rt.budget_key(project_id, ACTION), rt.rate(ACTION)
+            got = budget.reserve_many(key, rate, len(candidates), max_wait=ahead)
+            slots: list[tuple[uuid.UUID, Reservation]] = list(zip(candidates, got, strict=False))
+            if len(got) < len(candidates):
+                # The budget is full: the next slot is one interval after the last one given
+                # (or, with none given, as far as a reservation says). Wake while a few
+                # reserved slots are still ahead, so the POSTs never pause.
+                if got:
+                    next_wait = got[-1].wait + rate.interval
+                else:
+                    probe = budget.reserve(key, rate, max_wait=ahead)
+                    if probe.granted:  # freed meanwhile: it is the first candidate's
+                        slots.append((candidates[0], probe))
+                        next_wait = probe.wait + rate.interval
+                    else:
+                        next_wait = probe.wait
+                wake = max(next_wait - ahead / 2, 0.0)
             released += _mark(rt, slots)
             if wake is not None:
                 break
