@@ -52,9 +52,10 @@ def test_a_pool_child_past_its_memory_bound_is_replaced_after_its_task_and_loses
     assert status["status"] == "succeeded", status
     assert fleet.verify(request_id) == {"succeeded": 4}
     assert sum(fleet.stats()["reboots"].values()) == 4
-    # And each child ran one task and was replaced once it had ended, saying why
+    # And each child ran one task and was replaced once it had ended, saying why (intake,
+    # the release, the submit sweep and the poll sweep at least: worker.pipeline.sweep)
     ended = ENDED.findall(fleet.log.read_text(errors="replace"))
-    assert len(ended) >= 6, fleet.tail()
+    assert len(ended) >= 4, fleet.tail()
     assert len(set(ended)) == len(ended), ended
     deadline = time.monotonic() + 30
     while len(REPLACED.findall(fleet.log.read_text(errors="replace"))) < len(ended):

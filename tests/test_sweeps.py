@@ -319,3 +319,20 @@ def test_a_sweep_s_metrics_are_written_once_whatever_thread_made_them() -> None:
     # Outside a block, each increment is written at once
     metrics.api_call("job", 200)
     assert len(store.writes) == 2
+
+
+def test_a_sweep_s_ask_for_the_next_is_not_lost_to_the_mark_it_gave_up(
+    make_rt: Callable[..., Runtime],
+) -> None:
+    rt = make_rt()
+    app = _App()
+    CeleryDispatcher(app, sweeps=rt.budgets).deliver("poll", uuid.uuid4(), 0.0)  # type: ignore[arg-type]
+    assert len(app.messages) == 1  # the sweep that now runs
+    running = CeleryDispatcher(app, sweeps=rt.budgets)  # type: ignore[arg-type]
+    # A batch's next poll, asked for while that sweep runs: its mark covers it
+    assert running.deliver("poll", uuid.uuid4(), 0.2)
+    assert len(app.messages) == 1
+    # The sweep ends: it gives up its mark and asks for the next sweep, which is sent
+    rt.budgets.consume_wake(sweep.wake_key("poll"))
+    assert running.deliver("sweep", "poll", 0.2)
+    assert [(n, o["countdown"]) for n, o in app.messages][1] == (SWEEP_TASKS["poll"], 0.2)

@@ -58,7 +58,9 @@ class CeleryDispatcher(Dispatcher):
     def deliver(self, kind: str, item: Any, countdown: float, **options: Any) -> bool:
         countdown = max(countdown, 0.0)
         if kind == "sweep":
-            return self._sweep(item, countdown, more=bool(options.get("more")))
+            # A sweep's own ask for the next (after it gave up its wake-up mark): what this
+            # dispatcher remembers may be that very mark, so the store decides.
+            return self._sweep(item, countdown, more=bool(options.get("more")), remembered=False)
         if self._sweeps is not None and kind in SWEEP_TASKS and not options.get("alone"):
             return self._sweep(kind, countdown)
         if kind == "release":
@@ -110,14 +112,17 @@ class CeleryDispatcher(Dispatcher):
             expires=self._callback_expires,
         )
 
-    def _sweep(self, step: str, countdown: float, *, more: bool = False) -> bool:
+    def _sweep(
+        self, step: str, countdown: float, *, more: bool = False, remembered: bool = True
+    ) -> bool:
         """Have the step's sweep run within ``countdown`` s: send it, unless one due by then
-        is pending already. ``more``: send another now, whatever is pending."""
+        is pending already. ``more``: send another now, whatever is pending; ``remembered``:
+        trust what this dispatcher already asked for (or found pending)."""
         if self._sweeps is None:
             return self._send(SWEEP_TASKS[step], f"a {step} sweep", countdown=countdown)
         now = time.monotonic()
         due = now + countdown
-        known = self._pending.get(step)
+        known = self._pending.get(step) if remembered else None
         if not more and known is not None and now <= known <= due + 0.05:
             return True  # this dispatcher asked for one by then already
         if not more and not self._sweeps.claim_wake(sweep_wake_key(step), countdown):
