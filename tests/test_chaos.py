@@ -73,6 +73,8 @@ def test_a_worker_killed_mid_batched_submit_posts_no_batch_twice(fleet: Fleet) -
     from worker.pipeline import sweep
 
     fleet.configure(job_duration=0.5, latency=1.0)
+    # The killed worker's embedded beat held beat's lock: the new one takes it over sooner
+    fleet.env["BMSREBOOT_BEAT_LOCK_TIMEOUT"] = "10"
     servers = new_ids(500)
     worker = fleet.start_worker(concurrency=1)
     request_id = fleet.send(servers, batch_size=10)
