@@ -354,6 +354,8 @@ class DuePoll:
     missing_since: dt.datetime | None
     silence_id: str | None
     silence_ends_at: dt.datetime | None
+    #: When the poll was due (a sweep takes polls due within its window: none goes early).
+    due_at: dt.datetime
 
 
 def claim_polls(
@@ -388,9 +390,10 @@ def claim_polls(
 
 def claim_checks(
     session: Session, until: dt.datetime, lease_until: dt.datetime, limit: int
-) -> list[tuple[uuid.UUID, str, int]]:
+) -> list[tuple[uuid.UUID, str, int, dt.datetime]]:
     """Claim up to ``limit`` ``verifying`` batches whose next check comes by ``until``, the
-    same way: ``(batch_id, project_id, checks)``, their next check moved to ``lease_until``."""
+    same way: ``(batch_id, project_id, checks, due at)``, their next check moved to
+    ``lease_until``."""
     rows = _claim_due(
         session,
         BatchStatus.VERIFYING,
@@ -400,7 +403,7 @@ def claim_checks(
         limit,
         (Batch.id, Batch.project_id, Batch.checks),
     )
-    return [(row[0], row[1], row[2]) for row in rows]
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
 
 
 def _claim_due(
@@ -412,21 +415,26 @@ def _claim_due(
     limit: int,
     returning: tuple[Any, ...],
 ) -> list[Any]:
-    chosen = select(Batch.id).where(Batch.status == status, due <= until).order_by(due).limit(limit)
+    """The claimed rows (``returning``), each with the time it was due (before the lease)
+    last."""
+    chosen = (
+        select(Batch.id, due).where(Batch.status == status, due <= until).order_by(due).limit(limit)
+    )
     if is_postgresql(session):
         chosen = chosen.with_for_update(skip_locked=True, key_share=True)
-    mine = list(session.scalars(chosen))  # two statements: see claim_submits
-    if not mine:
+    was_due: dict[uuid.UUID, Any] = dict(
+        session.execute(chosen).tuples().all()
+    )  # see claim_submits
+    if not was_due:
         return []
-    return list(
-        session.execute(
-            update(Batch)
-            .where(Batch.id.in_(mine), Batch.status == status, due <= until)
-            .values({due.key: lease_until})
-            .returning(*returning)
-            .execution_options(synchronize_session=False)
-        ).all()
-    )
+    rows = session.execute(
+        update(Batch)
+        .where(Batch.id.in_(list(was_due)), Batch.status == status, due <= until)
+        .values({due.key: lease_until})
+        .returning(*returning)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [(*row, was_due[row[0]]) for row in rows]
 
 
 def next_due(session: Session, kind: str) -> dt.datetime | None:

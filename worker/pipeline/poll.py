@@ -452,7 +452,8 @@ def _reserve(
         now = rt.now()
         for due, slot in zip(polls, slots, strict=False):
             rt.metrics.observe("bmsreboot_budget_wait_seconds", slot.wait)
-            granted.append((due, now + timedelta(seconds=slot.wait)))
+            # At its slot, and never before it was due (the sweep's window takes it early).
+            granted.append((due, max(now + timedelta(seconds=slot.wait), due.due_at)))
         for n, due in enumerate(polls[len(slots) :]):
             later.append((due, MAX_SLEEP + rate.interval * (n + 1)))
     return sorted(granted, key=lambda g: g[1]), later

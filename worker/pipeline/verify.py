@@ -34,6 +34,7 @@ seen back by its timeout is unhealthy.
 from __future__ import annotations
 
 import statistics
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -422,13 +423,18 @@ def _verify_due(rt: Runtime) -> dict[str, list[str]]:
     more = len(claimed) >= sweep.MAX_BATCHES
     if more:
         rt.dispatcher.sweep(sweep.VERIFY, more=True)
-    by_project: dict[str, list[tuple[uuid.UUID, int]]] = {}
-    for batch_id, project_id, checks in claimed:
-        by_project.setdefault(project_id, []).append((batch_id, checks))
+    by_project: dict[str, list[tuple[uuid.UUID, int, datetime]]] = {}
+    for batch_id, project_id, checks, due_at in claimed:
+        by_project.setdefault(project_id, []).append((batch_id, checks, due_at))
 
-    def check_project(batches: list[tuple[uuid.UUID, int]]) -> list[tuple[uuid.UUID, str]]:
+    def check_project(
+        batches: list[tuple[uuid.UUID, int, datetime]],
+    ) -> list[tuple[uuid.UUID, str]]:
         done = []
-        for batch_id, checks in batches:
+        for batch_id, checks, due_at in sorted(batches, key=lambda b: b[2]):
+            early = (due_at - rt.now()).total_seconds()
+            if early > 0:
+                time.sleep(early)  # within the sweep's window: never before it is due
             try:
                 done.append((batch_id, verify_batch(batch_id, rt, seq=checks)))
             except OperationalError:
