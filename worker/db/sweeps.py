@@ -51,6 +51,7 @@ class DueSubmit:
     submit_attempts: int
     #: The request wants its batches silenced (when an Alertmanager is configured).
     silence: bool
+    size: int
 
 
 def due_submits(
@@ -72,6 +73,7 @@ def due_submits(
             RebootRequest.type,
             Batch.submit_attempts,
             RebootRequest.silence,
+            Batch.size,
         )
         .join(RebootRequest, RebootRequest.id == Batch.request_id)
         .where(
@@ -85,7 +87,7 @@ def due_submits(
     if lock and is_postgresql(session):
         query = query.with_for_update(of=Batch, skip_locked=True, key_share=True)
     rows = session.execute(query).all()
-    return [DueSubmit(*row) for row in rows]  # type: ignore[arg-type]  # slot: never null once released
+    return [DueSubmit(*tuple(row)) for row in rows]  # a released batch always has its slot
 
 
 def server_ids_of(session: Session, batch_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
@@ -354,12 +356,17 @@ class DuePoll:
     missing_since: dt.datetime | None
     silence_id: str | None
     silence_ends_at: dt.datetime | None
+    size: int
     #: When the poll was due (a sweep takes polls due within its window: none goes early).
     due_at: dt.datetime
 
 
 def claim_polls(
-    session: Session, until: dt.datetime, lease_until: dt.datetime, limit: int
+    session: Session,
+    until: dt.datetime,
+    lease_until: dt.datetime,
+    limit: int,
+    max_servers: int = 1_000_000_000,
 ) -> list[DuePoll]:
     """Claim up to ``limit`` ``submitted`` batches whose next poll comes by ``until``, across
     projects, earliest first: their next poll moves to ``lease_until`` (the claim's lease: a
@@ -383,13 +390,19 @@ def claim_polls(
                 Batch.job_missing_since,
                 Batch.silence_id,
                 Batch.silence_ends_at,
+                Batch.size,
             ),
+            max_servers,
         )
     ]
 
 
 def claim_checks(
-    session: Session, until: dt.datetime, lease_until: dt.datetime, limit: int
+    session: Session,
+    until: dt.datetime,
+    lease_until: dt.datetime,
+    limit: int,
+    max_servers: int = 1_000_000_000,
 ) -> list[tuple[uuid.UUID, str, int, dt.datetime]]:
     """Claim up to ``limit`` ``verifying`` batches whose next check comes by ``until``, the
     same way: ``(batch_id, project_id, checks, due at)``, their next check moved to
@@ -402,6 +415,7 @@ def claim_checks(
         lease_until,
         limit,
         (Batch.id, Batch.project_id, Batch.checks),
+        max_servers,
     )
     return [(row[0], row[1], row[2], row[3]) for row in rows]
 
@@ -414,17 +428,25 @@ def _claim_due(
     lease_until: dt.datetime,
     limit: int,
     returning: tuple[Any, ...],
+    max_servers: int,
 ) -> list[Any]:
     """The claimed rows (``returning``), each with the time it was due (before the lease)
     last."""
     chosen = (
-        select(Batch.id, due).where(Batch.status == status, due <= until).order_by(due).limit(limit)
+        select(Batch.id, due, Batch.size)
+        .where(Batch.status == status, due <= until)
+        .order_by(due)
+        .limit(limit)
     )
     if is_postgresql(session):
         chosen = chosen.with_for_update(skip_locked=True, key_share=True)
-    was_due: dict[uuid.UUID, Any] = dict(
-        session.execute(chosen).tuples().all()
-    )  # see claim_submits
+    was_due: dict[uuid.UUID, Any] = {}
+    servers = 0
+    for batch_id, at, size in session.execute(chosen):  # two statements: see claim_submits
+        if was_due and servers + size > max_servers:
+            break  # the rest is another sweep's (the caller asks for one)
+        was_due[batch_id] = at
+        servers += size
     if not was_due:
         return []
     rows = session.execute(

@@ -366,9 +366,16 @@ def _poll_due(rt: Runtime) -> dict[str, list[str]]:
     lease = now + timedelta(seconds=sweep.lease_seconds(rt))
     with unit_of_work(rt.engine) as session:
         claimed = claim_polls(
-            session, now + timedelta(seconds=sweep.WINDOW), lease, sweep.MAX_BATCHES
+            session,
+            now + timedelta(seconds=sweep.WINDOW),
+            lease,
+            sweep.MAX_BATCHES,
+            sweep.MAX_SERVERS,
         )
-    more = len(claimed) >= sweep.MAX_BATCHES
+    # All it may take (batches, or servers: it may have stopped short for the next batch):
+    # another sweep beside this one takes the rest.
+    servers = sum(c.size for c in claimed)
+    more = len(claimed) >= sweep.MAX_BATCHES or servers >= sweep.MAX_SERVERS // 2
     if more:
         rt.dispatcher.sweep(sweep.POLL, more=True)
     outcome: dict[uuid.UUID, str] = {}

@@ -683,6 +683,14 @@ def _wave(rt: Runtime, size: int, outcome: dict[uuid.UUID, str]) -> tuple[int, b
         due = due_submits(session, now + timedelta(seconds=sweep.WINDOW), size + 1, lock=True)
         backlog = len(due) > size
         due = due[:size]
+        # At most MAX_SERVERS servers a wave (one batch at least): large batches are spread
+        # over the sweeps of several worker processes, not all claimed by one.
+        servers = 0
+        for n, d in enumerate(due):
+            servers += d.size
+            if n and servers > sweep.MAX_SERVERS:
+                due, backlog = due[:n], True
+                break
         members = server_ids_of(session, [d.batch_id for d in due if d.sendable])
         silencing = rt.alertmanager() is not None
         plain: list[tuple[DueSubmit, Ready]] = []

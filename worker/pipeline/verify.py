@@ -419,6 +419,7 @@ def _verify_due(rt: Runtime) -> dict[str, list[str]]:
             now + timedelta(seconds=sweep.WINDOW),
             now + timedelta(seconds=sweep.lease_seconds(rt)),
             sweep.MAX_BATCHES,
+            sweep.MAX_SERVERS,
         )
     more = len(claimed) >= sweep.MAX_BATCHES
     if more:
