@@ -302,6 +302,23 @@ def _end_unanswered(
     return str(to)
 
 
+def next_poll_delay(
+    polls: int, learned: float | None, at_least: float | None, rt: Runtime
+) -> float:
+    """Seconds to a batch's poll number ``polls`` (the backoff from its project's learned job
+    duration, at least ``at_least`` when the API asked for it, with jitter, never past the
+    longest countdown): for the one-batch poll and the sweep alike."""
+    delay = poll_delay(
+        polls,
+        learned=learned,
+        first=rt.settings.poll_first_delay,
+        cap=rt.settings.poll_max_interval,
+    )
+    if at_least is not None:
+        delay = min(max(delay, at_least), rt.settings.poll_max_interval)
+    return min(with_jitter(delay, rt.settings.poll_jitter), countdown_ceiling(rt.settings))
+
+
 def _again(
     batch_id: uuid.UUID,
     this: _Poll,
@@ -321,15 +338,7 @@ def _again(
         )
     with unit_of_work(rt.engine) as session:
         learned = learned_job_duration(session, this.project_id, rt.settings.poll_history)
-        delay = poll_delay(
-            polls,
-            learned=learned,
-            first=rt.settings.poll_first_delay,
-            cap=rt.settings.poll_max_interval,
-        )
-        if at_least is not None:
-            delay = min(max(delay, at_least), rt.settings.poll_max_interval)
-        delay = min(with_jitter(delay, rt.settings.poll_jitter), countdown_ceiling(rt.settings))
+        delay = next_poll_delay(polls, learned, at_least, rt)
         booked = record_poll(
             session,
             batch_id,
@@ -434,10 +443,7 @@ def _poll_due(rt: Runtime) -> dict[str, list[str]]:
     if ended:
         outcome.update(_settle_many(ended, rt))
     sweep.ask_next(rt, sweep.POLL)
-    by_word: dict[str, list[str]] = {}
-    for batch_id, word in outcome.items():
-        by_word.setdefault(word, []).append(str(batch_id))
-    return by_word
+    return sweep.by_outcome(outcome)
 
 
 def _reserve(
@@ -508,15 +514,7 @@ def _again_many(
                 learned[this.project_id] = learned_job_duration(
                     session, this.project_id, rt.settings.poll_history
                 )
-            delay = poll_delay(
-                this.polls + 1,
-                learned=learned[this.project_id],
-                first=rt.settings.poll_first_delay,
-                cap=rt.settings.poll_max_interval,
-            )
-            if at_least is not None:
-                delay = min(max(delay, at_least), rt.settings.poll_max_interval)
-            delay = min(with_jitter(delay, rt.settings.poll_jitter), countdown_ceiling(rt.settings))
+            delay = next_poll_delay(this.polls + 1, learned[this.project_id], at_least, rt)
             due.append((this, batch_id, error, delay))
         booked: dict[uuid.UUID, uuid.UUID] = {}
         for with_error in (False, True):

@@ -665,10 +665,7 @@ def _submit_due(rt: Runtime) -> dict[str, list[str]]:
         if not moved:
             break  # nothing (more) of it was this sweep's to send
     sweep.ask_next(rt, sweep.SUBMIT, idle=not outcome)
-    by_word: dict[str, list[str]] = {}
-    for batch_id, word in outcome.items():
-        by_word.setdefault(word, []).append(str(batch_id))
-    return by_word
+    return sweep.by_outcome(outcome)
 
 
 def _wave(rt: Runtime, size: int, outcome: dict[uuid.UUID, str]) -> tuple[int, bool, bool]:

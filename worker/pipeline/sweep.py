@@ -30,7 +30,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TypeVar
@@ -90,6 +91,14 @@ def ask_next(rt: Runtime, step: str, *, idle: bool = False) -> None:
         return
     wait = max((due - rt.now()).total_seconds(), WINDOW if idle else 0.0)
     rt.dispatcher.sweep(step, countdown=wait)
+
+
+def by_outcome(outcome: Mapping[uuid.UUID, str]) -> dict[str, list[str]]:
+    """A sweep's result, what Flower shows of its run: its batches by what happened to them."""
+    grouped: dict[str, list[str]] = {}
+    for batch_id, word in outcome.items():
+        grouped.setdefault(word, []).append(str(batch_id))
+    return grouped
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None

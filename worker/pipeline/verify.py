@@ -448,11 +448,10 @@ def _verify_due(rt: Runtime) -> dict[str, list[str]]:
         return done
 
     results = sweep.at_slots(rt, list(by_project.values()), lambda _b: None, check_project)
-    by_word: dict[str, list[str]] = {}
+    outcome: dict[uuid.UUID, str] = {}
     for answer in results:
         if isinstance(answer, Exception):
             raise answer
-        for batch_id, word in answer:
-            by_word.setdefault(word, []).append(str(batch_id))
+        outcome.update(answer)
     sweep.ask_next(rt, sweep.VERIFY)
-    return by_word
+    return sweep.by_outcome(outcome)
